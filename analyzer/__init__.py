@@ -1,0 +1,15 @@
+"""Network traffic status analyzer: which hosts answered what, and what it means.
+
+Library first: `analyzer.analyze(paths, **options)` runs the same pipeline as
+`analyzer analyze` and returns its tables as pandas DataFrames.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def analyze(paths, **options):
+    """Analyse capture files; see analyzer.api.analyze."""
+    from .api import analyze as _analyze
+
+    return _analyze(paths, **options)

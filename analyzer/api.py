@@ -1,0 +1,97 @@
+# The library entry points behind `analyzer analyze`: run the pipeline, build
+# the statistics, write every report, apply the --fail-on gate.  The CLI only
+# parses arguments; `analyze()` returns the same tables as DataFrames.
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CaptureError, ExitStatus, InputError
+from .pipeline import RunResult, expand_inputs, run
+
+
+@dataclass
+class Analysis:
+    """What `analyzer.analyze()` returns: the numbers of the written files."""
+
+    outdir: Path
+    run: RunResult
+    events: "object"       # pandas.DataFrame, as events.csv
+    hosts: "object"        # pandas.DataFrame, as hosts.csv
+    codes: "object"        # pandas.DataFrame, as codes.csv
+    stats: "object"
+
+
+def _lang(lang: str | None) -> str:
+    if lang:
+        return lang
+    try:
+        from .catalog import default_lang
+    except ImportError:
+        return "en"
+    return default_lang()
+
+
+def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
+                   parquet=False, quiet=False) -> int:
+    paths = expand_inputs(list(captures))
+    lang = _lang(lang)
+    rules = []
+    if fail_on:
+        from .gate import parse
+
+        rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
+    progress_cm = None
+    if not quiet:
+        try:
+            from .reports.terminal import progress as progress_cm
+        except ImportError:
+            progress_cm = None
+    if progress_cm is not None:
+        with progress_cm(sum(_size(p) for p in paths)) as bar:
+            result = run(paths, outdir, lang=lang, progress=lambda done, total: bar.update(done))
+    else:
+        result = run(paths, outdir, lang=lang)
+    stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=quiet)
+    status = ExitStatus.OK
+    for exc in result.errors:
+        print(f"analyzer: error: {exc}", file=sys.stderr)
+    if any(isinstance(e, CaptureError) for e in result.errors):
+        status = ExitStatus.DAMAGED
+    elif any(isinstance(e, InputError) for e in result.errors):
+        status = ExitStatus.INPUT
+    if rules and stats is not None:
+        from .gate import evaluate
+
+        reasons = evaluate(rules, stats)
+        for reason in reasons:
+            print(f"analyzer: threshold crossed: {reason}", file=sys.stderr)
+        if reasons and status == ExitStatus.OK:
+            status = ExitStatus.THRESHOLD
+    if not quiet:
+        print(f"outputs written to {Path(outdir).resolve()}/", file=sys.stderr)
+    if result.interrupted:
+        return int(ExitStatus.INTERRUPTED)
+    return int(status)
+
+
+def _reports(result: RunResult, *, lang, policy, expect, jsonl, parquet, quiet):
+    try:
+        from .reports.outputs import build_and_write
+    except ImportError:
+        if not quiet:
+            counts = ", ".join(f"{n} {p}" for p, n in sorted(result.events_by_protocol.items())) or "no events"
+            print(f"{result.packets} packets, {counts}", file=sys.stderr)
+        return None
+    return build_and_write(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet,
+                           quiet=quiet)
+
+
+def _size(path: str) -> int:
+    import os
+
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0

@@ -1,0 +1,89 @@
+# Records that cross module boundaries: what dissectors emit, what the flow
+# table fills in, and what every report consumes.
+#
+# A dissector knows only its byte stream: it fills the protocol fields and says
+# which direction (0 or 1, as the flow table numbered them) sent the message.
+# The flow table then fills the endpoint fields (client/server, connection id)
+# with `dataclasses.replace`; events are rare next to packets, so the copy is
+# off the hot path.
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Directions as the flow table numbers them: 0 is the side that sent the SYN
+# (or, without a SYN, the side seen first); 1 is the other side.
+ORIG, RESP = 0, 1
+
+# The first columns of events.csv, in the order the output contract fixes.
+CONTRACT_COLUMNS = (
+    "time", "epoch", "frame", "protocol",
+    "client_ip", "client_port", "server_ip", "server_port",
+    "code", "text", "request", "host", "latency_ms", "connection",
+)
+# Columns that follow the contract ones (stable order, documented in README).
+EXTRA_COLUMNS = (
+    "direction", "inferred", "lines", "substatus", "substatus_source",
+    "data_bytes", "flags", "capture",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One response (HTTP), reply (FTP) or close (WebSocket) seen on the wire."""
+
+    protocol: str          # "http" | "ftp" | "websocket"
+    code: int              # status / reply / close code (1005, 1006 may be inferred)
+    text: str              # reason phrase / reply text (first line) / close reason
+    request: str           # "METHOD URI", "CMD ARG" or the WebSocket handshake; "" if unseen
+    epoch: float           # time of the packet holding the first byte of the message
+    frame: int             # 1-based number of that packet across the whole run
+    sender: int            # direction (ORIG/RESP) that sent this message
+    host: str = ""         # HTTP Host header of the request
+    latency_ms: float | None = None   # first request byte -> first response byte
+    direction: str = ""    # websocket: "client->server" | "server->client"
+    inferred: bool = False  # websocket 1005/1006 not carried on the wire as such
+    lines: int | None = None  # ftp: number of lines in the reply
+    substatus: str = ""    # IIS sub-status (e.g. "403.14") when proven by the body
+    substatus_source: str = ""  # where substatus came from ("body")
+    data_bytes: int | None = None  # ftp: bytes moved on the data connection for this command
+    flags: tuple[str, ...] = ()     # named anomalies attached to this event
+    # Filled by the flow table.
+    client_ip: str = ""
+    client_port: int = 0
+    server_ip: str = ""
+    server_port: int = 0
+    connection: str = ""
+    capture: str = ""      # file the frame number counts in (several files per run)
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Odd traffic is data: a stable name per condition, counted and reported."""
+
+    name: str              # e.g. "http_response_without_request", "tcp_flow_buffer_limit"
+    epoch: float
+    frame: int
+    detail: str = ""
+    connection: str = ""   # filled by the flow table
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A connection a dissector announced (e.g. an FTP data channel).
+
+    `host` None means "the peer that sent the announcement" (EPSV: the
+    server's own address; EPRT/PORT always carry one).  The flow table
+    resolves it, and marks the matching connection, when it appears, with
+    `kind` so that no dissector is tried on it.  `owner` is the dissector
+    that asked; it receives `on_data(nbytes, ts)` for every payload byte
+    of that connection.
+    """
+
+    kind: str              # "ftp-data"
+    host: str | None       # address the data connection goes to (responder)
+    port: int              # port the data connection goes to (responder)
+    owner: object = field(default=None, compare=False, repr=False)
+
+
+def side_label(sender: int, server_direction: int) -> str:
+    return "server->client" if sender == server_direction else "client->server"

@@ -1,0 +1,288 @@
+# One run of the native engine: capture files -> packets -> TCP segments ->
+# connections -> events -> events.csv (+ connection and coverage records for
+# the statistics).
+#
+# Memory stays flat in the number of packets: packets are streamed, bodies
+# are skipped by counting, events are written as they come (through a
+# bounded re-ordering window so the file is in time order whenever the
+# disorder fits the window), and only per-connection summary rows are kept.
+# A damaged file stops that file, not the run: everything read before the
+# damage is still dissected and written, and the error is reported at the end.
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .decode import Decoder
+from .errors import AnalyzerError, CaptureError, InputError
+from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event
+from .flows import FlowTable
+from .reports.csvfile import CsvWriter
+from .sources import open_capture
+
+ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
+EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ANNOTATION_COLUMNS
+ANOMALY_COLUMNS = ("time", "epoch", "frame", "name", "connection", "detail", "capture")
+CONNECTION_COLUMNS = (
+    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
+    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
+    "outcome", "capture",
+)
+# Events held to put events.csv in time order; events arrive nearly sorted
+# (a response is reported when its head is complete), so a window of this
+# many events sorts every capture we have seen while bounding memory.
+REORDER_WINDOW = 20_000
+# Anomaly rows written per name; the counts stay exact in summary.json.
+MAX_ANOMALY_ROWS_PER_NAME = 1000
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
+
+
+def iso_time(epoch: float) -> str:
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, OverflowError, OSError):
+        return ""  # a timestamp no calendar holds (corrupt capture); epoch keeps the value
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Directories stand for the capture files below them (by suffix, sorted)."""
+    out: list[str] = []
+    for p in paths:
+        if p != "-" and os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).rglob("*")
+                           if f.is_file() and f.name.lower().endswith(CAPTURE_SUFFIXES))
+            if not found:
+                raise InputError(f"{p}: directory holds no capture files ({', '.join(CAPTURE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+class _Annotator:
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        try:
+            from . import catalog
+        except ImportError:
+            catalog = None
+        self.catalog = catalog
+        self.cache: dict = {}
+
+    def __call__(self, ev: Event) -> tuple:
+        key = (ev.protocol, ev.code, ev.substatus)
+        hit = self.cache.get(key)
+        if hit is None:
+            if self.catalog is not None:
+                a = self.catalog.annotate(ev.protocol, ev.code, ev.substatus, self.lang)
+                hit = (a["class"], a["name"], a["meaning"], "true" if a["standard"] else "false")
+            else:
+                hit = (f"{ev.code // 100}xx" if ev.protocol == "http" else "", "", "", "")
+            self.cache[key] = hit
+        return hit
+
+
+def event_row(ev: Event, annotation: tuple) -> tuple:
+    return (
+        iso_time(ev.epoch), f"{ev.epoch:.6f}", ev.frame, ev.protocol,
+        ev.client_ip, ev.client_port, ev.server_ip, ev.server_port,
+        ev.code, ev.text, ev.request, ev.host,
+        "" if ev.latency_ms is None else ev.latency_ms, ev.connection,
+        ev.direction, "true" if ev.inferred else "false",
+        "" if ev.lines is None else ev.lines, ev.substatus, ev.substatus_source,
+        "" if ev.data_bytes is None else ev.data_bytes, ";".join(ev.flags), ev.capture,
+    ) + annotation
+
+
+@dataclass
+class FileReport:
+    name: str
+    format: str = ""
+    compression: str | None = None
+    packets: int = 0
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    outdir: Path
+    events: int = 0
+    events_by_protocol: Counter = field(default_factory=Counter)
+    files: list[FileReport] = field(default_factory=list)
+    packets: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    connections: list[dict] = field(default_factory=list)
+    anomalies: Counter = field(default_factory=Counter)
+    limits: Counter = field(default_factory=Counter)
+    tcp_segments: int = 0
+    connections_total: int = 0
+    connections_with_gaps: int = 0
+    missed_bytes: int = 0
+    first_epoch: float | None = None
+    last_epoch: float | None = None
+    seconds: float = 0.0
+    errors: list[AnalyzerError] = field(default_factory=list)
+    interrupted: bool = False
+
+    def coverage(self) -> dict:
+        return {
+            "files": [vars(f) for f in self.files],
+            "packets_read": self.packets,
+            "packets_skipped": dict(self.skipped),
+            "tcp_segments": self.tcp_segments,
+            "connections": self.connections_total,
+            "connections_dissected": len(self.connections),
+            "connections_with_gaps": self.connections_with_gaps,
+            "missed_bytes": self.missed_bytes,
+            "anomalies": dict(self.anomalies),
+            "limits_hit": dict(self.limits),
+            "first_epoch": self.first_epoch,
+            "last_epoch": self.last_epoch,
+            "engine": "native",
+            "version": __version__,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class EventSink:
+    """Annotates events and writes them in (nearly) time order."""
+
+    def __init__(self, outdir: Path, lang: str) -> None:
+        self.writer = CsvWriter(outdir / "events.csv", EVENT_COLUMNS)
+        self.annotate = _Annotator(lang)
+        self.heap: list = []
+        self.order = 0
+        self.count = 0
+        self.by_protocol: Counter = Counter()
+
+    def add(self, ev: Event) -> None:
+        self.order += 1
+        self.count += 1
+        self.by_protocol[ev.protocol] += 1
+        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev))
+        if len(self.heap) > REORDER_WINDOW:
+            self._write(heapq.heappop(self.heap)[3])
+
+    def _write(self, ev: Event) -> None:
+        self.writer.write_rows((event_row(ev, self.annotate(ev)),))
+
+    def flush_all(self) -> None:
+        while self.heap:
+            self._write(heapq.heappop(self.heap)[3])
+
+    def commit(self) -> None:
+        self.flush_all()
+        self.writer.commit()
+
+
+class AnomalySink:
+    def __init__(self, outdir: Path) -> None:
+        self.writer = CsvWriter(outdir / "anomalies.csv", ANOMALY_COLUMNS)
+        self.written: Counter = Counter()
+        self.capture = ""
+
+    def add(self, a: Anomaly) -> None:
+        if self.written[a.name] >= MAX_ANOMALY_ROWS_PER_NAME:
+            return
+        self.written[a.name] += 1
+        self.writer.write_rows(((iso_time(a.epoch) if a.epoch else "", f"{a.epoch:.6f}", a.frame, a.name,
+                                 a.connection, a.detail, self.capture),))
+
+
+def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
+        on_event=None) -> RunResult:
+    """Analyse `paths` into `outdir`; returns what the reports need.
+
+    Errors in one file are collected in `result.errors` (the run goes on);
+    the caller decides the exit status.  `progress(done_bytes, total_bytes)`
+    is called now and then when given.
+    """
+    started = time.perf_counter()
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = RunResult(outdir=out)
+    events = EventSink(out, lang)
+    anomalies = AnomalySink(out)
+
+    def emit(ev: Event) -> None:
+        events.add(ev)
+        if on_event is not None:
+            on_event(ev)
+
+    table = FlowTable(emit, anomalies.add, result.connections.append)
+    decoder = Decoder()
+    decode = decoder.decode
+    packet = table.packet
+    total = sum(_size(p) for p in paths)
+    done_before = 0
+    try:
+        for path in paths:
+            report = FileReport(name=path)
+            result.files.append(report)
+            frame = 0
+            table.capture = anomalies.capture = os.path.basename(path) if path != "-" else "<stdin>"
+            try:
+                with open_capture(path) as reader:
+                    report.format, report.compression = reader.format, reader.compression
+                    next_tick = 0
+                    ts = None
+                    for ts, linktype, data, _wirelen in reader:
+                        frame += 1
+                        if result.first_epoch is None:
+                            result.first_epoch = ts
+                        seg = decode(linktype, data, ts)
+                        if seg is not None:
+                            packet(seg, ts, frame)
+                        if progress is not None and frame >= next_tick:
+                            next_tick = frame + 20000
+                            progress(done_before + (reader.bytes_read or 0), total)
+                    if ts is not None:
+                        result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
+            except AnalyzerError as exc:
+                report.error = str(exc)
+                result.errors.append(exc)
+            finally:
+                report.packets = frame
+                result.packets += frame
+                done_before += _size(path)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    table.finish()
+    events.commit()
+    anomalies.writer.commit()
+    result.events = events.count
+    result.events_by_protocol = events.by_protocol
+    result.skipped = decoder.skipped
+    result.anomalies = table.anomaly_counts
+    result.limits = table.limits
+    result.tcp_segments = table.segments
+    result.connections_total = table.count
+    result.connections_with_gaps = table.connections_with_gaps
+    result.missed_bytes = table.missed_bytes
+    _write_connections(out, result.connections)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_connections(out: Path, rows: list[dict]) -> None:
+    writer = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
+    writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in rows)
+    writer.commit()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0
+
+
+def damaged(result: RunResult) -> list[AnalyzerError]:
+    return [e for e in result.errors if isinstance(e, CaptureError)]

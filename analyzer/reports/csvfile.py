@@ -1,0 +1,99 @@
+# CSV output that is safe to open in a spreadsheet and never seen half-written.
+#
+# Spreadsheet formula injection: a cell starting with = + - @ (or tab / CR,
+# which some spreadsheets strip before evaluating) is run as a formula.  Wire
+# strings (URIs, reasons, FTP text) are attacker-controlled, so such cells get
+# a leading apostrophe, the OWASP-recommended neutraliser.  Numbers are
+# written as numbers: negative latencies never occur and codes are positive,
+# so a numeric column never needs the prefix.
+#
+# Atomicity: rows go to a temporary file in the same directory, renamed over
+# the target on close(); a reader sees the old file or the new one, never a
+# partial one.  Live capture rewrites reports this way every interval.
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+DANGEROUS_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value):
+    if isinstance(value, str) and value.startswith(DANGEROUS_PREFIXES):
+        return "'" + value
+    return value
+
+
+class AtomicWriter:
+    """A text file written to a temporary sibling and renamed into place."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        self.handle = io.open(fd, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.handle
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    with AtomicWriter(path) as handle:
+        handle.write(text)
+
+
+class CsvWriter:
+    """Streams rows (sequences in `columns` order) into an atomically committed CSV."""
+
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        self._file = AtomicWriter(path)
+        self._csv = csv.writer(self._file.handle, lineterminator="\n")
+        self._csv.writerow(self.columns)
+        self.rows = 0
+
+    def write_rows(self, rows: Iterable[Sequence]) -> None:
+        for row in rows:
+            self._csv.writerow([neutralise(v) for v in row])
+            self.rows += 1
+
+    def flush(self) -> None:
+        self._file.handle.flush()
+
+    def commit(self) -> None:
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+def write_dataframe(path: str | os.PathLike, frame) -> None:
+    """Write a pandas DataFrame with the same neutralisation, atomically."""
+    writer = CsvWriter(path, [str(c) for c in frame.columns])
+    try:
+        writer.write_rows(frame.itertuples(index=False, name=None))
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
