@@ -287,7 +287,10 @@ class FlowTable:
             streams[d].syn(seq)
         if flags & ACK:
             other = streams[1 - d]
-            if (seglen or other.held) and other.lacks_before(ack):
+            if not other.synced:
+                if seglen:
+                    other.expect_start(ack)
+            elif (seglen or other.held) and other.lacks_before(ack):
                 other.ack_beyond(ack, ts, frame)
         if seglen or flags & FIN:
             conn.bytes[d] += seglen

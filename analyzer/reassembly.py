@@ -37,6 +37,10 @@ MAX_HELD_BYTES_TOTAL = 256 * 1024 * 1024
 # A segment claiming to start further ahead than this is not kept (a window
 # larger than the RFC 7323 maximum of 1 GiB is impossible).
 MAX_AHEAD = 1 << 30
+# How far before its first captured segment a stream may be said to start
+# because the peer acknowledged that point (a larger lead means the ACK is
+# not about this stream: corrupt or from an earlier connection).
+MAX_INFERRED_LEAD = 1024 * 1024
 
 
 class HeldBudget:
@@ -61,7 +65,7 @@ class Stream:
     __slots__ = (
         "sink", "budget", "synced", "next_seq", "pos", "held", "held_bytes", "fin_seq",
         "ended", "delivered", "missed", "gaps", "dup_bytes", "ooo_segments",
-        "limit_hits", "isn", "_order",
+        "limit_hits", "isn", "_order", "expected",
     )
 
     def __init__(self, sink, budget: HeldBudget) -> None:
@@ -82,6 +86,7 @@ class Stream:
         self.ooo_segments = 0
         self.limit_hits = 0
         self._order = 0
+        self.expected = None      # stream start implied by the peer's ACK
 
     # -- input ---------------------------------------------------------------
     def syn(self, seq: int) -> None:
@@ -90,14 +95,26 @@ class Stream:
             self.next_seq = (seq + 1) & 0xFFFFFFFF
             self.synced = True
 
+    def expect_start(self, ack: int) -> None:
+        """The peer, while sending data, acknowledged `ack`: our stream was there.
+
+        Used when the capture starts mid-stream: bytes between this point and
+        the first segment we see become a gap instead of passing unnoticed.
+        """
+        if not self.synced:
+            self.expected = ack
+
     def segment(self, seq: int, payload: bytes, seglen: int, fin: bool, ts: float, frame: int) -> None:
         if self.ended:
             if seglen:
                 self.dup_bytes += seglen
             return
         if not self.synced:
-            # Mid-stream start: the first byte we see is where the stream begins.
+            # Mid-stream start: the first byte we see is where the stream
+            # begins, unless the peer proved it began a little earlier.
             self.next_seq = seq
+            if self.expected is not None and 0 < seq_diff(seq, self.expected) <= MAX_INFERRED_LEAD:
+                self.next_seq = self.expected
             self.synced = True
         if fin and self.fin_seq is None:
             self.fin_seq = (seq + seglen) & 0xFFFFFFFF

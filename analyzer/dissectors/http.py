@@ -53,7 +53,9 @@ HEAD, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE, RESYNC, TUNNEL, HOLD = range(7)
 # Sub-states of a chunked body.
 CHUNK_SIZE, CHUNK_DATA, CHUNK_DATA_END, CHUNK_TRAILER = range(4)
 
-STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?:[ \t]([^\r\n]*))?\r?\n?$")
+# The reason phrase runs to the line feed: a stray CR or control byte inside
+# it (seen in the wild and in fuzzed captures) does not hide the status code.
+STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?:[ \t]([^\n]*))?\n?$")
 STATUS_START = re.compile(rb"HTTP/\d\.\d \d{3}[ \t\r\n]")
 # Lenient on purpose: real clients send "GET / HTTP/1." or "OPTIONS" alone and
 # servers answer them (with 400), so the answer still pairs with the method and
@@ -165,7 +167,7 @@ class _Side:
     """Parser state of one direction."""
 
     __slots__ = ("state", "buf", "remaining", "chunk", "msg_ts", "msg_frame", "held", "held_bytes",
-                 "sniff", "after_gap")
+                 "sniff", "after_gap", "seen")
 
     def __init__(self, state: int) -> None:
         self.state = state
@@ -178,6 +180,7 @@ class _Side:
         self.held_bytes = 0
         self.sniff = None    # [event fields, bytearray, content-encoding] of a deferred 4xx/5xx
         self.after_gap = False
+        self.seen = False    # any byte of this direction delivered yet
 
 
 class HttpDissector(Dissector):
@@ -215,7 +218,8 @@ class HttpDissector(Dissector):
     def _gap(self, direction: int, nbytes: int, ts: float, frame: int) -> None:
         side = self.sides[direction]
         st = side.state
-        if (st == BODY_LENGTH and nbytes > side.remaining) or (st == HEAD and not side.buf):
+        if (st == BODY_LENGTH and nbytes > side.remaining) or (st == HEAD and not side.buf) or \
+                (st == RESYNC and not side.seen):
             # Bytes lost past a message boundary held the start of at least one
             # message; account for it so FIFO pairing does not shift by one.
             self._message_lost(direction, ts, frame)
@@ -281,6 +285,7 @@ class HttpDissector(Dissector):
 
     def _consume(self, d: int, data: bytes, ts: float, frame: int) -> None:
         side = self.sides[d]
+        side.seen = True
         pos = 0
         n = len(data)
         if side.state in (BODY_LENGTH, BODY_CHUNKED) and data[:5] == b"HTTP/" and \
