@@ -43,7 +43,7 @@ def tcpdump(path: Path, bpf: str, interface: str = "lo", snaplen: int = 262144):
         raise RuntimeError("tcpdump is not installed (apt-get install tcpdump)")
     path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        ["tcpdump", "-i", interface, "-s", str(snaplen), "-U", "-n", "-w", str(path), bpf],
+        ["tcpdump", "-i", interface, "-s", str(snaplen), "--immediate-mode", "-U", "-n", "-w", str(path), bpf],
         stderr=subprocess.PIPE, text=True,
     )
     # tcpdump prints "listening on lo ..." once its socket is ready.

@@ -55,7 +55,7 @@ CHUNK_SIZE, CHUNK_DATA, CHUNK_DATA_END, CHUNK_TRAILER = range(4)
 
 # The reason phrase runs to the line feed: a stray CR or control byte inside
 # it (seen in the wild and in fuzzed captures) does not hide the status code.
-STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?:[ \t]([^\n]*))?\n?$")
+STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?:[ \t]([^\n]*))?\r?\n?$")
 STATUS_START = re.compile(rb"HTTP/\d\.\d \d{3}[ \t\r\n]")
 # Lenient on purpose: real clients send "GET / HTTP/1." or "OPTIONS" alone and
 # servers answer them (with 400), so the answer still pairs with the method and
@@ -66,41 +66,34 @@ REQUEST_START = re.compile(rb"[A-Z][A-Z_-]{1,31} [^\s]{1,16384} HTTP/\d\.\d\r?\n
 _RESYNC_STATUS = re.compile(rb"(?:^|\n)(HTTP/1\.[01] \d{3}[ \r\n])")
 _RESYNC_REQUEST = re.compile(rb"(?:^|\n)([A-Z][A-Z_-]{1,31} [^\s]{1,16384} HTTP/1\.[01]\r?\n)")
 _INTERRUPTING_HEAD = re.compile(rb"HTTP/1\.[01] \d{3} [^\r\n]*\r?\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:")
+# How much of a mid-stream direction we search for a message start.
+MIDSTREAM_DETECT_BYTES = 16 * 1024
 # A line start that may still grow into a message start (kept across chunks).
 _MAYBE_START = re.compile(rb"(?:HTTP(?:/(?:1(?:\.(?:[01]( \d{0,3})?)?)?)?)?|[A-Z][A-Z_-]{0,31}(?: [^\s]*(?: H[^\r\n]*)?)?)$")
-
-
-def _looks_partial(head: bytes, pattern_prefixes: tuple[bytes, ...]) -> bool:
-    return any(p.startswith(head[: len(p)]) for p in pattern_prefixes)
 
 
 def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool = False) -> str:
     """HTTP if either direction starts with a request line or a status line.
 
     Mid-stream (no SYN seen), a message start after a line break also counts,
-    so a capture that begins inside a body is still recognised.
+    so a capture that begins inside a body is still recognised.  An empty
+    direction may still speak (a server answers TLS garbage with a plain 400).
     """
-    verdict = REJECTED
+    undecided = False
     for head in (head0, head1):
         if not head:
-            verdict = NEED_MORE if verdict == REJECTED else verdict
+            undecided = True
             continue
         h = head.lstrip(b"\r\n")
-        if STATUS_START.match(h) or REQUEST_START.match(h[:MAX_START_LINE + 64]):
+        if STATUS_START.match(h) or REQUEST_START.match(h):
             return DETECTED
         if midstream and (_RESYNC_STATUS.search(head) or _RESYNC_REQUEST.search(head)):
             return DETECTED
-        first = h.split(b"\n", 1)[0]
-        if b"\n" not in h and len(h) < MAX_START_LINE:
-            # An incomplete first line: could it still become one of ours?
-            if h[:5] == b"HTTP/"[: len(h[:5])] or re.match(rb"[A-Z][A-Z_-]{0,31}( |$)", h):
-                verdict = NEED_MORE
-                continue
-            if midstream and len(h) < 2048:
-                verdict = NEED_MORE
-        elif midstream and len(head) < 2048 and first:
-            verdict = NEED_MORE if verdict != DETECTED else verdict
-    return verdict
+        if b"\n" not in h and len(h) < MAX_START_LINE and _MAYBE_START.match(h):
+            undecided = True   # an incomplete first line that may still become one
+        elif midstream and len(head) < MIDSTREAM_DETECT_BYTES:
+            undecided = True   # a message may start on a later line
+    return NEED_MORE if undecided else REJECTED
 
 
 class _Request:
