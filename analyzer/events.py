@@ -8,7 +8,7 @@
 # off the hot path.
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Directions as the flow table numbers them: 0 is the side that sent the SYN
 # (or, without a SYN, the side seen first); 1 is the other side.
@@ -83,6 +83,13 @@ class Expectation:
     host: str | None       # address the data connection goes to (responder)
     port: int              # port the data connection goes to (responder)
     owner: object = field(default=None, compare=False, repr=False)
+
+
+def with_endpoints(ev: Event, ends: tuple) -> Event:
+    """The event with the flow table's endpoint fields filled in."""
+    cip, cport, sip, sport, cid, capture = ends
+    return replace(ev, client_ip=cip, client_port=cport, server_ip=sip, server_port=sport,
+                   connection=cid, capture=capture)
 
 
 def side_label(sender: int, server_direction: int) -> str:

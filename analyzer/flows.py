@@ -78,7 +78,7 @@ class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
-        "capture", "name", "packets", "index", "rejected", "state",
+        "capture", "name", "packets", "index", "rejected", "state", "ends",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -107,6 +107,7 @@ class Connection:
         self.index = index
         self.rejected: set = set()
         self.state = "open"
+        self.ends = None
 
     # -- identity ----------------------------------------------------------------
     def ident(self) -> str:
@@ -116,6 +117,18 @@ class Connection:
             digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
             self.cid = "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
         return self.cid
+
+    def endpoints(self) -> tuple:
+        """(client_ip, client_port, server_ip, server_port, connection, capture), cached."""
+        sd = self.server_direction()
+        if self.ends is None or self.ends[0] != sd:
+            a, b = self.addr
+            if sd == 1:
+                ends = (addr_to_str(a), self.ports[0], addr_to_str(b), self.ports[1])
+            else:
+                ends = (addr_to_str(b), self.ports[1], addr_to_str(a), self.ports[0])
+            self.ends = (sd, ends + (self.ident(), self.table.capture))
+        return self.ends[1]
 
     def server_direction(self) -> int:
         if self.syn_seen:
@@ -209,7 +222,12 @@ class Connection:
 
 
 class FlowTable:
-    """Owns every connection; calls `on_event(Event)` and `on_anomaly(Anomaly)`."""
+    """Owns every connection; calls `on_event(Event, endpoints)` and `on_anomaly(Anomaly)`.
+
+    Events leave the dissectors without endpoints; `endpoints` is the
+    connection's cached (client_ip, client_port, server_ip, server_port,
+    connection, capture), so no record is copied per event.
+    """
 
     def __init__(self, on_event, on_anomaly, on_connection=None) -> None:
         self.on_event = on_event
@@ -383,15 +401,9 @@ class FlowTable:
                 self.on_anomaly(replace(a, connection=cid))
             d.anomalies.clear()
         if events:
-            sd = conn.server_direction()
-            a, b = conn.addr
-            client, server = (a, b) if sd == 1 else (b, a)
-            cport, sport = (conn.ports[0], conn.ports[1]) if sd == 1 else (conn.ports[1], conn.ports[0])
-            cip, sip = addr_to_str(client), addr_to_str(server)
-            cid = conn.ident()
+            ends = conn.endpoints()
             for ev in events:
-                self.on_event(replace(ev, client_ip=cip, client_port=cport, server_ip=sip,
-                                      server_port=sport, connection=cid, capture=self.capture))
+                self.on_event(ev, ends)
 
     # -- lifetime ----------------------------------------------------------------------
     def _finalise(self, conn: Connection, ts: float, frame: int, state: str, rst_dir: int | None = None) -> None:

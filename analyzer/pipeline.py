@@ -21,9 +21,9 @@ from pathlib import Path
 from . import __version__
 from .decode import Decoder
 from .errors import AnalyzerError, CaptureError, InputError
-from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event
+from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event, with_endpoints
 from .flows import FlowTable
-from .reports.csvfile import CsvWriter
+from .reports.csvfile import CsvWriter, neutralise
 from .sources import open_capture
 
 ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
@@ -44,10 +44,22 @@ MAX_ANOMALY_ROWS_PER_NAME = 1000
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
 
 
+_SECOND = [None, ""]
+
+
 def iso_time(epoch: float) -> str:
+    """ISO-8601 UTC with microseconds; the formatted second is cached (hot path)."""
     try:
-        return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        whole = int(epoch // 1)
+        micros = int(round((epoch - whole) * 1_000_000))
+        if micros >= 1_000_000:
+            whole, micros = whole + 1, micros - 1_000_000
+        if _SECOND[0] != whole:
+            _SECOND[0] = whole
+            _SECOND[1] = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{_SECOND[1]}.{micros:06d}Z"
     except (ValueError, OverflowError, OSError):
+        _SECOND[0] = None
         return ""  # a timestamp no calendar holds (corrupt capture); epoch keeps the value
 
 
@@ -89,15 +101,17 @@ class _Annotator:
         return hit
 
 
-def event_row(ev: Event, annotation: tuple) -> tuple:
+def event_row(ev: Event, ends: tuple, annotation: tuple) -> tuple:
+    """One events.csv row; wire strings are neutralised for spreadsheets here."""
+    cip, cport, sip, sport, cid, capture = ends
     return (
         iso_time(ev.epoch), f"{ev.epoch:.6f}", ev.frame, ev.protocol,
-        ev.client_ip, ev.client_port, ev.server_ip, ev.server_port,
-        ev.code, ev.text, ev.request, ev.host,
-        "" if ev.latency_ms is None else ev.latency_ms, ev.connection,
+        cip, cport, sip, sport,
+        ev.code, neutralise(ev.text), neutralise(ev.request), neutralise(ev.host),
+        "" if ev.latency_ms is None else ev.latency_ms, cid,
         ev.direction, "true" if ev.inferred else "false",
         "" if ev.lines is None else ev.lines, ev.substatus, ev.substatus_source,
-        "" if ev.data_bytes is None else ev.data_bytes, ";".join(ev.flags), ev.capture,
+        "" if ev.data_bytes is None else ev.data_bytes, ";".join(ev.flags), neutralise(capture),
     ) + annotation
 
 
@@ -162,20 +176,21 @@ class EventSink:
         self.count = 0
         self.by_protocol: Counter = Counter()
 
-    def add(self, ev: Event) -> None:
+    def add(self, ev: Event, ends: tuple) -> None:
         self.order += 1
         self.count += 1
         self.by_protocol[ev.protocol] += 1
-        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev))
+        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev, ends))
         if len(self.heap) > REORDER_WINDOW:
-            self._write(heapq.heappop(self.heap)[3])
+            self._write(heapq.heappop(self.heap))
 
-    def _write(self, ev: Event) -> None:
-        self.writer.write_rows((event_row(ev, self.annotate(ev)),))
+    def _write(self, item) -> None:
+        ev, ends = item[3], item[4]
+        self.writer.write_trusted(event_row(ev, ends, self.annotate(ev)))
 
     def flush_all(self) -> None:
         while self.heap:
-            self._write(heapq.heappop(self.heap)[3])
+            self._write(heapq.heappop(self.heap))
 
     def commit(self) -> None:
         self.flush_all()
@@ -211,10 +226,10 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     events = EventSink(out, lang)
     anomalies = AnomalySink(out)
 
-    def emit(ev: Event) -> None:
-        events.add(ev)
+    def emit(ev: Event, ends: tuple) -> None:
+        events.add(ev, ends)
         if on_event is not None:
-            on_event(ev)
+            on_event(with_endpoints(ev, ends))
 
     table = FlowTable(emit, anomalies.add, result.connections.append)
     decoder = Decoder()
@@ -233,11 +248,11 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
                     report.format, report.compression = reader.format, reader.compression
                     next_tick = 0
                     ts = None
-                    for ts, linktype, data, _wirelen in reader:
+                    for ts, linktype, data, wirelen in reader:
                         frame += 1
                         if result.first_epoch is None:
                             result.first_epoch = ts
-                        seg = decode(linktype, data, ts)
+                        seg = decode(linktype, data, ts, wirelen)
                         if seg is not None:
                             packet(seg, ts, frame)
                         if progress is not None and frame >= next_tick:
@@ -254,6 +269,7 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
                 done_before += _size(path)
     except KeyboardInterrupt:
         result.interrupted = True
+    decoder.finish()
     table.finish()
     events.commit()
     anomalies.writer.commit()
