@@ -36,6 +36,7 @@ class AtomicWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         self.tmp = Path(tmp)
+        os.chmod(fd, 0o644)  # mkstemp makes 0600; reports are meant to be shared
         self.handle = io.open(fd, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
@@ -69,7 +70,9 @@ class CsvWriter:
     def __init__(self, path: str | os.PathLike, columns: Sequence[str]) -> None:
         self.columns = list(columns)
         self._file = AtomicWriter(path)
-        self._csv = csv.writer(self._file.handle, lineterminator="\n")
+        # RFC 4180 line ends: with a bare "\n" terminator the csv module would
+        # leave a lone CR inside a cell unquoted, and readers split the row there.
+        self._csv = csv.writer(self._file.handle, lineterminator="\r\n")
         self._csv.writerow(self.columns)
         self.rows = 0
 
