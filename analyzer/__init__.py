@@ -8,8 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def analyze(paths, **options):
+def analyze(paths, outdir=None, **options):
     """Analyse capture files; see analyzer.api.analyze."""
     from .api import analyze as _analyze
 
-    return _analyze(paths, **options)
+    return _analyze(paths, outdir, **options)

@@ -77,15 +77,36 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 
 
 def _reports(result: RunResult, *, lang, policy, expect, jsonl, parquet, quiet):
-    try:
-        from .reports.outputs import build_and_write
-    except ImportError:
-        if not quiet:
-            counts = ", ".join(f"{n} {p}" for p, n in sorted(result.events_by_protocol.items())) or "no events"
-            print(f"{result.packets} packets, {counts}", file=sys.stderr)
-        return None
+    from .reports.outputs import build_and_write
+
     return build_and_write(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet,
                            quiet=quiet)
+
+
+def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,
+            parquet: bool = False) -> Analysis:
+    """Analyse captures and return the tables the files hold, as DataFrames.
+
+    `paths` is a path or a list of them (files, directories, "-").  Reports
+    are written to `outdir` (a new temporary directory when None).  Damaged
+    inputs do not raise: `Analysis.run.errors` lists them, as the CLI would.
+    """
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    from .reports.summary import read_events_csv
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="analyzer-"))
+    lang = _lang(lang)
+    result = run(expand_inputs([str(p) for p in paths]), out, lang=lang)
+    stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=True)
+    chunks = list(read_events_csv(out / "events.csv"))
+    events = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    return Analysis(outdir=out, run=result, events=events, hosts=stats.hosts, codes=stats.codes, stats=stats)
 
 
 def _size(path: str) -> int:

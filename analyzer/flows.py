@@ -362,6 +362,8 @@ class FlowTable:
                 conn.mode = MODE_DATA
                 conn.owner = exp.owner
                 conn.name = exp.kind
+                if conn.owner is not None:
+                    conn.owner.on_data(0, conn.first_ts)  # opened: an empty transfer is 0 bytes
                 return
 
     def _data_channel(self, conn, d, seq, seglen, flags, ts, frame) -> None:

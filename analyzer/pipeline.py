@@ -168,8 +168,8 @@ class RunResult:
 class EventSink:
     """Annotates events and writes them in (nearly) time order."""
 
-    def __init__(self, outdir: Path, lang: str) -> None:
-        self.writer = CsvWriter(outdir / "events.csv", EVENT_COLUMNS)
+    def __init__(self, outdir: Path, lang: str, atomic: bool = True) -> None:
+        self.writer = CsvWriter(outdir / "events.csv", EVENT_COLUMNS, atomic=atomic)
         self.annotate = _Annotator(lang)
         self.heap: list = []
         self.order = 0
@@ -211,80 +211,130 @@ class AnomalySink:
                                  a.connection, a.detail, self.capture),))
 
 
+class Session:
+    """One analysis: decoder, connection table and sinks, fed packet by packet.
+
+    Files go through `read_file` (the hot loop); live capture calls `packet`
+    for each packet and `interim()` at every report interval.  `finish()`
+    finalises every connection and writes events.csv, anomalies.csv and
+    connections.csv.
+    """
+
+    def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
+                 stream_events: bool = False) -> None:
+        self.started = time.perf_counter()
+        self.out = Path(outdir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.result = RunResult(outdir=self.out)
+        self.events = EventSink(self.out, lang, atomic=not stream_events)
+        self.anomalies = AnomalySink(self.out)
+        events = self.events
+        callback = on_event
+
+        def emit(ev: Event, ends: tuple) -> None:
+            events.add(ev, ends)
+            if callback is not None:
+                callback(with_endpoints(ev, ends))
+
+        self.table = FlowTable(emit, self.anomalies.add, self.result.connections.append)
+        self.decoder = Decoder()
+        self.frame = 0
+        self.report: FileReport | None = None
+
+    def begin(self, name: str, display: str | None = None) -> FileReport:
+        """Start a new capture: frame numbers count from 1 again (as in Wireshark)."""
+        report = FileReport(name=name)
+        self.result.files.append(report)
+        self.report = report
+        self.frame = 0
+        self.table.capture = self.anomalies.capture = display or os.path.basename(name)
+        return report
+
+    def packet(self, ts: float, linktype: int, data: bytes, wirelen: int) -> None:
+        self.frame += 1
+        self.report.packets = self.frame
+        self.result.packets += 1
+        if self.result.first_epoch is None:
+            self.result.first_epoch = ts
+        self.result.last_epoch = ts
+        seg = self.decoder.decode(linktype, data, ts, wirelen)
+        if seg is not None:
+            self.table.packet(seg, ts, self.frame)
+
+    def read_file(self, path: str, progress=None, done_before: int = 0, total: int = 0) -> None:
+        """Read one capture file; an error is recorded and ends this file only."""
+        report = self.begin(path, "<stdin>" if path == "-" else None)
+        result, decode, packet = self.result, self.decoder.decode, self.table.packet
+        frame = 0
+        ts = None
+        try:
+            with open_capture(path) as reader:
+                report.format, report.compression = reader.format, reader.compression
+                next_tick = 0
+                for ts, linktype, data, wirelen in reader:
+                    frame += 1
+                    if result.first_epoch is None:
+                        result.first_epoch = ts
+                    seg = decode(linktype, data, ts, wirelen)
+                    if seg is not None:
+                        packet(seg, ts, frame)
+                    if progress is not None and frame >= next_tick:
+                        next_tick = frame + 20000
+                        progress(done_before + (reader.bytes_read or 0), total)
+        except AnalyzerError as exc:
+            report.error = str(exc)
+            result.errors.append(exc)
+        finally:
+            if ts is not None:
+                result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
+            report.packets = frame
+            result.packets += frame
+            self.frame = frame
+
+    def interim(self) -> None:
+        """Make every event so far visible in events.csv (live capture)."""
+        self.events.flush_all()
+        self.events.writer.flush()
+
+    def finish(self) -> RunResult:
+        result, table = self.result, self.table
+        self.decoder.finish()
+        table.finish()
+        self.events.commit()
+        self.anomalies.writer.commit()
+        result.events = self.events.count
+        result.events_by_protocol = self.events.by_protocol
+        result.skipped = self.decoder.skipped
+        result.anomalies = table.anomaly_counts
+        result.limits = table.limits
+        result.tcp_segments = table.segments
+        result.connections_total = table.count
+        result.connections_with_gaps = table.connections_with_gaps
+        result.missed_bytes = table.missed_bytes
+        _write_connections(self.out, result.connections)
+        result.seconds = time.perf_counter() - self.started
+        return result
+
+
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
         on_event=None) -> RunResult:
     """Analyse `paths` into `outdir`; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
     the caller decides the exit status.  `progress(done_bytes, total_bytes)`
-    is called now and then when given.
+    is called now and then when given.  Ctrl-C stops reading; what was read
+    is still finalised and written (`result.interrupted`).
     """
-    started = time.perf_counter()
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = RunResult(outdir=out)
-    events = EventSink(out, lang)
-    anomalies = AnomalySink(out)
-
-    def emit(ev: Event, ends: tuple) -> None:
-        events.add(ev, ends)
-        if on_event is not None:
-            on_event(with_endpoints(ev, ends))
-
-    table = FlowTable(emit, anomalies.add, result.connections.append)
-    decoder = Decoder()
-    decode = decoder.decode
-    packet = table.packet
+    session = Session(outdir, lang=lang, on_event=on_event)
     total = sum(_size(p) for p in paths)
-    done_before = 0
+    done = 0
     try:
         for path in paths:
-            report = FileReport(name=path)
-            result.files.append(report)
-            frame = 0
-            table.capture = anomalies.capture = os.path.basename(path) if path != "-" else "<stdin>"
-            try:
-                with open_capture(path) as reader:
-                    report.format, report.compression = reader.format, reader.compression
-                    next_tick = 0
-                    ts = None
-                    for ts, linktype, data, wirelen in reader:
-                        frame += 1
-                        if result.first_epoch is None:
-                            result.first_epoch = ts
-                        seg = decode(linktype, data, ts, wirelen)
-                        if seg is not None:
-                            packet(seg, ts, frame)
-                        if progress is not None and frame >= next_tick:
-                            next_tick = frame + 20000
-                            progress(done_before + (reader.bytes_read or 0), total)
-                    if ts is not None:
-                        result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
-            except AnalyzerError as exc:
-                report.error = str(exc)
-                result.errors.append(exc)
-            finally:
-                report.packets = frame
-                result.packets += frame
-                done_before += _size(path)
+            session.read_file(path, progress, done, total)
+            done += _size(path)
     except KeyboardInterrupt:
-        result.interrupted = True
-    decoder.finish()
-    table.finish()
-    events.commit()
-    anomalies.writer.commit()
-    result.events = events.count
-    result.events_by_protocol = events.by_protocol
-    result.skipped = decoder.skipped
-    result.anomalies = table.anomaly_counts
-    result.limits = table.limits
-    result.tcp_segments = table.segments
-    result.connections_total = table.count
-    result.connections_with_gaps = table.connections_with_gaps
-    result.missed_bytes = table.missed_bytes
-    _write_connections(out, result.connections)
-    result.seconds = time.perf_counter() - started
-    return result
+        session.result.interrupted = True
+    return session.finish()
 
 
 def _write_connections(out: Path, rows: list[dict]) -> None:

@@ -66,6 +66,11 @@ def corpus_results(tmp_path_factory):
             if row["protocol"] == "websocket" and row["code"] == "":
                 row["code"] = "1005"
         truth = [r for r in truth if (r["protocol"], r["first_frame"], r["code"]) not in drop_truth]
+        wrong_request = {(k["protocol"], k["frame"], k["code"]) for k in known
+                         if k["capture"] == name and k["side"] == "request"}
+        for row in truth:
+            if (row["protocol"], row["first_frame"], row["code"]) in wrong_request:
+                row["request"] = ""  # the command it answers is not in the capture
         ours = [r for r in ours if (r["protocol"], r["frame"], r["code"]) not in drop_ours
                 and not (r["protocol"] == "websocket" and r["inferred"] == "true" and r["code"] == "1006")]
         results[name] = score.score(ours, truth, {"http", "ftp", "websocket"})
@@ -118,6 +123,35 @@ def test_non_numeric_status_code_is_not_a_response():
 def test_fuzzed_connection_carries_a_real_status_line():
     # The rest of that head went to the real connection; the status line is whole.
     assert _payload("ndpi_fuzz_2006_09_29_be", 103) == b"HTTP/1.1 200 OK\r\nSe"
+
+
+def _ftp_commands(name: str) -> list[tuple[int, str]]:
+    """(frame, command line) of every client FTP command in a capture."""
+    decoder, out = Decoder(), []
+    with open_capture(str(_capture(name))) as reader:
+        for number, (ts, linktype, data, wirelen) in enumerate(reader, 1):
+            seg = decoder.decode(linktype, data, ts, wirelen)
+            if seg and seg[3] == 21 and seg[7]:
+                out += [(number, line.decode("latin-1").strip()) for line in seg[7].split(b"\r\n") if line]
+    return out
+
+
+@pytest.mark.parametrize("frame, code, verb", [(831, 227, "PASV"), (3204, 200, "TYPE")])
+def test_fifo_pairing_of_replies_to_lost_commands_is_wrong(frame, code, verb):
+    from analyzer.dissectors.ftp import fits
+
+    commands = _ftp_commands("zeek_ftp_cwd_navigation")
+    before = [c for f, c in commands if f < frame]
+    fifo_guess = {831: "TYPE", 3204: "CWD"}[frame]
+    assert not fits(fifo_guess, code)  # the truth's FIFO-derived command cannot get this reply
+    assert fits(verb, code)
+    reply = _payload("zeek_ftp_cwd_navigation", frame)
+    assert reply.startswith(str(code).encode())
+    assert before  # commands were captured before it, just not the one it answers
+
+
+def test_reply_code_without_separator_is_not_a_reply():
+    assert _payload("zeek_ftp_missing_space", 16).startswith(b"230_no_space")
 
 
 def test_every_known_difference_is_still_a_difference(corpus_results):

@@ -59,6 +59,19 @@ class AtomicWriter:
             self.abort()
 
 
+class _DirectFile:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w", encoding="utf-8", newline="")
+
+    def commit(self) -> None:
+        self.handle.close()
+
+    def abort(self) -> None:
+        self.handle.close()
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     with AtomicWriter(path) as handle:
         handle.write(text)
@@ -67,9 +80,11 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
 class CsvWriter:
     """Streams rows (sequences in `columns` order) into an atomically committed CSV."""
 
-    def __init__(self, path: str | os.PathLike, columns: Sequence[str]) -> None:
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str], atomic: bool = True) -> None:
         self.columns = list(columns)
-        self._file = AtomicWriter(path)
+        # Not atomic: rows go straight to `path` and become visible at each
+        # flush() (live capture appends events.csv while it runs).
+        self._file = AtomicWriter(path) if atomic else _DirectFile(path)
         # RFC 4180 line ends: with a bare "\n" terminator the csv module would
         # leave a lone CR inside a cell unquoted, and readers split the row there.
         self._csv = csv.writer(self._file.handle, lineterminator="\r\n")
