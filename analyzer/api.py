@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CaptureError, ExitStatus, InputError
+from .errors import CaptureError, ExitStatus, InputError, UsageError
 from .pipeline import RunResult, expand_inputs, run
 
 
@@ -34,8 +34,13 @@ def _lang(lang: str | None) -> str:
 
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
-                   parquet=False, quiet=False) -> int:
+                   parquet=False, quiet=False, jobs: int = 0) -> int:
+    from .parallel import default_jobs
+
     paths = expand_inputs(list(captures))
+    if jobs < 0:
+        raise UsageError("--jobs takes a number of processes (0 = all cores)")
+    jobs = jobs or default_jobs()
     lang = _lang(lang)
     rules = []
     if fail_on:
@@ -50,9 +55,9 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
             progress_cm = None
     if progress_cm is not None:
         with progress_cm(sum(_size(p) for p in paths)) as bar:
-            result = run(paths, outdir, lang=lang, progress=lambda done, total: bar.update(done))
+            result = run(paths, outdir, lang=lang, progress=lambda done, total: bar.update(done), jobs=jobs)
     else:
-        result = run(paths, outdir, lang=lang)
+        result = run(paths, outdir, lang=lang, jobs=jobs)
     stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=quiet)
     status = ExitStatus.OK
     for exc in result.errors:

@@ -40,6 +40,8 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--jsonl", action="store_true", help="also write events.jsonl")
     p.add_argument("--parquet", action="store_true", help="also write events.parquet (needs pyarrow)")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
+    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                   help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -72,7 +74,7 @@ def cmd_analyze(args) -> int:
 
     return run_and_report(
         args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
-        expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet,
+        expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
     )
 
 

@@ -221,7 +221,7 @@ class Session:
     """
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
-                 stream_events: bool = False) -> None:
+                 stream_events: bool = False, on_connection=None) -> None:
         self.started = time.perf_counter()
         self.out = Path(outdir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -236,7 +236,11 @@ class Session:
             if callback is not None:
                 callback(with_endpoints(ev, ends))
 
-        self.table = FlowTable(emit, self.anomalies.add, self.result.connections.append)
+        # Live capture runs for hours: with `on_connection`, each finished
+        # connection's row goes to the caller (which writes connections.csv)
+        # instead of being kept in result.connections.
+        self.on_connection = on_connection
+        self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
         self.decoder = Decoder()
         self.frame = 0
         self.report: FileReport | None = None
@@ -261,12 +265,18 @@ class Session:
         if seg is not None:
             self.table.packet(seg, ts, self.frame)
 
-    def read_file(self, path: str, progress=None, done_before: int = 0, total: int = 0) -> None:
-        """Read one capture file; an error is recorded and ends this file only."""
+    def read_file(self, path: str, progress=None, done_before: int = 0, total: int = 0,
+                  partition: tuple[int, int] | None = None) -> None:
+        """Read one capture file; an error is recorded and ends this file only.
+
+        With `partition=(k, n)` only the connections of share k of n are
+        dissected (parallel runs; see analyzer/parallel.py for the key).
+        """
         report = self.begin(path, "<stdin>" if path == "-" else None)
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
         frame = 0
         ts = None
+        share, shares = partition if partition is not None else (0, 1)
         try:
             with open_capture(path) as reader:
                 report.format, report.compression = reader.format, reader.compression
@@ -277,7 +287,15 @@ class Session:
                         result.first_epoch = ts
                     seg = decode(linktype, data, ts, wirelen)
                     if seg is not None:
-                        packet(seg, ts, frame)
+                        if shares == 1:
+                            packet(seg, ts, frame)
+                        else:
+                            src, dst = seg[0], seg[1]
+                            # Symmetric in the two directions; one host pair stays in one
+                            # share (FTP data channels), unless both ends are one host.
+                            key = src[-1] + dst[-1] if src != dst else seg[2] + seg[3]
+                            if key % shares == share:
+                                packet(seg, ts, frame)
                     if progress is not None and frame >= next_tick:
                         next_tick = frame + 20000
                         progress(done_before + (reader.bytes_read or 0), total)
@@ -296,12 +314,13 @@ class Session:
         self.events.flush_all()
         self.events.writer.flush()
 
-    def finish(self) -> RunResult:
+    def snapshot(self) -> dict:
+        """Coverage so far, as `finish()` would report it (live capture, mid-run)."""
+        self._collect()
+        return self.result.coverage()
+
+    def _collect(self) -> None:
         result, table = self.result, self.table
-        self.decoder.finish()
-        table.finish()
-        self.events.commit()
-        self.anomalies.writer.commit()
         result.events = self.events.count
         result.events_by_protocol = self.events.by_protocol
         result.skipped = self.decoder.skipped
@@ -311,13 +330,21 @@ class Session:
         result.connections_total = table.count
         result.connections_with_gaps = table.connections_with_gaps
         result.missed_bytes = table.missed_bytes
-        _write_connections(self.out, result.connections)
         result.seconds = time.perf_counter() - self.started
-        return result
+
+    def finish(self) -> RunResult:
+        self.decoder.finish()
+        self.table.finish()
+        self.events.commit()
+        self.anomalies.writer.commit()
+        self._collect()
+        if self.on_connection is None:
+            _write_connections(self.out, self.result.connections)
+        return self.result
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
-        on_event=None) -> RunResult:
+        on_event=None, jobs: int = 1) -> RunResult:
     """Analyse `paths` into `outdir`; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
@@ -325,6 +352,11 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     is called now and then when given.  Ctrl-C stops reading; what was read
     is still finalised and written (`result.interrupted`).
     """
+    if on_event is None and jobs > 1:
+        from .parallel import run_parallel, worth_it
+
+        if worth_it(paths, jobs):
+            return run_parallel(paths, outdir, lang=lang, jobs=jobs, progress=progress)
     session = Session(outdir, lang=lang, on_event=on_event)
     total = sum(_size(p) for p in paths)
     done = 0

@@ -116,31 +116,23 @@ class _Request:
         return f"{self.method} {self.uri}" if self.uri else self.method
 
 
-# The only fields the dissector reads; looking them up with find() on the
-# lower-cased block is several times faster than splitting every line.
-_WANTED = tuple(
-    (name, b"\n" + name.encode() + b":") for name in (
-        "content-length", "transfer-encoding", "host", "upgrade", "connection",
-        "content-encoding", "sec-websocket-extensions",
-    )
-)
+# The only fields the dissector reads, found by one case-insensitive scan of
+# the head (several times faster than splitting and lower-casing every line).
+_WANTED = re.compile(
+    rb"\n(content-length|transfer-encoding|host|upgrade|connection|content-encoding|sec-websocket-extensions)"
+    rb"[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
-def _headers(block: bytes) -> dict[str, str]:
-    """Wanted header fields of a head block (starting at the start line's LF).
+def _headers(head: bytes, start: int = 0) -> dict[str, str]:
+    """Wanted header fields of a head, from `start` (the start line's LF) on.
 
     Lower-cased name -> value; repeated fields joined with ',' (RFC 9110 §5.3).
     """
-    low = block.lower()
     out: dict[str, str] = {}
-    for name, key in _WANTED:
-        i = low.find(key)
-        while i >= 0:
-            start = i + len(key)
-            stop = block.find(b"\n", start)
-            value = block[start:stop if stop >= 0 else len(block)].strip().decode("latin-1")
-            out[name] = out[name] + "," + value if name in out else value
-            i = low.find(key, start)
+    for m in _WANTED.finditer(head, start):
+        name = m.group(1).decode("latin-1").lower()
+        value = m.group(2).strip().decode("latin-1")
+        out[name] = out[name] + "," + value if name in out else value
     return out
 
 
@@ -326,13 +318,12 @@ class HttpDissector(Dissector):
                         lf = data.find(b"\n\n", pos, end)
                         if lf >= 0:
                             end = lf + 2
-                        side.buf += data[pos:end]
-                        rest = self._parse_head(d)
+                        bad = self._head(d, data[pos:end])
                         if self.upgraded is not None:
                             self._start_upgraded(d, data[end:], ts, frame)
                             return
-                        if rest:  # a bad start line: resynchronise from its end
-                            data, pos, n = rest + data[end:], 0, len(rest) + n - end
+                        if bad is not None:  # a bad start line: resynchronise from its end
+                            data, pos, n = bad + data[end:], 0, len(bad) + n - end
                         else:
                             pos = end
                         continue
@@ -411,7 +402,11 @@ class HttpDissector(Dissector):
         return best
 
     def _parse_head(self, d: int) -> bytes | None:
-        """Parse a complete head from the side buffer; return bytes after it."""
+        """Parse a complete head from the side buffer; return bytes after it.
+
+        Returns None while the head is incomplete; after a bad start line the
+        side is in RESYNC and the bytes from that line's end are returned.
+        """
         side = self.sides[d]
         buf = side.buf
         end = buf.find(b"\r\n\r\n")
@@ -419,24 +414,14 @@ class HttpDissector(Dissector):
         lf = buf.find(b"\n\n")
         if lf >= 0 and (end < 0 or lf + 2 < end):
             end = lf + 2
-        first_nl = buf.find(b"\n")
-        # Reject what is not a message start as early as the first line allows.
-        if first_nl >= 0 or len(buf) > MAX_START_LINE:
-            line = bytes(buf[: first_nl + 1]) if first_nl >= 0 else bytes(buf[:MAX_START_LINE])
-            is_resp = line[:5] == b"HTTP/"
-            ok = STATUS_LINE.match(line) if is_resp else REQUEST_LINE.match(line)
-            if not ok or first_nl < 0:
-                server = self._is_server(d, bytes(buf[:8]))
-                name = "http_bad_status_line" if server else "http_bad_request_line"
-                if server and not is_resp:
-                    name = "http_response_without_status_line"
-                self.anomaly(name, side.msg_ts, side.msg_frame, _text(line[:80]))
-                # Look for a message start from the end of the bad line on.
-                rest = bytes(buf[first_nl:]) if first_nl >= 0 else None
-                buf.clear()
-                side.state = RESYNC
-                return rest
         if end < 0:
+            first_nl = buf.find(b"\n")
+            # Reject what is not a message start as early as the first line allows.
+            if first_nl >= 0 or len(buf) > MAX_START_LINE:
+                line = bytes(buf[: first_nl + 1]) if first_nl >= 0 else bytes(buf[:MAX_START_LINE])
+                m = (STATUS_LINE if line[:5] == b"HTTP/" else REQUEST_LINE).match(line)
+                if not m or first_nl < 0:
+                    return self._bad_start(d, line, bytes(buf[first_nl:]) if first_nl >= 0 else None)
             if len(buf) > MAX_HEAD_BYTES:
                 self._salvage_head(d, "http_head_too_long")
                 buf.clear()
@@ -445,18 +430,37 @@ class HttpDissector(Dissector):
         head = bytes(buf[:end])
         rest = bytes(buf[end:]) if end < len(buf) else b""
         buf.clear()
+        bad = self._head(d, head)
+        return bad + rest if bad is not None else rest
+
+    def _head(self, d: int, head: bytes) -> bytes | None:
+        """Handle one complete head; on a bad start line return what follows it."""
         nl = head.find(b"\n")
-        start = head[:nl]
-        headers = _headers(head[nl:])
-        if start[:5] == b"HTTP/":
-            self._response(d, start, headers)
+        line = head[: nl + 1]
+        is_resp = line[:5] == b"HTTP/"
+        m = (STATUS_LINE if is_resp else REQUEST_LINE).match(line)
+        if m is None:
+            return self._bad_start(d, line, head[nl:])
+        if is_resp:
+            self._response(d, m, _headers(head, nl))
         else:
-            self._request(d, start, headers)
+            self._request(d, m, _headers(head, nl))
+        return None
+
+    def _bad_start(self, d: int, line: bytes, rest: bytes | None) -> bytes | None:
+        side = self.sides[d]
+        server = self._is_server(d, line[:8])
+        is_resp = line[:5] == b"HTTP/"
+        name = "http_bad_status_line" if server else "http_bad_request_line"
+        if server and not is_resp:
+            name = "http_response_without_status_line"
+        self.anomaly(name, side.msg_ts, side.msg_frame, _text(line[:80]))
+        side.buf.clear()
+        side.state = RESYNC
         return rest
 
-    def _request(self, d: int, line: bytes, headers: dict[str, str]) -> None:
+    def _request(self, d: int, m: re.Match, headers: dict[str, str]) -> None:
         side = self.sides[d]
-        m = REQUEST_LINE.match(line)
         method = m.group(1).decode("latin-1")
         uri = _text(m.group(2) or b"")
         if self.server_direction is None:
@@ -479,9 +483,8 @@ class HttpDissector(Dissector):
             # Later client bytes may already speak the new protocol.
             side.state = HOLD
 
-    def _response(self, d: int, line: bytes, headers: dict[str, str], extra_flags: tuple[str, ...] = ()) -> None:
+    def _response(self, d: int, m: re.Match, headers: dict[str, str], extra_flags: tuple[str, ...] = ()) -> None:
         side = self.sides[d]
-        m = STATUS_LINE.match(line)
         code = int(m.group(3))
         reason = _text(m.group(4) or b"").rstrip("\r")
         if self.server_direction is None:
@@ -679,7 +682,7 @@ class HttpDissector(Dissector):
         nl = buf.find(b"\n")
         if buf[:5] == b"HTTP/" and nl >= 0 and STATUS_LINE.match(buf[: nl + 1]):
             self.anomaly(reason, side.msg_ts, side.msg_frame)
-            self._response(d, buf[: nl + 1], _headers(buf[nl:]), (reason,))
+            self._response(d, STATUS_LINE.match(buf[: nl + 1]), _headers(buf, nl), (reason,))
             self._flush_sniff(d)
         side.buf.clear()
         if self.upgraded is None and side.state != TUNNEL:
