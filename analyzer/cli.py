@@ -10,7 +10,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import AnalyzerError, ExitStatus, UsageError
+from .errors import AnalyzerError, ExitStatus
 
 EPILOG_ANALYZE = """examples:
   analyzer analyze capture.pcapng -o out/

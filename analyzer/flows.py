@@ -28,8 +28,7 @@ from functools import partial
 
 from .decode import addr_to_str
 from .dissectors.base import DETECTED, NEED_MORE, REJECTED
-from .events import Event
-from .reassembly import DATA, END, GAP, HeldBudget, Stream
+from .reassembly import DATA, GAP, HeldBudget, Stream, seq_diff
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -78,11 +77,11 @@ class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
-        "capture", "name", "packets", "index", "rejected", "state", "ends",
+        "capture", "name", "rejected", "state", "ends",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
-                 capture: str, index: int) -> None:
+                 capture: str) -> None:
         self.table = table
         self.addr = (src, dst)          # direction 0 sender, direction 1 sender
         self.ports = (sport, dport)
@@ -103,8 +102,6 @@ class Connection:
         self.cid = ""
         self.capture = capture
         self.name = ""
-        self.packets = 0
-        self.index = index
         self.rejected: set = set()
         self.state = "open"
         self.ends = None
@@ -279,7 +276,6 @@ class FlowTable:
                 self._finalise(conn, ts, frame, "closed")
                 conn, d = self._new(src, sport, dst, dport, flags, ts)
         conn.last_ts = ts
-        conn.packets += 1
         if ts >= self.next_sweep:
             self._sweep(ts)
         mode = conn.mode
@@ -332,7 +328,7 @@ class FlowTable:
             self._evict(ts)
         self.count += 1
         self.live += 1
-        conn = Connection(self, src, sport, dst, dport, ts, self.capture, self.count)
+        conn = Connection(self, src, sport, dst, dport, ts, self.capture)
         if flags & SYN:
             conn.syn_seen = True
         table = self.table
@@ -374,8 +370,6 @@ class FlowTable:
             if not stream.synced:
                 stream.next_seq, stream.synced = seq, True
             # Count each byte once: only what extends the highest sequence seen.
-            from .reassembly import seq_diff
-
             new = seq_diff((seq + seglen) & 0xFFFFFFFF, stream.next_seq)
             if new > 0:
                 stream.next_seq = (stream.next_seq + new) & 0xFFFFFFFF

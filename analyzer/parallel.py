@@ -44,13 +44,14 @@ def _init(value) -> None:
     _progress_value = value
 
 
+def _report_progress(done: int, total: int) -> None:
+    _progress_value.value = done
+
+
 def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> RunResult:
     # Ctrl-C reaches the whole process group: each worker finishes what it read.
     session = Session(outdir, lang=lang)
-    progress = None
-    if share == 0 and _progress_value is not None:
-        def progress(done, total):
-            _progress_value.value = done
+    progress = _report_progress if share == 0 and _progress_value is not None else None
     done = 0
     try:
         for path in paths:

@@ -79,7 +79,7 @@ def test_unreadable_inputs_give_one_line_and_exit_3(tmp_path, name, content, sta
 
 
 def test_truncated_capture_keeps_events_read_before_the_damage(tmp_path):
-    full = analyzer("analyze", HTTP, "-o", tmp_path / "full", "-q")
+    assert analyzer("analyze", HTTP, "-o", tmp_path / "full", "-q").returncode == 0
     data = HTTP.read_bytes()
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(data[: len(data) * 2 // 3])

@@ -27,7 +27,7 @@ HTTP_SAMPLES = sorted((ROOT / "samples" / "captures").glob("http_*.pcap"))
 @pytest.mark.parametrize("capture", golden.captures(), ids=lambda p: p.name)
 def test_events_equal_golden_file(capture, tmp_path):
     want = golden.golden_path(capture)
-    assert want.exists(), f"run python3 samples/golden.py --write"
+    assert want.exists(), "run python3 samples/golden.py --write"
     assert golden.analyse(capture, tmp_path) == want.read_bytes()
 
 

@@ -526,7 +526,6 @@ class HttpDissector(Dissector):
             self._release_hold(1 - d)
 
     def _switch(self, d: int, req: _Request | None, code: int, headers: dict[str, str]) -> None:
-        client = 1 - d
         proto = headers.get("upgrade", "").strip().lower()
         if code == 101 and proto == "websocket":
             from .websocket import WebSocketDissector  # imported on first use
