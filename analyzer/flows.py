@@ -279,6 +279,27 @@ class FlowTable:
         if ts >= self.next_sweep:
             self._sweep(ts)
         mode = conn.mode
+        if mode == MODE_DISSECT and not flags & 0x07:
+            # Hot path: an established connection, no SYN/FIN/RST.
+            streams = conn.streams
+            other = streams[1 - d]
+            if flags & ACK and ack != other.next_seq:
+                if not other.synced:
+                    if seglen:
+                        other.expect_start(ack)
+                elif (seglen or other.held) and other.lacks_before(ack):
+                    other.ack_beyond(ack, ts, frame)
+            if seglen:
+                conn.bytes[d] += seglen
+                stream = streams[d]
+                if stream.take_next(seq, payload, seglen):
+                    dissector = conn.dissector
+                    events = dissector.feed(payload, d, ts, frame)
+                    if events or dissector.anomalies or dissector.expectations:
+                        self.drain(conn, events)
+                else:
+                    stream.segment(seq, payload, seglen, False, ts, frame)
+            return
         if mode == MODE_IGNORE:
             if seglen:
                 conn.bytes[d] += seglen

@@ -104,7 +104,20 @@ class Stream:
         if not self.synced:
             self.expected = ack
 
+    def take_next(self, seq: int, payload: bytes, seglen: int) -> bool:
+        """Hot path: account for `payload` if it is the next in-order segment,
+        whole, with nothing held; the caller then delivers it itself."""
+        if seq == self.next_seq and self.synced and not self.held and not self.ended and len(payload) == seglen:
+            self.next_seq = (seq + seglen) & 0xFFFFFFFF
+            self.pos += seglen
+            self.delivered += seglen
+            return True
+        return False
+
     def segment(self, seq: int, payload: bytes, seglen: int, fin: bool, ts: float, frame: int) -> None:
+        if not fin and self.take_next(seq, payload, seglen):
+            self.sink(DATA, payload, ts, frame)
+            return
         if self.ended:
             if seglen:
                 self.dup_bytes += seglen

@@ -96,6 +96,9 @@ def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool 
     return NEED_MORE if undecided else REJECTED
 
 
+_NO_EVENTS: list = []  # shared and never appended to: callers only iterate it
+
+
 class _Request:
     __slots__ = ("method", "uri", "host", "ts", "frame", "upgrade", "lost")
 
@@ -201,6 +204,13 @@ class HttpDissector(Dissector):
     def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
         if self.upgraded is not None:
             return self._forward(self.upgraded.feed(data, direction, ts, frame))
+        side = self.sides[direction]
+        if side.state == BODY_LENGTH and len(data) < side.remaining and side.sniff is None \
+                and not data.startswith(b"HTTP/"):
+            # Hot path: a segment in the middle of a body is only counted.
+            side.remaining -= len(data)
+            side.seen = True
+            return _NO_EVENTS
         self._events = []
         self._consume(direction, data, ts, frame)
         return self._events
