@@ -175,7 +175,7 @@ class Connection:
                 self.rejected.add(name)
             verdicts.append(verdict)
         full = all(len(h) >= DETECT_MAX_BYTES for h in self.heads if h)
-        if not verdicts or final or (full and NEED_MORE in verdicts):
+        if NEED_MORE not in verdicts or final or full:
             self.mode = MODE_IGNORE
             self.replay = []
             self.heads = [b"", b""]
