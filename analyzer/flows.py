@@ -73,6 +73,17 @@ def _detectors():
     return out
 
 
+def _peer_ack(other: Stream, ack: int, seglen: int, ts: float, frame: int) -> None:
+    """What an ACK tells about the other direction's stream."""
+    if not other.synced:
+        if seglen:  # a mid-stream start: the peer proves where the stream stood
+            other.expect_start(ack)
+    elif (seglen or other.held) and other.lacks_before(ack):
+        # The peer had bytes we never saw; while it sends data (or we hold
+        # later segments) waiting longer cannot bring them back.
+        other.ack_beyond(ack, ts, frame)
+
+
 class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
@@ -284,11 +295,7 @@ class FlowTable:
             streams = conn.streams
             other = streams[1 - d]
             if flags & ACK and ack != other.next_seq:
-                if not other.synced:
-                    if seglen:
-                        other.expect_start(ack)
-                elif (seglen or other.held) and other.lacks_before(ack):
-                    other.ack_beyond(ack, ts, frame)
+                _peer_ack(other, ack, seglen, ts, frame)
             if seglen:
                 conn.bytes[d] += seglen
                 stream = streams[d]
@@ -321,12 +328,7 @@ class FlowTable:
                 conn.syn_seen = True
             streams[d].syn(seq)
         if flags & ACK:
-            other = streams[1 - d]
-            if not other.synced:
-                if seglen:
-                    other.expect_start(ack)
-            elif (seglen or other.held) and other.lacks_before(ack):
-                other.ack_beyond(ack, ts, frame)
+            _peer_ack(streams[1 - d], ack, seglen, ts, frame)
         if seglen or flags & FIN:
             conn.bytes[d] += seglen
             if flags & FIN:

@@ -306,11 +306,7 @@ class HttpDissector(Dissector):
         while pos < n:
             st = side.state
             if st == BODY_LENGTH:
-                take = side.remaining if side.remaining < n - pos else n - pos
-                if side.sniff is not None:
-                    self._sniff(side, data[pos:pos + take])
-                side.remaining -= take
-                pos += take
+                pos = self._take(side, data, pos, n)
                 if side.remaining == 0:
                     self._message_done(d)
             elif st == HEAD:
@@ -598,16 +594,20 @@ class HttpDissector(Dissector):
             else:
                 self._consume(d, data, ts, frame)
 
+    def _take(self, side: _Side, data: bytes, pos: int, n: int) -> int:
+        """Skip up to `side.remaining` body bytes (kept only for a 4xx/5xx sniff)."""
+        take = side.remaining if side.remaining < n - pos else n - pos
+        if side.sniff is not None:
+            self._sniff(side, data[pos:pos + take])
+        side.remaining -= take
+        return pos + take
+
     def _chunked(self, d: int, data: bytes, pos: int) -> int:
         side = self.sides[d]
         n = len(data)
         while pos < n:
             if side.chunk == CHUNK_DATA:
-                take = side.remaining if side.remaining < n - pos else n - pos
-                if side.sniff is not None:
-                    self._sniff(side, data[pos:pos + take])
-                side.remaining -= take
-                pos += take
+                pos = self._take(side, data, pos, n)
                 if side.remaining == 0:
                     side.chunk = CHUNK_DATA_END
                 continue
