@@ -34,7 +34,8 @@ def _lang(lang: str | None) -> str:
 
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
-                   parquet=False, quiet=False, jobs: int = 0) -> int:
+                   parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
+                   decode_as=None) -> int:
     from .parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -53,11 +54,14 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
             from .reports.terminal import progress as progress_cm
         except ImportError:
             progress_cm = None
+    from .engines import run as engine_run
+
+    options = dict(lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as)
     if progress_cm is not None:
         with progress_cm(sum(_size(p) for p in paths)) as bar:
-            result = run(paths, outdir, lang=lang, progress=lambda done, total: bar.update(done), jobs=jobs)
+            result = engine_run(engine, paths, outdir, progress=lambda done, total: bar.update(done), **options)
     else:
-        result = run(paths, outdir, lang=lang, jobs=jobs)
+        result = engine_run(engine, paths, outdir, **options)
     stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=quiet)
     status = ExitStatus.OK
     for exc in result.errors:

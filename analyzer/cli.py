@@ -42,6 +42,12 @@ def _analyze_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
+    p.add_argument("--engine", choices=("native", "tshark"), default="native",
+                   help="native (default, fast) or tshark (Wireshark's dissectors: TLS with a key log, HTTP/2)")
+    p.add_argument("--tls-keylog", metavar="FILE", default=None,
+                   help="NSS key log (SSLKEYLOGFILE) to decrypt TLS; needs --engine tshark")
+    p.add_argument("--decode-as", action="append", default=[], metavar="SPEC",
+                   help="tshark decode-as rule, e.g. tcp.port==8888,http (repeatable; --engine tshark)")
     p.set_defaults(func=cmd_analyze)
 
 
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register_live(sub)
+    from .crosscheck import register as register_crosscheck
+
+    register_crosscheck(sub)
     return parser
 
 
@@ -75,7 +84,22 @@ def cmd_analyze(args) -> int:
     return run_and_report(
         args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
+        **_engine_options(args),
     )
+
+
+def _engine_options(args) -> dict:
+    """--engine / --tls-keylog / --decode-as, for run_and_report."""
+    from .errors import UsageError
+
+    if args.engine != "tshark" and (args.tls_keylog or args.decode_as):
+        raise UsageError("--tls-keylog and --decode-as need --engine tshark")
+    decode_as = None
+    if args.decode_as:
+        from .engines.tshark import parse_decode_as
+
+        decode_as = parse_decode_as(args.decode_as)
+    return {"engine": args.engine, "keylog": args.tls_keylog, "decode_as": decode_as}
 
 
 def main(argv: list[str] | None = None) -> int:

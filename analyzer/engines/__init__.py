@@ -1,0 +1,40 @@
+# Analysis engines: where events come from.
+#
+#   native  analyzer.pipeline (our own decoder, reassembly and dissectors):
+#           the fast default, no external tool.
+#   tshark  analyzer.engines.tshark: Wireshark's dissectors through pyshark,
+#           for what ours does not decode (TLS with a key log, HTTP/2) and to
+#           check one engine against the other (`analyzer crosscheck`).
+#
+# Both write the same events.csv / connections.csv / anomalies.csv and return
+# a pipeline.RunResult, so statistics and reports do not know which ran.
+# Modules load on first use: pyshark is imported only by the tshark engine.
+from __future__ import annotations
+
+ENGINES = ("native", "tshark")
+DEFAULT_ENGINE = "native"
+
+
+def run(engine: str, paths: list[str], outdir, **options):
+    """Run `engine` over `paths` into `outdir`; options as the engine's run() takes them.
+
+    The native engine takes lang/progress/on_event (and jobs); the tshark
+    engine also keylog/decode_as/prefs.
+    """
+    if engine == "native":
+        from ..pipeline import run as native_run
+
+        for name in ("keylog", "decode_as", "prefs"):
+            if options.pop(name, None):
+                from ..errors import UsageError
+
+                raise UsageError(f"--{name.replace('_', '-')} needs --engine tshark")
+        return native_run(paths, outdir, **options)
+    if engine == "tshark":
+        from .tshark import run as tshark_run
+
+        options.pop("jobs", None)  # one tshark process per file; no partitioning
+        return tshark_run(paths, outdir, **options)
+    from ..errors import UsageError
+
+    raise UsageError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
