@@ -63,6 +63,9 @@ def _detectors():
         out.append(("ftp", ftp.detect, ftp.FtpDissector))
     except ImportError:
         pass
+    from .dissectors import tls
+
+    out.append(("tls", tls.detect, tls.TlsDissector))
     try:
         from .dissectors import websocket
 

@@ -154,6 +154,9 @@ class RunResult:
             "connections": self.connections_total,
             "connections_dissected": len(self.connections),
             "connections_with_gaps": self.connections_with_gaps,
+            # Encrypted connections the native engine recognised but cannot
+            # read: status unknown (--engine tshark --tls-keylog decodes them).
+            "tls_connections": sum(1 for c in self.connections if c.get("protocol") == "tls"),
             "missed_bytes": self.missed_bytes,
             "anomalies": dict(self.anomalies),
             "limits_hit": dict(self.limits),

@@ -114,6 +114,9 @@ def print_summary(stats, coverage: dict | None = None, console: Console | None =
     parts.append(f"connections {_count(cov.get('connections', 0))}")
     gaps = cov.get("connections_with_gaps", 0)
     parts.append(f"with gaps {_count(gaps)}" + (f" ({_count(cov.get('missed_bytes', 0))} bytes missed)" if gaps else ""))
+    if cov.get("tls_connections"):
+        parts.append(f"TLS connections {_count(cov['tls_connections'])} (encrypted: status unknown; "
+                     "--engine tshark --tls-keylog FILE decodes them)")
     without = cov.get("events_without_request") or {}
     if any(without.values()):
         parts.append("events without their request " + ", ".join(
