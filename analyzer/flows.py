@@ -76,6 +76,13 @@ def _detectors():
     return out
 
 
+def connection_id(orig_ip: str, orig_port: int, resp_ip: str, resp_port: int, first_ts: float) -> str:
+    """A stable id: the same connection gets the same id in every run and engine."""
+    key = f"{orig_ip}:{orig_port}>{resp_ip}:{resp_port}@{first_ts:.6f}"
+    digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
+    return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
+
+
 def _peer_ack(other: Stream, ack: int, seglen: int, ts: float, frame: int) -> None:
     """What an ACK tells about the other direction's stream."""
     if not other.synced:
@@ -124,9 +131,7 @@ class Connection:
     def ident(self) -> str:
         if not self.cid:
             a, b = self.addr
-            key = f"{addr_to_str(a)}:{self.ports[0]}>{addr_to_str(b)}:{self.ports[1]}@{self.first_ts:.6f}"
-            digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
-            self.cid = "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
+            self.cid = connection_id(addr_to_str(a), self.ports[0], addr_to_str(b), self.ports[1], self.first_ts)
         return self.cid
 
     def endpoints(self) -> tuple:

@@ -360,7 +360,14 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
 
         if worth_it(paths, jobs):
             return run_parallel(paths, outdir, lang=lang, jobs=jobs, progress=progress)
-    session = Session(outdir, lang=lang, on_event=on_event)
+    return read_all(Session(outdir, lang=lang, on_event=on_event), paths, progress)
+
+
+def read_all(session, paths: list[str], progress=None) -> RunResult:
+    """Feed every path to a session (native or tshark) and finish it.
+
+    Ctrl-C stops reading; what was read is still finalised and written.
+    """
     total = sum(_size(p) for p in paths)
     done = 0
     try:

@@ -62,8 +62,9 @@ from pathlib import Path
 
 from ..errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
 from ..events import Anomaly, Event, side_label, with_endpoints
+from ..flows import connection_id
 from ..pipeline import (
-    CONNECTION_COLUMNS, AnomalySink, EventSink, FileReport, RunResult,
+    CONNECTION_COLUMNS, AnomalySink, EventSink, FileReport, RunResult, _size, read_all,
 )
 from ..reports.csvfile import CsvWriter
 
@@ -249,17 +250,6 @@ def _line_text(key: str) -> str:
     return key
 
 
-def _ident(a: str, pa: int, b: str, pb: int, first_ts: float) -> str:
-    # Same formula as flows.Connection.ident, so that both engines name a
-    # connection alike when they saw its first packet.
-    import base64
-    import hashlib
-
-    key = f"{a}:{pa}>{b}:{pb}@{first_ts:.6f}"
-    digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
-    return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
-
-
 def _norm_ip(text: str) -> str:
     try:
         import ipaddress
@@ -303,7 +293,7 @@ class _Conn:
             src, sport, dst, dport = dst, dport, src, sport
         self.addr = ((src, sport), (dst, dport))
         self.first_ts = self.last_ts = ts
-        self.cid = _ident(src, sport, dst, dport, ts)
+        self.cid = connection_id(src, sport, dst, dport, ts)
         self.syn = bool(flags & 0x02)
         self.server: int | None = 1 if self.syn else None
         self.nxt = [0, 0]
@@ -1313,13 +1303,6 @@ def _prescan(path: str, report: FileReport) -> tuple[array, set[int]]:
     return times, ports
 
 
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path) if path != "-" else 0
-    except OSError:
-        return 0
-
-
 # ---------------------------------------------------------------- entry --
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None, on_event=None,
@@ -1332,15 +1315,7 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     """
     session = TsharkSession(outdir, lang=lang, on_event=on_event, keylog=keylog, decode_as=decode_as,
                             prefs=prefs)
-    total = sum(_size(p) for p in paths)
-    done = 0
-    try:
-        for path in paths:
-            session.read_file(path, progress, done, total)
-            done += _size(path)
-    except KeyboardInterrupt:
-        session.result.interrupted = True
-    return session.finish()
+    return read_all(session, paths, progress)
 
 
 def iter_live_events(interface: str, bpf: str | None = None, *, keylog: str | None = None,
