@@ -125,10 +125,12 @@ def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: li
                 break
             if u32(buf, nxt - 4)[0] != blen:
                 raise damaged(f"block length {blen} does not match its trailing copy")
-            if btype == EPB:
+            if btype == EPB or btype == PB:
                 if blen < 32:
-                    raise damaged(f"enhanced packet block of {blen} bytes")
+                    raise damaged(f"{'enhanced packet' if btype == EPB else 'packet'} block of {blen} bytes")
                 ifid, hi, lo, caplen, wirelen = epb(buf, pos + 8)
+                if btype == PB:  # obsolete block: a 16-bit interface id, then a drops count
+                    ifid = struct.unpack_from(order + "H", buf, pos + 8)[0]
                 if caplen > blen - 32:
                     raise damaged(f"packet of {caplen} bytes in a block of {blen}")
                 if ifid >= len(section):
@@ -156,21 +158,6 @@ def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: li
                 if snaplen:
                     caplen = min(caplen, snaplen)
                 yield (0.0, linktype, buf[pos + 12:pos + 12 + caplen], wirelen)
-                n += 1
-            elif btype == PB:
-                if blen < 32:
-                    raise damaged(f"packet block of {blen} bytes")
-                ifid = struct.unpack_from(order + "H", buf, pos + 8)[0]
-                _skip, hi, lo, caplen, wirelen = epb(buf, pos + 8)
-                if caplen > blen - 32:
-                    raise damaged(f"packet of {caplen} bytes in a block of {blen}")
-                if ifid >= len(section):
-                    raise damaged(f"packet on interface {ifid}, but only "
-                                  f"{len(section)} interfaces are described")
-                linktype, units, offset, _snaplen = section[ifid]
-                start = pos + 28
-                yield (((hi << 32) | lo) / units + offset, linktype,
-                       buf[start:start + caplen], wirelen)
                 n += 1
             elif btype == SHB:
                 if blen < 28:
