@@ -14,7 +14,7 @@ from .errors import AnalyzerError, ExitStatus
 
 EPILOG_ANALYZE = """examples:
   analyzer analyze capture.pcapng -o out/
-  analyzer analyze day1.pcap.gz day2.pcap.zst -o out/ --fail-on 'http.5xx>1%%'
+  analyzer analyze day1.pcap.gz day2.pcap.zst -o out/ --fail-on 'http.5xx>1%'
   tcpdump -w - -i eth0 port 80 | analyzer analyze - -o out/
 """
 
