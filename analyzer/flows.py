@@ -222,8 +222,12 @@ class Connection:
         sd = self.server_direction()
         client, server = (a, b) if sd == 1 else (b, a)
         cport, sport = (self.ports[0], self.ports[1]) if sd == 1 else (self.ports[1], self.ports[0])
-        c2s, s2c = (self.bytes[0], self.bytes[1]) if sd == 1 else (self.bytes[1], self.bytes[0])
+        # Reassembled stream positions count each byte once (retransmissions
+        # excluded, gaps included); bytes[] holds what came outside reassembly
+        # (after the connection was ignored, or on an FTP data channel).
         s0, s1 = self.streams
+        sent = [self.bytes[0] + s0.pos, self.bytes[1] + s1.pos]
+        c2s, s2c = (sent[0], sent[1]) if sd == 1 else (sent[1], sent[0])
         outcome = self.dissector.outcome() if self.dissector is not None else {}
         return {
             "connection": self.ident(), "protocol": self.name or ("ftp-data" if self.mode == MODE_DATA else ""),
@@ -257,7 +261,6 @@ class FlowTable:
         self.count = 0
         self.dissected = 0
         self.ignored = 0
-        self.segments = 0
         self.connections_with_gaps = 0
         self.missed_bytes = 0
         self.limits = Counter()
@@ -275,7 +278,6 @@ class FlowTable:
     # -- packets -------------------------------------------------------------------
     def packet(self, seg: tuple, ts: float, frame: int) -> None:
         src, dst, sport, dport, seq, ack, flags, payload, seglen = seg
-        self.segments += 1
         entry = self.table.get((src, sport, dst, dport))
         if entry is None:
             if flags & RST and not seglen:
@@ -305,7 +307,6 @@ class FlowTable:
             if flags & ACK and ack != other.next_seq:
                 _peer_ack(other, ack, seglen, ts, frame)
             if seglen:
-                conn.bytes[d] += seglen
                 stream = streams[d]
                 if stream.take_next(seq, payload, seglen):
                     dissector = conn.dissector
@@ -338,7 +339,6 @@ class FlowTable:
         if flags & ACK:
             _peer_ack(streams[1 - d], ack, seglen, ts, frame)
         if seglen or flags & FIN:
-            conn.bytes[d] += seglen
             if flags & FIN:
                 conn.fin[d] = True
             streams[d].segment(seq, payload, seglen, bool(flags & FIN), ts, frame)

@@ -104,7 +104,8 @@ def _rows(path: Path):
 def _merge(results: list[RunResult], out: Path) -> RunResult:
     first = results[0]
     merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
-                       first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors)
+                       first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
+                       tcp_segments=first.tcp_segments)  # every worker decodes every packet
     # Events: each part is in time order; merge by (epoch, frame) as one run would.
     writer = CsvWriter(out / "events.csv", EVENT_COLUMNS)
     streams = [_rows(r.outdir / "events.csv") for r in results]
@@ -123,7 +124,6 @@ def _merge(results: list[RunResult], out: Path) -> RunResult:
         merged.connections.extend(r.connections)
         merged.anomalies.update(r.anomalies)
         merged.limits.update(r.limits)
-        merged.tcp_segments += r.tcp_segments
         merged.connections_total += r.connections_total
         merged.connections_with_gaps += r.connections_with_gaps
         merged.missed_bytes += r.missed_bytes

@@ -277,31 +277,25 @@ class Session:
         """
         report = self.begin(path, "<stdin>" if path == "-" else None)
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
+        if partition is not None:
+            packet = _share_filter(packet, *partition)
         frame = 0
         ts = None
-        share, shares = partition if partition is not None else (0, 1)
         try:
             with open_capture(path) as reader:
                 report.format, report.compression = reader.format, reader.compression
-                next_tick = 0
+                next_tick = 1
                 for ts, linktype, data, wirelen in reader:
                     frame += 1
-                    if result.first_epoch is None:
-                        result.first_epoch = ts
                     seg = decode(linktype, data, ts, wirelen)
                     if seg is not None:
-                        if shares == 1:
-                            packet(seg, ts, frame)
-                        else:
-                            src, dst = seg[0], seg[1]
-                            # Symmetric in the two directions; one host pair stays in one
-                            # share (FTP data channels), unless both ends are one host.
-                            key = src[-1] + dst[-1] if src != dst else seg[2] + seg[3]
-                            if key % shares == share:
-                                packet(seg, ts, frame)
-                    if progress is not None and frame >= next_tick:
+                        packet(seg, ts, frame)
+                    if frame >= next_tick:  # now and then, not per packet: the hot loop
                         next_tick = frame + 20000
-                        progress(done_before + (reader.bytes_read or 0), total)
+                        if result.first_epoch is None:
+                            result.first_epoch = ts
+                        if progress is not None:
+                            progress(done_before + (reader.bytes_read or 0), total)
         except AnalyzerError as exc:
             report.error = str(exc)
             result.errors.append(exc)
@@ -329,7 +323,7 @@ class Session:
         result.skipped = self.decoder.skipped
         result.anomalies = table.anomaly_counts
         result.limits = table.limits
-        result.tcp_segments = table.segments
+        result.tcp_segments = self.decoder.decoded
         result.connections_total = table.count
         result.connections_with_gaps = table.connections_with_gaps
         result.missed_bytes = table.missed_bytes
@@ -344,6 +338,20 @@ class Session:
         if self.on_connection is None:
             _write_connections(self.out, self.result.connections)
         return self.result
+
+
+def _share_filter(packet, share: int, shares: int):
+    """`packet` for the connections of one share only (parallel runs)."""
+
+    def filtered(seg, ts, frame):
+        src, dst = seg[0], seg[1]
+        # Symmetric in the two directions; one host pair stays in one share
+        # (FTP data channels), unless both ends are one host (loopback).
+        key = src[-1] + dst[-1] if src != dst else seg[2] + seg[3]
+        if key % shares == share:
+            packet(seg, ts, frame)
+
+    return filtered
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,

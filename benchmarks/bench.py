@@ -717,7 +717,7 @@ def best_of(cmd: list[str], repeat: int, workdir: Path) -> dict:
     return best
 
 
-def bench_file(path: Path, packets: int, analyzer: list[str], repeat: int) -> dict:
+def bench_file(path: Path, packets: int, analyzer: list[str], repeat: int, jobs: list[str] = ()) -> dict:
     with path.open("rb") as handle:  # warm the page cache: both tools read from memory
         while handle.read(1 << 22):
             pass
@@ -731,7 +731,7 @@ def bench_file(path: Path, packets: int, analyzer: list[str], repeat: int) -> di
         measure(analyzer + ["analyze", str(small), "-o", str(workdir / "warmup")], workdir)
         if shutil.which("tshark"):
             measure(["tshark", "-q", "-n", "-r", str(small), "-z", "http,stat,"], workdir)
-        cmd = analyzer + ["analyze", str(path), "-o", str(outdir)]
+        cmd = analyzer + ["analyze", str(path), "-o", str(outdir), *jobs]
         run = best_of(cmd, repeat, workdir)
         events = outdir / "events.csv"
         run["codes"] = analyzer_codes(events) if events.exists() else None
@@ -835,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--double needs a capture built by this script (drop --capture)")
     if args.packets < 1:
         parser.error("--packets must be at least 1")
-    analyzer = shlex.split(args.analyzer) + (["--jobs", str(args.jobs)] if args.jobs else [])
+    analyzer = shlex.split(args.analyzer)
+    jobs = ["--jobs", str(args.jobs)] if args.jobs else []
     signal.signal(signal.SIGTERM, exit_on_sigterm)
     signal.signal(signal.SIGHUP, exit_on_sigterm)
 
@@ -858,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = []
     for path, meta in captures:
         packets = meta.get("packets") or count_packets(path)
-        block = bench_file(path, packets, analyzer, args.repeat)
+        block = bench_file(path, packets, analyzer, args.repeat, jobs)
         block["capture"] = meta
         blocks.append(block)
         if not args.json:
