@@ -279,12 +279,33 @@ class FlowTable:
     def packet(self, seg: tuple, ts: float, frame: int) -> None:
         src, dst, sport, dport, seq, ack, flags, payload, seglen = seg
         entry = self.table.get((src, sport, dst, dport))
+        if entry is not None and not flags & 0x07:
+            conn = entry[0]
+            if conn.mode == MODE_DISSECT:
+                # Hot path: an established, dissected connection; no SYN/FIN/RST.
+                conn.last_ts = ts
+                if ts >= self.next_sweep:
+                    self._sweep(ts)
+                    if conn.mode != MODE_DISSECT:
+                        return
+                d, stream, other = entry[1], entry[2], entry[3]
+                if flags & ACK and ack != other.next_seq:
+                    _peer_ack(other, ack, seglen, ts, frame)
+                if seglen:
+                    if stream.take_next(seq, payload, seglen):
+                        dissector = conn.dissector
+                        events = dissector.feed(payload, d, ts, frame)
+                        if events or dissector.anomalies or dissector.expectations:
+                            self.drain(conn, events)
+                    else:
+                        stream.segment(seq, payload, seglen, False, ts, frame)
+                return
         if entry is None:
             if flags & RST and not seglen:
                 return  # a lone reset for a connection we never saw
             conn, d = self._new(src, sport, dst, dport, flags, ts)
         else:
-            conn, d = entry
+            conn, d = entry[0], entry[1]
             if conn.mode == MODE_CLOSED:
                 if flags & SYN and not flags & ACK and ts - conn.closed_at > 0.0:
                     conn, d = self._new(src, sport, dst, dport, flags, ts)
@@ -300,22 +321,6 @@ class FlowTable:
         if ts >= self.next_sweep:
             self._sweep(ts)
         mode = conn.mode
-        if mode == MODE_DISSECT and not flags & 0x07:
-            # Hot path: an established connection, no SYN/FIN/RST.
-            streams = conn.streams
-            other = streams[1 - d]
-            if flags & ACK and ack != other.next_seq:
-                _peer_ack(other, ack, seglen, ts, frame)
-            if seglen:
-                stream = streams[d]
-                if stream.take_next(seq, payload, seglen):
-                    dissector = conn.dissector
-                    events = dissector.feed(payload, d, ts, frame)
-                    if events or dissector.anomalies or dissector.expectations:
-                        self.drain(conn, events)
-                else:
-                    stream.segment(seq, payload, seglen, False, ts, frame)
-            return
         if mode == MODE_IGNORE:
             if seglen:
                 conn.bytes[d] += seglen
@@ -363,8 +368,11 @@ class FlowTable:
         if flags & SYN:
             conn.syn_seen = True
         table = self.table
-        table[(src, sport, dst, dport)] = (conn, 0)
-        table[(dst, dport, src, sport)] = (conn, 1)
+        s0, s1 = conn.streams
+        # (connection, direction, its stream, the other stream): the hot path
+        # needs all four and a tuple index is cheaper than attribute lookups.
+        table[(src, sport, dst, dport)] = (conn, 0, s0, s1)
+        table[(dst, dport, src, sport)] = (conn, 1, s1, s0)
         if self.expectations:
             self._match_expectation(conn)
         return conn, d
@@ -477,7 +485,7 @@ class FlowTable:
     def _sweep(self, ts: float) -> None:
         self.next_sweep = ts + SWEEP_INTERVAL
         stale = []
-        for conn, d in self.table.values():
+        for conn, d, *_ in self.table.values():
             if d:
                 continue
             if conn.mode == MODE_CLOSED:
@@ -490,7 +498,7 @@ class FlowTable:
             self._forget(conn)
 
     def _evict(self, ts: float) -> None:
-        oldest = min((c for c, d in self.table.values() if d == 0 and c.mode != MODE_CLOSED),
+        oldest = min((c for c, d, *_ in self.table.values() if d == 0 and c.mode != MODE_CLOSED),
                      key=lambda c: c.last_ts, default=None)
         if oldest is not None:
             self.limits["connections"] += 1
@@ -499,7 +507,7 @@ class FlowTable:
 
     def finish(self) -> None:
         """End of the run: finalise every open connection (open, not timed out)."""
-        for conn, d in list(self.table.values()):
+        for conn, d, *_ in list(self.table.values()):
             if d == 0 and conn.mode != MODE_CLOSED:
                 self._finalise(conn, conn.last_ts, 0, "open")
         self.table.clear()
