@@ -104,9 +104,16 @@ def type_events(chunk: pd.DataFrame) -> pd.DataFrame:
             out[name] = pd.to_numeric(col.replace("", None), errors="coerce").astype(float)
         elif name in BOOL_COLUMNS:
             out[name] = _to_bool(col)
-        else:
+        elif name in NEUTRALISED_COLUMNS:
             out[name] = col.map(unneutralise).astype(object)
+        else:
+            out[name] = col.astype(object)
     return pd.DataFrame(out, index=chunk.index)
+
+
+# The events.csv cells that may carry a neutralised string: wire strings and
+# file names (pipeline.event_row), and catalogue text written by other writers.
+NEUTRALISED_COLUMNS = frozenset({"text", "request", "host", "capture", "class", "name", "meaning"})
 
 
 def write_events_jsonl(path: str | Path, chunks: Iterable[pd.DataFrame]) -> int:
