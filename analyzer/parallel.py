@@ -1,11 +1,12 @@
 # All cores on one machine: the same pipeline in N processes, each owning a
 # share of the connections.
 #
-# Strategy: every worker reads and decodes every packet (reading is the cheap
-# part: ~1.5 µs a packet), and reassembles and dissects only the connections
-# of its share.  The share key is symmetric in the two directions and keeps
-# one host pair in one share, so an FTP data connection meets its control
-# connection; when both ends are one host (loopback) the ports decide.
+# Strategy: every worker reads every packet (reading is the cheap part), skips
+# the plain Ethernet/IPv4/TCP frames of other shares from their raw bytes, and
+# decodes, reassembles and dissects only the connections of its share.  The
+# share key is symmetric in the two directions and keeps one host pair in one
+# share, so an FTP data connection meets its control connection; when both
+# ends are one host (loopback) the ports decide.
 # Workers write sorted events into their own part directory; the parent
 # merges them by time (heapq.merge streams, so memory stays flat) and sums
 # the counters.  Small inputs are not worth the processes: they run in one.
@@ -105,7 +106,7 @@ def _merge(results: list[RunResult], out: Path) -> RunResult:
     first = results[0]
     merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
                        first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
-                       tcp_segments=first.tcp_segments)  # every worker decodes every packet
+                       tcp_segments=first.tcp_segments)  # every worker reads every packet
     # Events: each part is in time order; merge by (epoch, frame) as one run would.
     writer = CsvWriter(out / "events.csv", EVENT_COLUMNS)
     streams = [_rows(r.outdir / "events.csv") for r in results]

@@ -246,6 +246,7 @@ class Session:
         self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
         self.decoder = Decoder()
         self.frame = 0
+        self.elsewhere = 0  # TCP packets left to another process (parallel runs)
         self.report: FileReport | None = None
 
     def begin(self, name: str, display: str | None = None) -> FileReport:
@@ -277,8 +278,10 @@ class Session:
         """
         report = self.begin(path, "<stdin>" if path == "-" else None)
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
+        others = None
         if partition is not None:
             packet = _share_filter(packet, *partition)
+            others = _other_share(*partition)
         frame = 0
         ts = None
         try:
@@ -287,6 +290,9 @@ class Session:
                 next_tick = 1
                 for ts, linktype, data, wirelen in reader:
                     frame += 1
+                    if others is not None and linktype == 1 and others(data):
+                        self.elsewhere += 1  # another process dissects it
+                        continue
                     seg = decode(linktype, data, ts, wirelen)
                     if seg is not None:
                         packet(seg, ts, frame)
@@ -323,7 +329,7 @@ class Session:
         result.skipped = self.decoder.skipped
         result.anomalies = table.anomaly_counts
         result.limits = table.limits
-        result.tcp_segments = self.decoder.decoded
+        result.tcp_segments = self.decoder.decoded + self.elsewhere
         result.connections_total = table.count
         result.connections_with_gaps = table.connections_with_gaps
         result.missed_bytes = table.missed_bytes
@@ -347,11 +353,38 @@ def _share_filter(packet, share: int, shares: int):
         src, dst = seg[0], seg[1]
         # Symmetric in the two directions; one host pair stays in one share
         # (FTP data channels), unless both ends are one host (loopback).
-        key = src[-1] + dst[-1] if src != dst else seg[2] + seg[3]
-        if key % shares == share:
+        key = src[-2] + src[-1] + dst[-2] + dst[-1] if src != dst else seg[2] + seg[3]
+        if _mix(key) % shares == share:
             packet(seg, ts, frame)
 
     return filtered
+
+
+def _other_share(share: int, shares: int):
+    """A test on raw Ethernet/IPv4/TCP frames: True when another share owns it.
+
+    The same key as _share_filter, read before decoding so that a process does
+    not decode the packets of the others.  Anything unusual (options, VLANs,
+    fragments, IPv6) answers False and goes through the decoder.
+    """
+
+    def other(data) -> bool:
+        if len(data) < 38 or data[12] != 8 or data[13] != 0 or data[14] != 0x45 or data[23] != 6 \
+                or data[20] & 0x3F or data[21]:
+            return False
+        if data[26:30] != data[30:34]:
+            key = data[28] + data[29] + data[32] + data[33]
+        else:
+            key = ((data[34] << 8) | data[35]) + ((data[36] << 8) | data[37])
+        return _mix(key) % shares != share
+
+    return other
+
+
+def _mix(key: int) -> int:
+    """Spread a share key: Linux hands out ephemeral ports of one parity, so
+    a plain `key % shares` would put every connection in one share."""
+    return (key * 0x9E3779B1 >> 16) & 0xFFFF
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
