@@ -306,3 +306,30 @@ def test_payloads_inert_in_chromium(tmp_path, recorder, monkeypatch):
     assert not [k for _, a in doc.tags for k in a if k.startswith("on")]
     assert console_lines(proc) == []                                    # not even a CSP violation
     assert hits == []                                                   # no request left the page
+
+
+@needs_chromium
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_report_of_the_bundled_samples_in_chromium(tmp_path, recorder, lang):
+    """The report a user gets from `samples/quickstart.sh`, opened as they would."""
+    from analyzer.pipeline import run
+    from analyzer.reports.outputs import build_and_write
+
+    samples = sorted((Path(__file__).resolve().parents[1] / "samples" / "captures").glob("*.pcap*"))
+    result = run([str(p) for p in samples], tmp_path / "out", lang=lang)
+    build_and_write(result, lang=lang, quiet=True)
+    page = tmp_path / "out" / "report.html"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"samples-report-{lang}.png"
+    shot.unlink(missing_ok=True)
+    port, hits = recorder
+    proc = chromium(tmp_path, page.as_uri(), f"--screenshot={shot}", "--window-size=1400,3000")
+    assert shot.exists() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    proc = chromium(tmp_path, page.as_uri(), "--dump-dom")
+    assert console_lines(proc) == []
+    assert hits == []  # nothing fetched from anywhere
+    doc = dom_of(proc)
+    assert [a["lang"] for t, a in doc.tags if t == "html"] == [lang]
+    charts = [a for t, a in doc.tags if t == "svg" and "codes-chart" in a.get("class", "")]
+    assert len(charts) == 3  # HTTP, FTP and WebSocket all present in the samples
+    assert 'id="host-table"' in proc.stdout

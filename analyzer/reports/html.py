@@ -691,7 +691,7 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
         text = names.get(("websocket", int(row["code"])), {"en": ("", ""), "zh": ("", "")})
         ws_rows.append({**row, "count": int(row["count"]), "name_en": text["en"][0], "name_zh": text["zh"][0],
                         "colour": code_colour("websocket", int(row["code"]), True)})
-    files = [f.get("name", "") for f in coverage.get("files", []) or []]
+    files = [os.path.basename(f.get("name", "")) or f.get("name", "") for f in coverage.get("files", []) or []]
     policy = [(PROTO_LABEL[p], ", ".join(r["errors"]), ", ".join(r["expected"])) for p, r in s.get("policy", {}).items()]
     bilingual = all(v["bilingual"] for v in names.values()) if names else _catalog() is not None
     template = _environment().get_template("report.html.j2")
