@@ -155,3 +155,18 @@ def test_readme_quick_start_has_exactly_two_commands_and_ci_runs_the_second():
     assert len(lines) == 2
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert lines[1].strip() in ci
+
+
+def test_installed_command_ships_the_catalogue(tmp_path):
+    """`pip install .` puts the catalogue in the wheel: explain works outside the repository."""
+    script = Path(sys.executable).with_name("analyzer")
+    if not script.exists():
+        pytest.skip("the analyzer command is not installed next to this Python (run tests/setup-and-run.sh)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(script), "explain", "403.14", "--lang", "zh"], capture_output=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "403.14" in proc.stdout.decode() and "IIS" in proc.stdout.decode()
+    proc = subprocess.run([str(script), "catalog", "--protocol", "websocket", "--format", "csv"],
+                          capture_output=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0 and b"1006" in proc.stdout
