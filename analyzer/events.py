@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 
 # Directions as the flow table numbers them: 0 is the side that sent the SYN
 # (or, without a SYN, the side seen first); 1 is the other side.
@@ -94,3 +95,22 @@ def with_endpoints(ev: Event, ends: tuple) -> Event:
 
 def side_label(sender: int, server_direction: int) -> str:
     return "server->client" if sender == server_direction else "client->server"
+
+
+_SECOND = [None, ""]
+
+
+def iso_time(epoch: float) -> str:
+    """ISO-8601 UTC with microseconds; the formatted second is cached (hot path)."""
+    try:
+        whole = int(epoch // 1)
+        micros = int(round((epoch - whole) * 1_000_000))
+        if micros >= 1_000_000:
+            whole, micros = whole + 1, micros - 1_000_000
+        if _SECOND[0] != whole:
+            _SECOND[0] = whole
+            _SECOND[1] = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{_SECOND[1]}.{micros:06d}Z"
+    except (ValueError, OverflowError, OSError):
+        _SECOND[0] = None
+        return ""  # a timestamp no calendar holds (corrupt capture); epoch keeps the value

@@ -15,13 +15,12 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
 from .decode import Decoder
 from .errors import AnalyzerError, CaptureError, InputError
-from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event, with_endpoints
+from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event, iso_time, with_endpoints
 from .flows import FlowTable
 from .reports.csvfile import CsvWriter, neutralise
 from .sources import open_capture
@@ -42,25 +41,6 @@ REORDER_WINDOW = 20_000
 MAX_ANOMALY_ROWS_PER_NAME = 1000
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
-
-
-_SECOND = [None, ""]
-
-
-def iso_time(epoch: float) -> str:
-    """ISO-8601 UTC with microseconds; the formatted second is cached (hot path)."""
-    try:
-        whole = int(epoch // 1)
-        micros = int(round((epoch - whole) * 1_000_000))
-        if micros >= 1_000_000:
-            whole, micros = whole + 1, micros - 1_000_000
-        if _SECOND[0] != whole:
-            _SECOND[0] = whole
-            _SECOND[1] = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{_SECOND[1]}.{micros:06d}Z"
-    except (ValueError, OverflowError, OSError):
-        _SECOND[0] = None
-        return ""  # a timestamp no calendar holds (corrupt capture); epoch keeps the value
 
 
 def expand_inputs(paths: list[str]) -> list[str]:

@@ -36,12 +36,11 @@ import ipaddress
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
-from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS
+from .events import CONTRACT_COLUMNS, EXTRA_COLUMNS, iso_time
 from .severity import Policy
 
 PROTOCOLS = ("http", "ftp", "websocket")
@@ -109,7 +108,7 @@ def iso(epoch) -> str:
     """ISO-8601 UTC with microseconds and Z, the events.csv `time` format."""
     if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)):
         return ""
-    return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_time(float(epoch))
 
 
 def ip_sort_key(value) -> str:

@@ -170,3 +170,28 @@ def test_installed_command_ships_the_catalogue(tmp_path):
     proc = subprocess.run([str(script), "catalog", "--protocol", "websocket", "--format", "csv"],
                           capture_output=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == 0 and b"1006" in proc.stdout
+
+
+
+def test_timestamps_no_calendar_holds_do_not_break_reports(tmp_path):
+    """Corpus capture ppp_pcapng_example has timestamps in the year 586524:
+    every report is still written; the time cells are left empty."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from captures_builder import epb, idb, shb
+    from scapy.all import IP, TCP, Ether
+
+    def frame(sport, dport, flags, seq, ack, payload=b""):
+        return bytes(Ether() / IP(src="10.0.0.1" if sport != 80 else "10.0.0.2",
+                                  dst="10.0.0.2" if sport != 80 else "10.0.0.1") /
+                     TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / payload)
+
+    req, resp = b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    far = 18_446_744_073_204 * 1_000_000  # microseconds since 1970: about the year 586524
+    path = tmp_path / "far.pcapng"
+    path.write_bytes(shb() + idb() + epb("<", 0, far, frame(40000, 80, "PA", 1, 1, req)) +
+                     epb("<", 0, far + 1000, frame(80, 40000, "PA", 1, 1 + len(req), resp)))
+    proc = analyzer("analyze", path, "-o", tmp_path / "out", "-q")
+    assert proc.returncode == 0, proc.stderr
+    rows = events(tmp_path / "out")
+    assert [(r["code"], r["time"]) for r in rows] == [("200", "")]
+    assert (tmp_path / "out" / "report.html").exists()

@@ -240,7 +240,10 @@ def _nice_ceiling(value: float) -> tuple[float, float]:
 
 
 def _time_label(epoch: float, step: int, span: float) -> str:
-    t = datetime.fromtimestamp(epoch, timezone.utc)
+    try:
+        t = datetime.fromtimestamp(epoch, timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return ""  # a timestamp no calendar holds (corrupt capture)
     if step >= 86400:
         return t.strftime("%Y-%m-%d")
     if span > 86400:
