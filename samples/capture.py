@@ -19,6 +19,17 @@ SAMPLES = Path(__file__).resolve().parent
 CAPTURES = SAMPLES / "captures"
 
 
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a server we started: `sig` first, SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -54,7 +54,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `samples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from samples.capture import CAPTURES, SAMPLES, free_port, tcpdump, wait_port  # noqa: E402
+from samples.capture import CAPTURES, SAMPLES, free_port, stop_process, tcpdump, wait_port  # noqa: E402
 
 REPO = SAMPLES.parent
 NGINX_TEMPLATE = SAMPLES / "nginx.conf.template"
@@ -150,16 +150,6 @@ def iis_substatus(response: Response) -> str:
 
 
 # -- servers ---------------------------------------------------------------------
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 @contextlib.contextmanager
 def upstream_server(port: int, workdir: Path, name: str = "upstream"):

@@ -51,7 +51,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `samples` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from samples.capture import CAPTURES, free_port, tcpdump, wait_port  # noqa: E402
+from samples.capture import CAPTURES, free_port, stop_process, tcpdump, wait_port  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVER_NAME = "tls.example.test"   # certificate name; curl --resolve maps it to HOST
@@ -93,16 +93,6 @@ http {{
 
 # What each curl run asks, and the final codes nginx must answer.
 PATHS = [("/ok", 200), ("/moved", 301), ("/missing", 404), ("/broken", 500), ("/created", 201)]
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def need(tool: str, package: str) -> None:

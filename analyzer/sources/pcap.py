@@ -67,6 +67,14 @@ def parse_header(head: bytes) -> PcapHeader:
     return PcapHeader(order, units, (major, minor), snaplen, network & 0xFFFF)
 
 
+def refill(name: str, fill, want: int, n: int) -> bytes:
+    """More bytes from the (possibly compressed) stream; a broken stream is damage."""
+    try:
+        return fill(want)
+    except StreamError as exc:
+        raise CaptureError(f"{name}: {exc} after {_packets(n)}", n) from exc
+
+
 def _packets(n: int) -> str:
     return f"{n} packet" if n == 1 else f"{n} packets"
 
@@ -101,10 +109,7 @@ def records(name: str, header: PcapHeader, buf: bytes, fill, progress):
             n += 1
             pos = stop
         progress(n)
-        try:
-            more = fill(need - (end - pos))
-        except StreamError as exc:
-            raise CaptureError(f"{name}: {exc} after {_packets(n)}", n) from exc
+        more = refill(name, fill, need - (end - pos), n)
         if not more:
             if pos == end:
                 return

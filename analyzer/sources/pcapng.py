@@ -25,8 +25,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import CaptureError
-from .compression import StreamError
-from .pcap import MAX_RECORD_BYTES, _packets
+from .pcap import MAX_RECORD_BYTES, _packets, refill
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -175,10 +174,7 @@ def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: li
                 secrets.append((stype, buf[pos + 16:pos + 16 + slen]))
             pos = nxt
         progress(n)
-        try:
-            more = fill(need - (end - pos))
-        except StreamError as exc:
-            raise CaptureError(f"{name}: {exc} after {_packets(n)}", n) from exc
+        more = refill(name, fill, need - (end - pos), n)
         if not more:
             if pos == end:
                 return
