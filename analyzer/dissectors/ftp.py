@@ -473,12 +473,8 @@ class FtpDissector(Dissector):
                 self._flush_partial(direction, events)
             reply = self._reply
             if reply is not None:
-                self._reply = None
-                reply.flags.append("ftp_reply_incomplete")
-                self._note("ftp_reply_incomplete", reply.ts, reply.frame,
-                           f"multi-line {reply.code} reply has no final line")
-                events.append(self._complete(reply.code, reply.text, reply.lines,
-                                             reply.ts, reply.frame, reply.flags))
+                self._close_reply(reply, events, "ftp_reply_incomplete",
+                                  f"multi-line {reply.code} reply has no final line")
             for cmd in self._pending:
                 self._note("ftp_command_without_reply", ts, 0, cmd.request)
         self._pending.clear()
@@ -563,27 +559,19 @@ class FtpDissector(Dissector):
             if excess and "ftp_reply_too_long" not in reply.flags:
                 reply.flags.append("ftp_reply_too_long")
             if line[:3] == reply.prefix and (len(line) == 3 or line[3:4] == b" "):
-                self._reply = None
-                events.append(self._complete(reply.code, reply.text, reply.lines,
-                                             reply.ts, reply.frame, reply.flags))
+                self._close_reply(reply, events)
                 return
             m = _REPLY_RE.match(line)
             if reply.gap and m and m.group(2) != b"-":
                 # The final line was lost in a gap and a new reply has begun.
-                self._reply = None
                 reply.lines -= 1
                 reply.flags.append("ftp_gap")
-                events.append(self._complete(reply.code, reply.text, reply.lines,
-                                             reply.ts, reply.frame, reply.flags))
+                self._close_reply(reply, events)
                 self._reply_line(line, excess, ts, frame, events)
                 return
             if reply.lines >= MAX_REPLY_LINES:
-                self._reply = None
-                reply.flags.append("ftp_reply_too_many_lines")
-                self._note("ftp_reply_too_many_lines", reply.ts, reply.frame,
-                           f"{reply.code} reply closed after {MAX_REPLY_LINES} lines")
-                events.append(self._complete(reply.code, reply.text, reply.lines,
-                                             reply.ts, reply.frame, reply.flags))
+                self._close_reply(reply, events, "ftp_reply_too_many_lines",
+                                  f"{reply.code} reply closed after {MAX_REPLY_LINES} lines")
             return
         flags = ["ftp_reply_too_long"] if excess else []
         m = _REPLY_RE.match(line)
@@ -604,6 +592,14 @@ class FtpDissector(Dissector):
             self._reply = _OpenReply(code, text, ts, frame, flags)
             return
         events.append(self._complete(code, text, 1, ts, frame, flags))
+
+    def _close_reply(self, reply, events: list, anomaly: str = "", detail: str = "") -> None:
+        """End the open multi-line reply and emit it, with a named anomaly if given."""
+        self._reply = None
+        if anomaly:
+            reply.flags.append(anomaly)
+            self._note(anomaly, reply.ts, reply.frame, detail)
+        events.append(self._complete(reply.code, reply.text, reply.lines, reply.ts, reply.frame, reply.flags))
 
     def _complete(self, code: int, text: str, lines: int, ts: float, frame: int,
                   flags: list[str]) -> Event:

@@ -1211,18 +1211,12 @@ def _tshark_readable(path: str):
     tshark reads pcap, pcapng and gzip itself; stdin and the compressions it
     does not know are copied (decompressed) into a temporary file.
     """
+    from ..sources import open_file
     from ..sources.compression import CountingReader, detect, open_stream
 
     if path != "-":
-        try:
-            with open(path, "rb") as fh:
-                head = fh.read(8)
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory, not a capture file") from None
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+        with open_file(path) as fh:
+            head = fh.read(8)
         kind = detect(head)
         if kind not in TSHARK_UNREADABLE:
             inner = head

@@ -98,6 +98,20 @@ def describe(head: bytes) -> str:
     return f"unknown format (starts with bytes {head[:8].hex(' ')})"
 
 
+def open_file(path: str):
+    """Open a capture file for reading; any failure is one clear InputError."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a capture file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+
+
 class CaptureReader:
     """Iterable of (ts, linktype, data, wirelen), one per packet record.
 
@@ -143,16 +157,7 @@ class CaptureReader:
 
     @staticmethod
     def _open(path: str):
-        try:
-            return open(path, "rb")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory, not a capture file") from None
-        except PermissionError:
-            raise InputError(f"{path}: permission denied") from None
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+        return open_file(path)
 
     def _start(self) -> None:
         name = self.name
