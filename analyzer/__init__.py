@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 def analyze(paths, outdir=None, **options):
     """Analyse capture files; see analyzer.api.analyze."""
-    from .api import analyze as _analyze
+    from analyzer.api import analyze as _analyze
 
     return _analyze(paths, outdir, **options)

@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CaptureError, ExitStatus, InputError, UsageError
-from .pipeline import RunResult, expand_inputs, run
+from analyzer.errors import CaptureError, ExitStatus, InputError, UsageError
+from analyzer.engines.native import RunResult, expand_inputs, run
 
 
 @dataclass
@@ -27,7 +27,7 @@ def _lang(lang: str | None) -> str:
     if lang:
         return lang
     try:
-        from .catalog import default_lang
+        from analyzer.meaning.catalog import default_lang
     except ImportError:
         return "en"
     return default_lang()
@@ -36,7 +36,7 @@ def _lang(lang: str | None) -> str:
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
                    decode_as=None) -> int:
-    from .parallel import default_jobs
+    from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
     if jobs < 0:
@@ -45,16 +45,16 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
     lang = _lang(lang)
     rules = []
     if fail_on:
-        from .gate import parse
+        from analyzer.meaning.gate import parse
 
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
     progress_cm = None
     if not quiet:
         try:
-            from .reports.terminal import progress as progress_cm
+            from analyzer.cli.terminal import progress as progress_cm
         except ImportError:
             progress_cm = None
-    from .engines import run as engine_run
+    from analyzer.engines import run as engine_run
 
     options = dict(lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as)
     if progress_cm is not None:
@@ -71,7 +71,7 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
     elif any(isinstance(e, InputError) for e in result.errors):
         status = ExitStatus.INPUT
     if rules and stats is not None:
-        from .gate import evaluate
+        from analyzer.meaning.gate import evaluate
 
         reasons = evaluate(rules, stats)
         for reason in reasons:
@@ -86,7 +86,7 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 
 
 def _reports(result: RunResult, *, lang, policy, expect, jsonl, parquet, quiet):
-    from .reports.outputs import build_and_write
+    from analyzer.outputs.reports import build_and_write
 
     return build_and_write(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet,
                            quiet=quiet)
@@ -105,7 +105,7 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
 
     import pandas as pd
 
-    from .reports.summary import read_events_csv
+    from analyzer.outputs.summary import read_events_csv
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]

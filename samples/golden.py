@@ -29,7 +29,7 @@ def golden_path(capture: Path) -> Path:
 
 
 def analyse(capture: Path, workdir: Path) -> bytes:
-    from analyzer.pipeline import run
+    from analyzer.engines.native import run
 
     out = workdir / capture.stem
     run([str(capture)], out, lang="en")

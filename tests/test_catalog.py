@@ -1,9 +1,9 @@
 # Capability: explain every HTTP / FTP / WebSocket code, in English and Chinese.
 #
 # Covers the catalogue data (catalog/*.toml), the lookup and annotation API
-# (analyzer.catalog), the `explain` / `catalog` subcommands
-# (analyzer.catalog_cli) and IIS sub-status detection from error pages
-# (analyzer.dissectors.iis).
+# (analyzer.meaning.catalog), the `explain` / `catalog` subcommands
+# (analyzer.cli.catalog) and IIS sub-status detection from error pages
+# (analyzer.protocols.http.iis).
 #
 # The seed catalogues (../shared/seeds/*.txt) are the users' request: every
 # code they name must have a complete entry.  When ../shared is present the
@@ -30,8 +30,10 @@ from hypothesis import given, settings, strategies as st
 if __name__ == "__main__":      # run as a script to regenerate seed_codes.txt
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyzer import catalog, catalog_cli  # noqa: E402
-from analyzer.dissectors import iis  # noqa: E402
+from analyzer.meaning import catalog  # noqa: E402
+
+from analyzer.cli import catalog as catalog_cli  # noqa: E402
+from analyzer.protocols.http import iis  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"
@@ -545,11 +547,11 @@ def test_every_command_has_help_with_examples():
 
 
 def test_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "analyzer.catalog_cli", "explain", "403.14", "--lang", "en"],
+    result = subprocess.run([sys.executable, "-m", "analyzer.cli.catalog", "explain", "403.14", "--lang", "en"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("HTTP 403.14 — Forbidden: Directory Listing Denied")
-    result = subprocess.run([sys.executable, "-m", "analyzer.catalog_cli", "explain", "nope"],
+    result = subprocess.run([sys.executable, "-m", "analyzer.cli.catalog", "explain", "nope"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
 

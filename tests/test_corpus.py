@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.decode import Decoder
-from analyzer.pipeline import run
-from analyzer.sources import open_capture
+from analyzer.decode.packets import Decoder
+from analyzer.engines.native import run
+from analyzer.capture import open_capture
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -88,7 +88,7 @@ def _totals(results, protocol):
 @pytest.mark.parametrize("protocol", ["http", "ftp", "websocket"])
 def test_recall_precision_and_pairing(corpus_results, protocol):
     if protocol == "ftp":
-        pytest.importorskip("analyzer.dissectors.ftp")
+        pytest.importorskip("analyzer.protocols.ftp.dissector")
     t = _totals(corpus_results, protocol)
     assert t["truth"] > 0
     recall, precision = t["matched"] / t["truth"], t["matched"] / max(t["ours"], 1)
@@ -138,7 +138,7 @@ def _ftp_commands(name: str) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("frame, code, verb", [(831, 227, "PASV"), (3204, 200, "TYPE")])
 def test_fifo_pairing_of_replies_to_lost_commands_is_wrong(frame, code, verb):
-    from analyzer.dissectors.ftp import fits
+    from analyzer.protocols.ftp.dissector import fits
 
     commands = _ftp_commands("zeek_ftp_cwd_navigation")
     before = [c for f, c in commands if f < frame]

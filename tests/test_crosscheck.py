@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.crosscheck import CrossCheck, Disagreement, compare, crosscheck, format_report
-from analyzer.pipeline import EVENT_COLUMNS
+from analyzer.cli.crosscheck import CrossCheck, Disagreement, compare, crosscheck, format_report
+from analyzer.engines.native import EVENT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "samples" / "captures"
@@ -87,7 +87,7 @@ def test_samples_agree_or_differ_only_where_tshark_is_known_wrong(tshark, tmp_pa
 
 
 def test_disagreement_beyond_the_known_ones_exits_5(tshark, tmp_path, capsys):
-    from analyzer.crosscheck import register
+    from analyzer.cli.crosscheck import register
     import argparse
 
     # Force tshark to read the HTTP server port as FTP: its events vanish,

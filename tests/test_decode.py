@@ -23,10 +23,10 @@ from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2
 from scapy.layers.vxlan import VXLAN
 
-from analyzer.decode import ACK, FIN, PSH, SYN, Decoder, addr_to_str
+from analyzer.decode.packets import ACK, FIN, PSH, SYN, Decoder, addr_to_str
 from analyzer.errors import CaptureError
-from analyzer.ipfrag import FragmentTable
-from analyzer.sources import open_capture
+from analyzer.decode.ipfrag import FragmentTable
+from analyzer.capture import open_capture
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 

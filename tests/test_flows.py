@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from analyzer import flows
+from analyzer.tcp import table as flows
 from analyzer.events import Expectation
-from analyzer.flows import ACK, FIN, RST, SYN, FlowTable
+from analyzer.tcp.table import ACK, FIN, RST, SYN, FlowTable
 
 CLIENT, SERVER = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 PSH = 0x08

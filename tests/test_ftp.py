@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analyzer.dissectors import ftp
-from analyzer.dissectors.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.dissectors.ftp import FtpDissector, detect
+from analyzer.protocols.ftp import dissector as ftp
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+from analyzer.protocols.ftp.dissector import FtpDissector, detect
 from analyzer.events import Expectation
 
 C, S = 0, 1          # client sent the SYN: direction 0 is the client

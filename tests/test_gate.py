@@ -1,13 +1,13 @@
-# The --fail-on gate (analyzer/gate.py): parsing, every protocol, every
+# The --fail-on gate (analyzer/meaning/gate.py): parsing, every protocol, every
 # operator, counts and % rates, and one-line errors for bad expressions.
 from __future__ import annotations
 
 import pytest
 
 from analyzer.errors import ExitStatus, UsageError
-from analyzer.gate import evaluate, measure, parse
-from analyzer.severity import Policy
-from analyzer.stats import compute, events_frame
+from analyzer.meaning.gate import evaluate, measure, parse
+from analyzer.meaning.severity import Policy
+from analyzer.stats.hosts import compute, events_frame
 
 SRV, CLI = "192.0.2.1", "198.51.100.2"
 

@@ -1,4 +1,4 @@
-# report.html (analyzer/reports/html.py + templates/report.html.j2): the
+# report.html (analyzer/outputs/html.py + templates/report.html.j2): the
 # page is self-contained, bilingual, and inert whatever the capture held.
 #
 # Static checks parse the HTML with the standard library's parser.  The
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.reports import html as report_html
-from analyzer.reports.html import SCRIPT, TEXT, render_html, script_hash
-from analyzer.stats import compute, connections_frame, events_frame
+from analyzer.outputs import html as report_html
+from analyzer.outputs.html import SCRIPT, TEXT, render_html, script_hash
+from analyzer.stats.hosts import compute, connections_frame, events_frame
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -167,10 +167,10 @@ def test_page_structure_and_csp():
 
 
 def test_every_code_explained_in_both_languages():
-    pytest.importorskip("analyzer.catalog")
+    pytest.importorskip("analyzer.meaning.catalog")
     stats, coverage = dataset()
     page = render_html(stats, coverage, "en")
-    from analyzer.catalog import lookup
+    from analyzer.meaning.catalog import lookup
 
     for proto, code in {(p, int(c)) for p, c in zip(stats.codes["protocol"], stats.codes["code"])}:
         meaning = lookup(proto, code)
@@ -312,8 +312,8 @@ def test_payloads_inert_in_chromium(tmp_path, recorder, monkeypatch):
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_report_of_the_bundled_samples_in_chromium(tmp_path, recorder, lang):
     """The report a user gets from `samples/quickstart.sh`, opened as they would."""
-    from analyzer.pipeline import run
-    from analyzer.reports.outputs import build_and_write
+    from analyzer.engines.native import run
+    from analyzer.outputs.reports import build_and_write
 
     samples = sorted((Path(__file__).resolve().parents[1] / "samples" / "captures").glob("*.pcap*"))
     result = run([str(p) for p in samples], tmp_path / "out", lang=lang)

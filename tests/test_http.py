@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer.dissectors.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.dissectors.http import HttpDissector, detect
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+from analyzer.protocols.http.dissector import HttpDissector, detect
 
 C, S = 0, 1  # client and server directions, as the flow table numbers them
 

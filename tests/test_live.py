@@ -325,7 +325,7 @@ def observed(rows: list[dict]) -> list[tuple]:
 def assert_reports_parse(outdir: Path) -> dict:
     import pandas as pd
 
-    from analyzer.stats import CODE_COLUMNS, HOST_COLUMNS
+    from analyzer.stats.hosts import CODE_COLUMNS, HOST_COLUMNS
 
     for name in ("events.csv", "connections.csv", "anomalies.csv"):
         with open(outdir / name, newline="", encoding="utf-8") as fh:
@@ -454,7 +454,7 @@ def test_duration_and_count_end_the_capture_by_themselves(tmp_path, live_runs, h
 
 @needs_capture
 def test_loopback_packets_are_counted_once_by_packet_type():
-    from analyzer.sources.live import LiveSource
+    from analyzer.capture.interface import LiveSource
 
     port = free_port()
     with LiveSource("lo", f"udp port {port}") as src, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -477,7 +477,7 @@ def test_loopback_packets_are_counted_once_by_packet_type():
 
 @needs_capture
 def test_reports_are_replaced_atomically_while_a_reader_reads_them(tmp_path, live_runs, http_server):
-    from analyzer.stats import HOST_COLUMNS
+    from analyzer.stats.hosts import HOST_COLUMNS
 
     hp = port_of(http_server)
     out = tmp_path / "out"
@@ -591,8 +591,8 @@ def test_usage_errors_and_interface_list():
 
 
 def test_pcap_writer_round_trips_through_the_reader(tmp_path):
-    from analyzer.sources import open_capture
-    from analyzer.sources.live import PcapWriter
+    from analyzer.capture import open_capture
+    from analyzer.capture.interface import PcapWriter
 
     packets = [(1_700_000_000.123456, b"\x00" * 14 + b"abc", 17), (1_700_000_000.9999996, b"x" * 60, 1500)]
     writer = PcapWriter(tmp_path / "w.pcap", 1)
@@ -611,8 +611,8 @@ def test_live_table_shows_hosts_by_codes_with_error_rates():
     import pandas as pd
     from rich.console import Console
 
-    from analyzer.live import live_table
-    from analyzer.stats import compute
+    from analyzer.cli.live import live_table
+    from analyzer.stats.hosts import compute
 
     rows = []
     for i, (server, code) in enumerate([("10.0.0.1", 200)] * 6 + [("10.0.0.1", 503)] * 2 + [("10.0.0.2", 404)]):

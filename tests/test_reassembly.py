@@ -6,8 +6,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzer import reassembly
-from analyzer.reassembly import DATA, END, GAP, HeldBudget, Stream, seq_diff
+from analyzer.tcp import stream as reassembly
+from analyzer.tcp.stream import DATA, END, GAP, HeldBudget, Stream, seq_diff
 
 
 class Sink:

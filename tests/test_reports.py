@@ -1,4 +1,4 @@
-# The report files (analyzer/reports/outputs.py, summary.py) and the terminal
+# The report files (analyzer/outputs/reports.py, summary.py) and the terminal
 # summary (terminal.py): contents equal the statistics, CSV cells are
 # spreadsheet-safe, writes are atomic, JSONL/Parquet round-trip events.csv.
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from analyzer.reports.csvfile import DANGEROUS_PREFIXES, CsvWriter
-from analyzer.reports.outputs import build_stats, make_policy, write_reports
-from analyzer.reports.summary import read_events_csv
-from analyzer.reports.terminal import print_summary, progress
-from analyzer.stats import CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, compute, connections_frame, events_frame
+from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, CsvWriter
+from analyzer.outputs.reports import build_stats, make_policy, write_reports
+from analyzer.outputs.summary import read_events_csv
+from analyzer.cli.terminal import print_summary, progress
+from analyzer.stats.hosts import CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, compute, connections_frame, events_frame
 
 EVIL = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
 SAFE_EVIL = EVIL[:-1]   # the fixture's wire strings; a bare CR gets its own test below

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import captures_builder as cb
 from analyzer.errors import CaptureError, InputError
-from analyzer.sources import compression, open_capture
+from analyzer.capture import open_capture
+from analyzer.capture import compression
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -257,7 +258,7 @@ def test_garbage_with_gzip_magic_is_input_error(tmp_path):
 _STDIN_SCRIPT = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from analyzer.sources import open_capture
+from analyzer.capture import open_capture
 from analyzer.errors import AnalyzerError
 try:
     with open_capture("-") as cap:

@@ -1,4 +1,4 @@
-# Per-host statistics and the severity policy (analyzer/stats.py, analyzer/severity.py).
+# Per-host statistics and the severity policy (analyzer/stats/hosts.py, analyzer/meaning/severity.py).
 #
 # Inputs are synthetic DataFrames in the pipeline's exact column contract,
 # small enough to check by hand, plus random ones for the invariants:
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzer.errors import UsageError
-from analyzer.severity import Policy, parse_selector
-from analyzer.stats import (BUCKET_STEPS, CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, StatsAccumulator,
+from analyzer.meaning.severity import Policy, parse_selector
+from analyzer.stats.hosts import (BUCKET_STEPS, CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, StatsAccumulator,
                             choose_step, compute, connections_frame, events_frame)
 
 S1, S2, FTP, WS = "10.0.0.1", "2001:db8::1", "10.0.0.9", "10.0.0.8"

@@ -7,9 +7,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from analyzer.dissectors.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.dissectors.tls import TlsDissector, detect, server_name
-from analyzer.pipeline import run
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+from analyzer.protocols.tls.dissector import TlsDissector, detect, server_name
+from analyzer.engines.native import run
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "captures"
 

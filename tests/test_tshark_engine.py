@@ -83,8 +83,8 @@ def test_http2_status_codes_are_paired_by_stream(nginx_with_keylog):
 
 
 def test_same_columns_and_version_recorded(nginx_with_keylog):
-    from analyzer.pipeline import EVENT_COLUMNS
-    from analyzer.reports.outputs import build_and_write
+    from analyzer.engines.native import EVENT_COLUMNS
+    from analyzer.outputs.reports import build_and_write
 
     result, out = nginx_with_keylog
     with open(out / "events.csv", newline="", encoding="utf-8") as fh:
@@ -138,7 +138,7 @@ def test_h2c_prior_knowledge(engine, tmp_path):
 
 def test_piped_packets_give_the_same_events(engine, tmp_path):
     # The live path: packets handed one by one to a tshark reading a pcap stream.
-    from analyzer.sources import open_capture
+    from analyzer.capture import open_capture
 
     session = engine.TsharkSession(tmp_path, keylog=str(CAPTURES / "tls_wss.keylog"), stream_events=True)
     with open_capture(str(CAPTURES / "tls_wss.pcap")) as reader:

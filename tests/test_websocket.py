@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analyzer.dissectors.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.dissectors.websocket import (
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+from analyzer.protocols.websocket.dissector import (
     MAX_CLOSE_KEPT, CloseReason, FrameDecoder, Opcode, WebSocketDissector, close_code_ok,
     detect, maybe_parse_header, rsv1_policy, server_direction_from_heads, unmask,
 )

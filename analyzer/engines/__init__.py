@@ -1,6 +1,6 @@
 # Analysis engines: where events come from.
 #
-#   native  analyzer.pipeline (our own decoder, reassembly and dissectors):
+#   native  analyzer.engines.native (our own decoder, reassembly and dissectors):
 #           the fast default, no external tool.
 #   tshark  analyzer.engines.tshark: Wireshark's dissectors through pyshark,
 #           for what ours does not decode (TLS with a key log, HTTP/2) and to
@@ -22,19 +22,19 @@ def run(engine: str, paths: list[str], outdir, **options):
     engine also keylog/decode_as/prefs.
     """
     if engine == "native":
-        from ..pipeline import run as native_run
+        from analyzer.engines.native import run as native_run
 
         for name in ("keylog", "decode_as", "prefs"):
             if options.pop(name, None):
-                from ..errors import UsageError
+                from analyzer.errors import UsageError
 
                 raise UsageError(f"--{name.replace('_', '-')} needs --engine tshark")
         return native_run(paths, outdir, **options)
     if engine == "tshark":
-        from .tshark import run as tshark_run
+        from analyzer.engines.tshark import run as tshark_run
 
         options.pop("jobs", None)  # one tshark process per file; no partitioning
         return tshark_run(paths, outdir, **options)
-    from ..errors import UsageError
+    from analyzer.errors import UsageError
 
     raise UsageError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")

@@ -23,7 +23,7 @@
 # replies collapsed, greeting answers nothing, 1xx do not consume a command,
 # PASS masked), WebSocket close codes (an empty close payload is 1005, a
 # connection that ends by FIN/RST without any close frame gets an inferred
-# 1006, as in dissectors/websocket.py).  Events carry the frame and time
+# 1006, as in protocols/websocket/dissector.py).  Events carry the frame and time
 # where the PDU starts (first of tshark's `tcp.segments`), like the native
 # engine; file mode learns every frame's time from our own capture reader.
 #
@@ -60,13 +60,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
-from ..events import Anomaly, Event, side_label, with_endpoints
-from ..flows import connection_id
-from ..pipeline import (
+from analyzer.errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
+from analyzer.events import Anomaly, Event, side_label, with_endpoints
+from analyzer.tcp.table import connection_id
+from analyzer.engines.native import (
     CONNECTION_COLUMNS, AnomalySink, EventSink, FileReport, RunResult, _size, read_all,
 )
-from ..reports.csvfile import CsvWriter
+from analyzer.outputs.csvfile import CsvWriter
 
 INSTALL_HINT = "tshark is not installed; install it with: apt-get install tshark"
 PYSHARK_HINT = "pyshark is not installed; install it with: pip install pyshark"
@@ -84,7 +84,7 @@ LIVE_FILTER = DISPLAY_FILTER + " || tcp.segment_data"
 DECRYPTED_PROTOCOLS = frozenset({"http", "http2", "websocket"})
 TLS_UNKNOWN = "encrypted - status unknown"
 
-# Requests waiting for a response per connection (as dissectors/http.py).
+# Requests waiting for a response per connection (as protocols/http/dissector.py).
 MAX_PENDING_REQUESTS = 1000
 # Responses held for a request tshark has not reported yet (its body is still
 # coming); beyond this the oldest is written unpaired.
@@ -118,7 +118,7 @@ TRANSFER_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLS
 
 def _ftp_fits(verb: str, code: int) -> bool:
     try:
-        from ..dissectors.ftp import fits
+        from analyzer.protocols.ftp.dissector import fits
     except ImportError:
         return True
     return fits(verb, code)
@@ -1057,7 +1057,7 @@ class TsharkSession:
 
     @staticmethod
     def _ftp_choose(conn: _Conn, code: int) -> int | None:
-        """Index of the waiting command this reply answers (as dissectors/ftp.py):
+        """Index of the waiting command this reply answers (as protocols/ftp/dissector.py):
         FIFO, except that after lost bytes, or for a transfer/ABOR whose reply
         may be folded, a command whose replies cannot include this code is
         skipped; None when after lost bytes none fits (its command was lost)."""
@@ -1231,8 +1231,8 @@ def _tshark_readable(path: str):
     tshark reads pcap, pcapng and gzip itself; stdin and the compressions it
     does not know are copied (decompressed) into a temporary file.
     """
-    from ..sources import open_file
-    from ..sources.compression import CountingReader, detect, open_stream
+    from analyzer.capture import open_file
+    from analyzer.capture.compression import CountingReader, detect, open_stream
 
     if path != "-":
         with open_file(path) as fh:
@@ -1297,8 +1297,8 @@ def _prescan(path: str, report: FileReport) -> tuple[array, set[int]]:
     """Every frame's time, and the ports of servers spoken to in cleartext
     HTTP/2 with prior knowledge, from our own reader and decoder (tshark
     numbers frames alike; it has no TCP heuristic for h2c)."""
-    from ..decode import Decoder
-    from ..sources import open_capture
+    from analyzer.decode.packets import Decoder
+    from analyzer.capture import open_capture
 
     times = array("d")
     ports: set[int] = set()

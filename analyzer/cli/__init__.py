@@ -1,0 +1,130 @@
+# Command line: a thin layer that turns arguments into library calls and
+# domain errors into one line on stderr plus a documented exit status
+# (errors.ExitStatus, listed in README "Exit codes").  Anything else escaping
+# is a bug and is reported as such, still without a traceback unless
+# ANALYZER_DEBUG is set.
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from analyzer import __version__
+from analyzer.errors import AnalyzerError, ExitStatus
+
+EPILOG_ANALYZE = """examples:
+  analyzer analyze capture.pcapng -o out/
+  analyzer analyze day1.pcap.gz day2.pcap.zst -o out/ --fail-on 'http.5xx>1%'
+  tcpdump -w - -i eth0 port 80 | analyzer analyze - -o out/
+"""
+
+
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze", help="analyse capture files (pcap, pcapng, compressed, or - for stdin)",
+        description="Reassemble TCP, report every HTTP response, FTP reply and WebSocket close "
+                    "with its request, and write events.csv, hosts.csv, codes.csv, report.html.",
+        epilog=EPILOG_ANALYZE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="capture files or directories of them; '-' reads standard input")
+    p.add_argument("-o", "--outdir", default="analyzer-report", help="output directory (default: %(default)s)")
+    p.add_argument("--lang", choices=("en", "zh"), default=None,
+                   help="language of meanings in the outputs (default: from the locale, else en)")
+    p.add_argument("--fail-on", action="append", default=[], metavar="EXPR",
+                   help="exit with status 5 when EXPR holds, e.g. 'http.5xx>1%%', 'websocket.1006>0', "
+                        "'ftp.530>=10' (repeatable)")
+    p.add_argument("--policy", metavar="FILE", help="TOML file saying which codes count as errors")
+    p.add_argument("--expect", action="append", default=[], metavar="PROTO:CODE",
+                   help="treat this code as expected, not an error (e.g. http:401; repeatable)")
+    p.add_argument("--jsonl", action="store_true", help="also write events.jsonl")
+    p.add_argument("--parquet", action="store_true", help="also write events.parquet (needs pyarrow)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
+    p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
+                   help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
+    p.add_argument("--engine", choices=("native", "tshark"), default="native",
+                   help="native (default, fast) or tshark (Wireshark's dissectors: TLS with a key log, HTTP/2)")
+    p.add_argument("--tls-keylog", metavar="FILE", default=None,
+                   help="NSS key log (SSLKEYLOGFILE) to decrypt TLS; needs --engine tshark")
+    p.add_argument("--decode-as", action="append", default=[], metavar="SPEC",
+                   help="tshark decode-as rule, e.g. tcp.port==8888,http (repeatable; --engine tshark)")
+    p.set_defaults(func=cmd_analyze)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="analyzer",
+        description="Which hosts answered what (HTTP status, FTP reply, WebSocket close), and what it means.",
+    )
+    parser.add_argument("--version", action="version", version=f"analyzer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _analyze_parser(sub)
+    try:
+        from analyzer.cli.catalog import register
+    except ImportError:
+        pass
+    else:
+        register(sub)
+    try:
+        from analyzer.cli.live import register as register_live
+    except ImportError:
+        pass
+    else:
+        register_live(sub)
+    from analyzer.cli.crosscheck import register as register_crosscheck
+
+    register_crosscheck(sub)
+    return parser
+
+
+def cmd_analyze(args) -> int:
+    from analyzer.api import run_and_report
+
+    return run_and_report(
+        args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
+        expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
+        **_engine_options(args),
+    )
+
+
+def _engine_options(args) -> dict:
+    """--engine / --tls-keylog / --decode-as, for run_and_report."""
+    from analyzer.errors import UsageError
+
+    if args.engine != "tshark" and (args.tls_keylog or args.decode_as):
+        raise UsageError("--tls-keylog and --decode-as need --engine tshark")
+    decode_as = None
+    if args.decode_as:
+        from analyzer.engines.tshark import parse_decode_as
+
+        decode_as = parse_decode_as(args.decode_as)
+    return {"engine": args.engine, "keylog": args.tls_keylog, "decode_as": decode_as}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its message
+        return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
+    try:
+        return int(args.func(args))
+    except AnalyzerError as exc:
+        print(f"analyzer: error: {exc}", file=sys.stderr)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        print("analyzer: interrupted", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitStatus.OK)
+    except Exception as exc:  # a bug: say so in one line, keep the trace for developers
+        if os.environ.get("ANALYZER_DEBUG"):
+            raise
+        print(f"analyzer: internal error: {type(exc).__name__}: {exc} "
+              f"(set ANALYZER_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
+        return int(ExitStatus.ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+# One run of the native engine: capture files -> packets -> TCP segments ->
+# connections -> events -> events.csv (+ connection and coverage records for
+# the statistics).
+#
+# Memory stays flat in the number of packets: packets are streamed, bodies
+# are skipped by counting, events are written as they come (through a
+# bounded re-ordering window so the file is in time order whenever the
+# disorder fits the window), and only per-connection summary rows are kept.
+# A damaged file stops that file, not the run: everything read before the
+# damage is still dissected and written, and the error is reported at the end.
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyzer import __version__
+from analyzer.decode.packets import Decoder
+from analyzer.errors import AnalyzerError, CaptureError, InputError
+from analyzer.events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event, iso_time, with_endpoints
+from analyzer.tcp.table import FlowTable
+from analyzer.outputs.csvfile import CsvWriter, neutralise
+from analyzer.capture import open_capture
+
+ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
+EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ANNOTATION_COLUMNS
+ANOMALY_COLUMNS = ("time", "epoch", "frame", "name", "connection", "detail", "capture")
+CONNECTION_COLUMNS = (
+    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
+    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
+    "outcome", "capture",
+)
+# Events held to put events.csv in time order; events arrive nearly sorted
+# (a response is reported when its head is complete), so a window of this
+# many events sorts every capture we have seen while bounding memory.
+REORDER_WINDOW = 20_000
+# Anomaly rows written per name; the counts stay exact in summary.json.
+MAX_ANOMALY_ROWS_PER_NAME = 1000
+
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Directories stand for the capture files below them (by suffix, sorted)."""
+    out: list[str] = []
+    for p in paths:
+        if p != "-" and os.path.isdir(p):
+            found = sorted(str(f) for f in Path(p).rglob("*")
+                           if f.is_file() and f.name.lower().endswith(CAPTURE_SUFFIXES))
+            if not found:
+                raise InputError(f"{p}: directory holds no capture files ({', '.join(CAPTURE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+class _Annotator:
+    def __init__(self, lang: str) -> None:
+        self.lang = lang
+        try:
+            from analyzer.meaning import catalog
+        except ImportError:
+            catalog = None
+        self.catalog = catalog
+        self.cache: dict = {}
+
+    def __call__(self, ev: Event) -> tuple:
+        key = (ev.protocol, ev.code, ev.substatus)
+        hit = self.cache.get(key)
+        if hit is None:
+            if self.catalog is not None:
+                a = self.catalog.annotate(ev.protocol, ev.code, ev.substatus, self.lang)
+                hit = (a["class"], a["name"], a["meaning"], "true" if a["standard"] else "false")
+            else:
+                hit = (f"{ev.code // 100}xx" if ev.protocol == "http" else "", "", "", "")
+            self.cache[key] = hit
+        return hit
+
+
+def event_row(ev: Event, ends: tuple, annotation: tuple) -> tuple:
+    """One events.csv row; wire strings are neutralised for spreadsheets here."""
+    cip, cport, sip, sport, cid, capture = ends
+    return (
+        iso_time(ev.epoch), f"{ev.epoch:.6f}", ev.frame, ev.protocol,
+        cip, cport, sip, sport,
+        ev.code, neutralise(ev.text), neutralise(ev.request), neutralise(ev.host),
+        "" if ev.latency_ms is None else ev.latency_ms, cid,
+        ev.direction, "true" if ev.inferred else "false",
+        "" if ev.lines is None else ev.lines, ev.substatus, ev.substatus_source,
+        "" if ev.data_bytes is None else ev.data_bytes, ";".join(ev.flags), neutralise(capture),
+    ) + annotation
+
+
+@dataclass
+class FileReport:
+    name: str
+    format: str = ""
+    compression: str | None = None
+    packets: int = 0
+    error: str = ""
+
+
+@dataclass
+class RunResult:
+    outdir: Path
+    events: int = 0
+    events_by_protocol: Counter = field(default_factory=Counter)
+    files: list[FileReport] = field(default_factory=list)
+    packets: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    connections: list[dict] = field(default_factory=list)
+    anomalies: Counter = field(default_factory=Counter)
+    limits: Counter = field(default_factory=Counter)
+    tcp_segments: int = 0
+    connections_total: int = 0
+    connections_with_gaps: int = 0
+    missed_bytes: int = 0
+    first_epoch: float | None = None
+    last_epoch: float | None = None
+    seconds: float = 0.0
+    errors: list[AnalyzerError] = field(default_factory=list)
+    interrupted: bool = False
+
+    def coverage(self) -> dict:
+        return {
+            "files": [vars(f) for f in self.files],
+            "packets_read": self.packets,
+            "packets_skipped": dict(self.skipped),
+            "tcp_segments": self.tcp_segments,
+            "connections": self.connections_total,
+            "connections_dissected": len(self.connections),
+            "connections_with_gaps": self.connections_with_gaps,
+            # Encrypted connections the native engine recognised but cannot
+            # read: status unknown (--engine tshark --tls-keylog decodes them).
+            "tls_connections": sum(1 for c in self.connections if c.get("protocol") == "tls"),
+            "missed_bytes": self.missed_bytes,
+            "anomalies": dict(self.anomalies),
+            "limits_hit": dict(self.limits),
+            "first_epoch": self.first_epoch,
+            "last_epoch": self.last_epoch,
+            "engine": "native",
+            "version": __version__,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class EventSink:
+    """Annotates events and writes them in (nearly) time order."""
+
+    def __init__(self, outdir: Path, lang: str, atomic: bool = True) -> None:
+        self.writer = CsvWriter(outdir / "events.csv", EVENT_COLUMNS, atomic=atomic)
+        self.annotate = _Annotator(lang)
+        self.heap: list = []
+        self.order = 0
+        self.count = 0
+        self.by_protocol: Counter = Counter()
+
+    def add(self, ev: Event, ends: tuple) -> None:
+        self.order += 1
+        self.count += 1
+        self.by_protocol[ev.protocol] += 1
+        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev, ends))
+        if len(self.heap) > REORDER_WINDOW:
+            self._write(heapq.heappop(self.heap))
+
+    def _write(self, item) -> None:
+        ev, ends = item[3], item[4]
+        self.writer.write_trusted(event_row(ev, ends, self.annotate(ev)))
+
+    def flush_all(self) -> None:
+        while self.heap:
+            self._write(heapq.heappop(self.heap))
+
+    def commit(self) -> None:
+        self.flush_all()
+        self.writer.commit()
+
+
+class AnomalySink:
+    def __init__(self, outdir: Path) -> None:
+        self.writer = CsvWriter(outdir / "anomalies.csv", ANOMALY_COLUMNS)
+        self.written: Counter = Counter()
+        self.capture = ""
+
+    def add(self, a: Anomaly) -> None:
+        if self.written[a.name] >= MAX_ANOMALY_ROWS_PER_NAME:
+            return
+        self.written[a.name] += 1
+        self.writer.write_rows(((iso_time(a.epoch) if a.epoch else "", f"{a.epoch:.6f}", a.frame, a.name,
+                                 a.connection, a.detail, self.capture),))
+
+
+class Session:
+    """One analysis: decoder, connection table and sinks, fed packet by packet.
+
+    Files go through `read_file` (the hot loop); live capture calls `packet`
+    for each packet and `interim()` at every report interval.  `finish()`
+    finalises every connection and writes events.csv, anomalies.csv and
+    connections.csv.
+    """
+
+    def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
+                 stream_events: bool = False, on_connection=None) -> None:
+        self.started = time.perf_counter()
+        self.out = Path(outdir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.result = RunResult(outdir=self.out)
+        self.events = EventSink(self.out, lang, atomic=not stream_events)
+        self.anomalies = AnomalySink(self.out)
+        events = self.events
+        callback = on_event
+
+        def emit(ev: Event, ends: tuple) -> None:
+            events.add(ev, ends)
+            if callback is not None:
+                callback(with_endpoints(ev, ends))
+
+        # Live capture runs for hours: with `on_connection`, each finished
+        # connection's row goes to the caller (which writes connections.csv)
+        # instead of being kept in result.connections.
+        self.on_connection = on_connection
+        self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
+        self.decoder = Decoder()
+        self.frame = 0
+        self.elsewhere = 0  # TCP packets left to another process (parallel runs)
+        self.report: FileReport | None = None
+
+    def begin(self, name: str, display: str | None = None) -> FileReport:
+        """Start a new capture: frame numbers count from 1 again (as in Wireshark)."""
+        report = FileReport(name=name)
+        self.result.files.append(report)
+        self.report = report
+        self.frame = 0
+        self.table.capture = self.anomalies.capture = display or os.path.basename(name)
+        return report
+
+    def packet(self, ts: float, linktype: int, data: bytes, wirelen: int) -> None:
+        self.frame += 1
+        self.report.packets = self.frame
+        self.result.packets += 1
+        if self.result.first_epoch is None:
+            self.result.first_epoch = ts
+        self.result.last_epoch = ts
+        seg = self.decoder.decode(linktype, data, ts, wirelen)
+        if seg is not None:
+            self.table.packet(seg, ts, self.frame)
+
+    def read_file(self, path: str, progress=None, done_before: int = 0, total: int = 0,
+                  partition: tuple[int, int] | None = None) -> None:
+        """Read one capture file; an error is recorded and ends this file only.
+
+        With `partition=(k, n)` only the connections of share k of n are
+        dissected (parallel runs; see analyzer/engines/parallel.py for the key).
+        """
+        report = self.begin(path, "<stdin>" if path == "-" else None)
+        result, decode, packet = self.result, self.decoder.decode, self.table.packet
+        others = None
+        if partition is not None:
+            packet = _share_filter(packet, *partition)
+            others = _other_share(*partition)
+        frame = 0
+        ts = None
+        try:
+            with open_capture(path) as reader:
+                report.format, report.compression = reader.format, reader.compression
+                next_tick = 1
+                for ts, linktype, data, wirelen in reader:
+                    frame += 1
+                    if others is not None and linktype == 1 and others(data):
+                        self.elsewhere += 1  # another process dissects it
+                        continue
+                    seg = decode(linktype, data, ts, wirelen)
+                    if seg is not None:
+                        packet(seg, ts, frame)
+                    if frame >= next_tick:  # now and then, not per packet: the hot loop
+                        next_tick = frame + 20000
+                        if result.first_epoch is None:
+                            result.first_epoch = ts
+                        if progress is not None:
+                            progress(done_before + (reader.bytes_read or 0), total)
+        except AnalyzerError as exc:
+            report.error = str(exc)
+            result.errors.append(exc)
+        finally:
+            if ts is not None:
+                result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
+            report.packets = frame
+            result.packets += frame
+            self.frame = frame
+
+    def interim(self) -> None:
+        """Make every event so far visible in events.csv (live capture)."""
+        self.events.flush_all()
+        self.events.writer.flush()
+
+    def snapshot(self) -> dict:
+        """Coverage so far, as `finish()` would report it (live capture, mid-run)."""
+        self._collect()
+        return self.result.coverage()
+
+    def _collect(self) -> None:
+        result, table = self.result, self.table
+        result.events = self.events.count
+        result.events_by_protocol = self.events.by_protocol
+        result.skipped = self.decoder.skipped
+        result.anomalies = table.anomaly_counts
+        result.limits = table.limits
+        result.tcp_segments = self.decoder.decoded + self.elsewhere
+        result.connections_total = table.count
+        result.connections_with_gaps = table.connections_with_gaps
+        result.missed_bytes = table.missed_bytes
+        result.seconds = time.perf_counter() - self.started
+
+    def finish(self) -> RunResult:
+        self.decoder.finish()
+        self.table.finish()
+        self.events.commit()
+        self.anomalies.writer.commit()
+        self._collect()
+        if self.on_connection is None:
+            _write_connections(self.out, self.result.connections)
+        return self.result
+
+
+def _share_filter(packet, share: int, shares: int):
+    """`packet` for the connections of one share only (parallel runs)."""
+
+    def filtered(seg, ts, frame):
+        src, dst = seg[0], seg[1]
+        # Symmetric in the two directions; one host pair stays in one share
+        # (FTP data channels), unless both ends are one host (loopback).
+        key = src[-2] + src[-1] + dst[-2] + dst[-1] if src != dst else seg[2] + seg[3]
+        if _mix(key) % shares == share:
+            packet(seg, ts, frame)
+
+    return filtered
+
+
+def _other_share(share: int, shares: int):
+    """A test on raw Ethernet/IPv4/TCP frames: True when another share owns it.
+
+    The same key as _share_filter, read before decoding so that a process does
+    not decode the packets of the others.  Anything unusual (options, VLANs,
+    fragments, IPv6) answers False and goes through the decoder.
+    """
+
+    def other(data) -> bool:
+        if len(data) < 38 or data[12] != 8 or data[13] != 0 or data[14] != 0x45 or data[23] != 6 \
+                or data[20] & 0x3F or data[21]:
+            return False
+        if data[26:30] != data[30:34]:
+            key = data[28] + data[29] + data[32] + data[33]
+        else:
+            key = ((data[34] << 8) | data[35]) + ((data[36] << 8) | data[37])
+        return _mix(key) % shares != share
+
+    return other
+
+
+def _mix(key: int) -> int:
+    """Spread a share key: Linux hands out ephemeral ports of one parity, so
+    a plain `key % shares` would put every connection in one share."""
+    return (key * 0x9E3779B1 >> 16) & 0xFFFF
+
+
+def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
+        on_event=None, jobs: int = 1) -> RunResult:
+    """Analyse `paths` into `outdir`; returns what the reports need.
+
+    Errors in one file are collected in `result.errors` (the run goes on);
+    the caller decides the exit status.  `progress(done_bytes, total_bytes)`
+    is called now and then when given.  Ctrl-C stops reading; what was read
+    is still finalised and written (`result.interrupted`).
+    """
+    if on_event is None and jobs > 1:
+        from analyzer.engines.parallel import run_parallel, worth_it
+
+        if worth_it(paths, jobs):
+            return run_parallel(paths, outdir, lang=lang, jobs=jobs, progress=progress)
+    return read_all(Session(outdir, lang=lang, on_event=on_event), paths, progress)
+
+
+def read_all(session, paths: list[str], progress=None) -> RunResult:
+    """Feed every path to a session (native or tshark) and finish it.
+
+    Ctrl-C stops reading; what was read is still finalised and written.
+    """
+    total = sum(_size(p) for p in paths)
+    done = 0
+    try:
+        for path in paths:
+            session.read_file(path, progress, done, total)
+            done += _size(path)
+    except KeyboardInterrupt:
+        session.result.interrupted = True
+    return session.finish()
+
+
+def _write_connections(out: Path, rows: list[dict]) -> None:
+    writer = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
+    writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in rows)
+    writer.commit()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path) if path != "-" else 0
+    except OSError:
+        return 0
+
+
+def damaged(result: RunResult) -> list[AnalyzerError]:
+    return [e for e in result.errors if isinstance(e, CaptureError)]

@@ -1,0 +1,132 @@
+# All cores on one machine: the same pipeline in N processes, each owning a
+# share of the connections.
+#
+# Strategy: every worker reads every packet (reading is the cheap part), skips
+# the plain Ethernet/IPv4/TCP frames of other shares from their raw bytes, and
+# decodes, reassembles and dissects only the connections of its share.  The
+# share key is symmetric in the two directions and keeps one host pair in one
+# share, so an FTP data connection meets its control connection; when both
+# ends are one host (loopback) the ports decide.
+# Workers write sorted events into their own part directory; the parent
+# merges them by time (heapq.merge streams, so memory stays flat) and sums
+# the counters.  Small inputs are not worth the processes: they run in one.
+from __future__ import annotations
+
+import csv
+import heapq
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from analyzer.engines.native import (ANOMALY_COLUMNS, EVENT_COLUMNS, RunResult, Session, _size, _write_connections)
+from analyzer.outputs.csvfile import CsvWriter
+
+# Below this much input one process finishes before N could start.
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+
+
+def default_jobs() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def worth_it(paths: list[str], jobs: int) -> bool:
+    return jobs > 1 and "-" not in paths and sum(_size(p) for p in paths) >= PARALLEL_MIN_BYTES
+
+
+_progress_value = None
+
+
+def _init(value) -> None:
+    global _progress_value
+    _progress_value = value
+
+
+def _report_progress(done: int, total: int) -> None:
+    _progress_value.value = done
+
+
+def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> RunResult:
+    # Ctrl-C reaches the whole process group: each worker finishes what it read.
+    session = Session(outdir, lang=lang)
+    progress = _report_progress if share == 0 and _progress_value is not None else None
+    done = 0
+    try:
+        for path in paths:
+            session.read_file(path, progress, done, 0, partition=(share, shares))
+            done += _size(path)
+    except KeyboardInterrupt:
+        session.result.interrupted = True
+    result = session.finish()
+    result.outdir = Path(outdir)
+    return result
+
+
+def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, progress=None) -> RunResult:
+    started = time.perf_counter()
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [out / f".part-{k}" for k in range(jobs)]
+    total = sum(_size(p) for p in paths)
+    ctx = multiprocessing.get_context("fork")
+    value = ctx.Value("q", 0)
+    interrupted = False
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value,)) as pool:
+        futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
+        results = []
+        for future in futures:
+            while True:
+                try:
+                    results.append(future.result(timeout=0.2))
+                    break
+                except TimeoutError:
+                    if progress is not None:
+                        progress(value.value, total)
+                except KeyboardInterrupt:
+                    interrupted = True  # workers finish what they read; keep waiting for them
+    merged = _merge(results, out)
+    merged.interrupted = interrupted or any(r.interrupted for r in results)
+    for part in parts:
+        shutil.rmtree(part, ignore_errors=True)
+    merged.seconds = time.perf_counter() - started
+    return merged
+
+
+def _rows(path: Path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        yield from reader
+
+
+def _merge(results: list[RunResult], out: Path) -> RunResult:
+    first = results[0]
+    merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
+                       first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
+                       tcp_segments=first.tcp_segments)  # every worker reads every packet
+    # Events: each part is in time order; merge by (epoch, frame) as one run would.
+    writer = CsvWriter(out / "events.csv", EVENT_COLUMNS)
+    streams = [_rows(r.outdir / "events.csv") for r in results]
+    for row in heapq.merge(*streams, key=lambda row: (float(row[1]), int(row[2]))):
+        writer.write_trusted(row)
+    writer.commit()
+    anomalies = CsvWriter(out / "anomalies.csv", ANOMALY_COLUMNS)
+    for r in results:
+        anomalies._csv.writerows(_rows(r.outdir / "anomalies.csv"))
+    anomalies.commit()
+    merged.events_by_protocol = Counter()
+    merged.anomalies, merged.limits = Counter(), Counter()
+    for r in results:
+        merged.events += r.events
+        merged.events_by_protocol.update(r.events_by_protocol)
+        merged.connections.extend(r.connections)
+        merged.anomalies.update(r.anomalies)
+        merged.limits.update(r.limits)
+        merged.connections_total += r.connections_total
+        merged.connections_with_gaps += r.connections_with_gaps
+        merged.missed_bytes += r.missed_bytes
+    _write_connections(out, merged.connections)
+    return merged

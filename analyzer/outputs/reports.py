@@ -1,0 +1,130 @@
+# Every report file in OUTDIR besides events.csv, written atomically.
+#
+#   hosts.csv       one row per host x role x protocol (stats.HOST_COLUMNS)
+#   codes.csv       server_ip, protocol, code, count, class, name, meaning
+#   report.html     the self-contained page (outputs/html.py)
+#   summary.json    totals, coverage, policy (outputs/summary.py)
+#   events.jsonl    on request, streamed from events.csv
+#   events.parquet  on request, streamed from events.csv
+#
+# Each file goes through csvfile's AtomicWriter (temporary sibling, fsync,
+# rename), so a reader — or a live capture rewriting the reports every
+# interval — never sees a half-written file.  CSV cells that start with
+# = + - @ tab or CR get a leading apostrophe (csvfile.neutralise), which keeps
+# spreadsheets from running wire strings as formulas; numbers stay numbers.
+# Floats are written rounded (rates to 6 places, milliseconds to 3) and a
+# missing value (no latency for FTP, no events for a rate) is an empty cell.
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyzer.meaning.severity import Policy
+from analyzer.stats.hosts import StatsAccumulator, connections_frame
+from analyzer.outputs.csvfile import write_atomic, write_dataframe
+from analyzer.outputs.html import render_html
+from analyzer.outputs.summary import CHUNK_ROWS, read_events_csv, write_events_jsonl, write_events_parquet, write_summary
+
+FLOAT_PLACES = {"error_rate": 6, "latency_p50_ms": 3, "latency_p95_ms": 3, "latency_p99_ms": 3}
+
+
+def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """Round floats, NaN -> "" and booleans -> true/false, for a CSV a human reads."""
+    out = {}
+    for name in frame.columns:
+        col = frame[name]
+        if col.dtype == bool:
+            out[name] = np.where(col.to_numpy(), "true", "false")
+        elif pd.api.types.is_float_dtype(col.dtype):
+            rounded = col.round(FLOAT_PLACES.get(name, 6))
+            out[name] = [("" if pd.isna(v) else (int(v) if float(v).is_integer() and name not in FLOAT_PLACES else float(v)))
+                         for v in rounded]
+        elif pd.api.types.is_integer_dtype(col.dtype):
+            out[name] = ["" if pd.isna(v) else int(v) for v in col]
+        else:
+            out[name] = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in col]
+    return pd.DataFrame(out, columns=list(frame.columns))
+
+
+def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
+                  events_csv: str | Path | None = None, jsonl: bool = False, parquet: bool = False,
+                  html: bool = True) -> list[Path]:
+    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths.
+
+    `events_csv` is the events.csv the pipeline wrote; it is needed only for
+    `jsonl` / `parquet`, which are derived from it chunk by chunk.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    coverage = dict(coverage or {})
+    written = []
+
+    path = outdir / "hosts.csv"
+    write_dataframe(path, csv_ready(stats.hosts))
+    written.append(path)
+
+    path = outdir / "codes.csv"
+    write_dataframe(path, csv_ready(stats.codes))
+    written.append(path)
+
+    path = outdir / "summary.json"
+    write_summary(path, stats, coverage, lang=lang)
+    written.append(path)
+
+    if html:
+        path = outdir / "report.html"
+        write_atomic(path, render_html(stats, coverage, lang))
+        written.append(path)
+
+    if jsonl or parquet:
+        if events_csv is None:
+            raise ValueError("events.jsonl / events.parquet are derived from events.csv: pass events_csv")
+        if jsonl:
+            path = outdir / "events.jsonl"
+            write_events_jsonl(path, read_events_csv(events_csv))
+            written.append(path)
+        if parquet:
+            path = outdir / "events.parquet"
+            write_events_parquet(path, read_events_csv(events_csv))
+            written.append(path)
+    return written
+
+
+def make_policy(policy=None, expect=()) -> Policy:
+    """--policy FILE (or a ready Policy) plus --expect PROTO:CODE options."""
+    if isinstance(policy, Policy):
+        base = policy
+    elif policy:
+        base = Policy.from_file(policy)
+    else:
+        base = Policy.default()
+    return Policy.from_options(expect=list(expect or ()), base=base)
+
+
+def build_stats(events_csv: str | Path, connections=(), coverage: dict | None = None, *,
+                policy: Policy | None = None):
+    """Statistics from an events.csv (streamed in chunks) and connection rows (dicts)."""
+    acc = StatsAccumulator(policy)
+    if Path(events_csv).exists():
+        for chunk in read_events_csv(events_csv):
+            acc.add_events(chunk)
+    rows = list(connections or ())
+    for start in range(0, len(rows), CHUNK_ROWS):
+        acc.add_connections(connections_frame(rows[start:start + CHUNK_ROWS]))
+    return acc.finish(coverage or {})
+
+
+def build_and_write(result, *, lang: str = "en", policy=None, expect=(), jsonl: bool = False,
+                    parquet: bool = False, quiet: bool = False):
+    """The pipeline's RunResult -> StatsResult, every report file, and the terminal summary."""
+    coverage = result.coverage()
+    events_csv = Path(result.outdir) / "events.csv"
+    stats = build_stats(events_csv, result.connections, coverage, policy=make_policy(policy, expect))
+    write_reports(result.outdir, stats, coverage, lang=lang, events_csv=events_csv, jsonl=jsonl, parquet=parquet)
+    if not quiet:
+        from analyzer.cli.terminal import print_summary
+
+        print_summary(stats, coverage)
+    return stats

@@ -1,0 +1,67 @@
+# The contract every dissector keeps (sans-IO, after h11 and wsproto).
+#
+#   feed(data, direction, ts, frame) -> list[Event]
+#       `data` is the next in-order bytes of one direction of a TCP
+#       connection, all carried by packet number `frame` captured at `ts`.
+#   gap(nbytes, direction, ts, frame) -> list[Event]
+#       `nbytes` of that direction were never seen (lost, not captured, or
+#       dropped by a memory limit).  The dissector skips them if it knows the
+#       framing (inside a body of known length), else re-synchronises at the
+#       next message boundary.
+#   end(direction, ts, frame, rst) -> list[Event]
+#       that direction sent FIN (rst=False) or RST (rst=True), in stream
+#       order: every byte before it has been fed.
+#   close(ts) -> list[Event]
+#       the connection is finished (both FINs, RST, idle timeout, end of
+#       the capture): flush what is pending.  Called exactly once.
+#
+# A dissector never raises on wire data: any exception escaping one of these
+# calls is a bug.  Odd traffic becomes a named anomaly (`self.anomalies`), and
+# announced side connections become `self.expectations`; the flow table
+# drains both lists after every call.
+#
+# Detection by content: each dissector module exposes a `detect(head0,
+# head1, port_hint)` function returning DETECTED, REJECTED or NEED_MORE given
+# the first bytes of each direction.  The flow table calls it until one
+# dissector accepts or all reject.  A flow is never decided from one byte.
+from __future__ import annotations
+
+from analyzer.events import Anomaly, Event, Expectation
+
+DETECTED, REJECTED, NEED_MORE = "detected", "rejected", "need-more"
+
+
+class Dissector:
+    """Base class: shared anomaly/expectation bookkeeping, no-op hooks."""
+
+    protocol = ""
+
+    def __init__(self) -> None:
+        self.anomalies: list[Anomaly] = []
+        self.expectations: list[Expectation] = []
+        # Direction (0/1) that plays the server, once the content has told us;
+        # the flow table prefers the SYN when it saw one.
+        self.server_direction: int | None = None
+
+    def anomaly(self, name: str, ts: float, frame: int, detail: str = "") -> None:
+        self.anomalies.append(Anomaly(name, ts, frame, detail))
+
+    def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
+        raise NotImplementedError
+
+    def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
+        return []
+
+    def end(self, direction: int, ts: float, frame: int, rst: bool) -> list[Event]:
+        return []
+
+    def close(self, ts: float) -> list[Event]:
+        return []
+
+    def on_data(self, nbytes: int, ts: float) -> None:
+        """Bytes moved on a side connection this dissector announced."""
+
+    # Statistics the dissector wants reported per connection (e.g. FTP
+    # login outcome, WebSocket close outcome); read after close().
+    def outcome(self) -> dict:
+        return {}

@@ -1,0 +1,846 @@
+# FTP control channel (RFC 959): one event per complete reply, paired with the
+# command it answers.
+#
+# Strategy.  Each direction goes through two small filters before any FTP
+# logic: a Telnet filter (RFC 854: IAC IP / IAC DM / option negotiation are
+# dropped, IAC IAC is a literal 0xFF; the urgent-mode ABOR is just "ABOR"
+# once filtered) and a line reader (split on LF, CR optional, a bounded
+# buffer that keeps the first MAX_LINE_BYTES of a line and counts the rest).
+# Server lines go through the RFC 959 section 4.2 reply grammar: "NNN text"
+# is a reply; "NNN-text" opens a multi-line reply that only "NNN text" with
+# the same code closes, every line in between being text whatever digits it
+# starts with.  Client lines become commands, queued in a FIFO (after Zeek's
+# pending-commands table); a reply answers the oldest waiting command, 1xx
+# replies pair without consuming it, and the greeting (120/220/421 before the
+# first final reply) answers nothing.
+#
+# Pairing is plain FIFO while the stream is intact.  After a gap (bytes lost
+# in either direction) replies may answer commands we never saw, or commands
+# may have had their replies lost; until the pairs line up again we consult a
+# table of which reply codes fit which command (data below, after Zeek's
+# ftp_cmd_reply_code) and skip commands whose reply was evidently lost.  The
+# same table settles the ABOR dance when a server folds 426/226 into one
+# reply.
+#
+# Secrets: the argument of PASS and ACCT is never stored.  The line reader
+# stops buffering a line as soon as it starts with "PASS " / "ACCT ", so the
+# password lives only in the caller's segment; the request is "PASS ****".
+#
+# Anomalies (names are stable): ftp_reply_without_command,
+# ftp_command_without_reply, ftp_reply_malformed ("230_no_space", "99 x":
+# not replies, but they answer the oldest command), ftp_reply_invalid_line,
+# ftp_reply_too_long, ftp_reply_too_many_lines, ftp_reply_incomplete,
+# ftp_command_too_long, ftp_command_unknown, ftp_too_many_pending_commands,
+# ftp_data_address_invalid, ftp_tls_started, ftp_gap, ftp_gap_fragment,
+# ftp_unparsed_line, ftp_line_unterminated.  Those about one reply are also
+# in that event's flags.
+#
+# Limits (all named below): line length, pending commands, lines per reply,
+# anomalies per name, failed-login user names kept.  After "AUTH TLS" is
+# answered 234 the channel is encrypted: we stop (anomaly ftp_tls_started)
+# and emit nothing more.  XX: "CCC" (back to clear text after TLS) is not
+# followed; RFC 2228 protected replies (631-633) are not decoded.
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import deque
+from enum import IntEnum
+
+from analyzer.events import Event, Expectation
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
+
+MAX_LINE_BYTES = 8 * 1024          # Python ftplib MAXLINE (8192, taken from vsftpd); Zeek truncates reply_msg at 4096
+MAX_PENDING_COMMANDS = 20          # Zeek FTP::max_pending_commands default
+MAX_REPLY_LINES = 10_000           # our choice: the corpus' longest reply (NetBSD 230) has 37 lines; a lost final line must not swallow a session
+MAX_ANOMALIES_PER_NAME = 1000      # Zeek Weird::sampling_threshold: past it, count instead of record
+MAX_FAILED_LOGINS_KEPT = 100       # our choice: enough to show a brute force, bounded per connection
+MAX_USER_CHARS = 128               # Zeek FTP::max_user_length
+MAX_DETECT_LINES = 8               # lines of a head after which detect() must have decided
+
+
+class Telnet(IntEnum):
+    """RFC 854 command bytes (those the filter must recognise)."""
+
+    SE = 240
+    DM = 242          # Data Mark: sent urgent with the ABOR sequence (RFC 959 section 4.1.3)
+    IP = 244          # Interrupt Process
+    SB = 250
+    WILL = 251
+    WONT = 252
+    DO = 253
+    DONT = 254
+    IAC = 255
+
+
+# Telnet filter states.
+_T_DATA, _T_IAC, _T_OPTION, _T_SB, _T_SB_IAC = range(5)
+
+
+class _TelnetFilter:
+    """Removes Telnet commands from one direction, across segment borders."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = _T_DATA
+
+    def __call__(self, data: bytes) -> bytes:
+        if self.state == _T_DATA and 0xFF not in data:
+            return data  # the common case: nothing to strip
+        out = bytearray()
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self.state
+            if state == _T_DATA:
+                nxt = data.find(b"\xff", pos)
+                if nxt < 0:
+                    out += data[pos:]
+                    break
+                out += data[pos:nxt]
+                self.state = _T_IAC
+                pos = nxt + 1
+                continue
+            byte = data[pos]
+            pos += 1
+            if state == _T_IAC:
+                if byte == Telnet.IAC:
+                    out.append(0xFF)            # IAC IAC: a literal 0xFF
+                    self.state = _T_DATA
+                elif Telnet.WILL <= byte <= Telnet.DONT:
+                    self.state = _T_OPTION      # one option byte follows
+                elif byte == Telnet.SB:
+                    self.state = _T_SB
+                else:
+                    self.state = _T_DATA        # IP, DM, NOP, AYT, ...: two bytes
+            elif state == _T_OPTION:
+                self.state = _T_DATA
+            elif state == _T_SB:
+                if byte == Telnet.IAC:
+                    self.state = _T_SB_IAC
+            else:  # _T_SB_IAC
+                self.state = _T_DATA if byte == Telnet.SE else _T_SB
+        return bytes(out)
+
+
+_SECRET_VERBS = frozenset({b"PASS", b"ACCT"})
+_SECRET_LOOKAHEAD = 64   # leading blanks tolerated before a PASS/ACCT verb
+
+
+class _LineReader:
+    """Bounded LF-delimited lines of one direction, with the packet of each line's first byte."""
+
+    __slots__ = ("buf", "excess", "ts", "frame", "secret", "resync", "mask")
+
+    def __init__(self, mask_secrets: bool) -> None:
+        self.buf = bytearray()
+        self.excess = 0            # bytes of the current line beyond MAX_LINE_BYTES
+        self.ts = 0.0
+        self.frame = 0
+        self.secret = False        # current line is PASS/ACCT: its argument is not kept
+        self.resync = False        # a gap cut the stream: the next line may be a fragment
+        self.mask = mask_secrets
+
+    def pending(self) -> bool:
+        return bool(self.buf) or self.excess > 0 or self.secret
+
+    def feed(self, data: bytes, ts: float, frame: int) -> list[tuple]:
+        lines = []
+        pos, end = 0, len(data)
+        while pos < end:
+            nl = data.find(b"\n", pos)
+            stop = end if nl < 0 else nl
+            if not self.pending():
+                self.ts, self.frame = ts, frame
+            if stop > pos:
+                self._append(data, pos, stop)
+            if nl < 0:
+                break
+            lines.append(self.take())
+            pos = nl + 1
+        return lines
+
+    def _append(self, data: bytes, pos: int, stop: int) -> None:
+        if self.secret:
+            return  # never store what follows "PASS "
+        before = len(self.buf)
+        take = min(MAX_LINE_BYTES - before, stop - pos)
+        if take > 0:
+            self.buf += data[pos:pos + take]
+        self.excess += (stop - pos) - max(take, 0)
+        if self.mask and before < _SECRET_LOOKAHEAD:
+            head = bytes(self.buf[:_SECRET_LOOKAHEAD])
+            verb = head.lstrip(b" \t")
+            if len(verb) >= 5 and verb[4] in (0x20, 0x09) and verb[:4].upper() in _SECRET_VERBS:
+                self.secret = True
+                del self.buf[len(head) - len(verb) + 5:]
+                self.excess = 0
+
+    def take(self) -> tuple:
+        line = bytes(self.buf).rstrip(b"\r")
+        item = (line, self.excess, self.ts, self.frame, self.secret)
+        self.buf.clear()
+        self.excess = 0
+        self.secret = False
+        return item
+
+    def drop(self) -> None:
+        self.buf.clear()
+        self.excess = 0
+        self.secret = False
+
+
+# --- the reply grammar -------------------------------------------------------
+
+# A reply line: three digits, the first 1-6 (6yz: RFC 2228 protected replies),
+# then a space, a hyphen or the end of the line.
+_REPLY_RE = re.compile(rb"([1-6][0-9]{2})(?:([ -])|$)")
+_COMMAND_RE = re.compile(rb"[A-Za-z]{3,4}(?:[ \t]|$)")
+
+GREETING_CODES = frozenset({120, 220, 421})
+# Replies a server sends on its own: 421 closing (RFC 959 section 5.4); 221
+# when the client hung up without QUIT (NetBSD ftpd, ProFTPD).
+UNSOLICITED_CODES = frozenset({421, 221})
+
+# Commands RFC 959, 2228, 2389, 2428, 2640, 3659, 7151 and common extensions
+# define; used to recognise a client (detect, role inference, anomalies).
+FTP_COMMANDS = frozenset("""
+    ABOR ACCT ADAT ALLO APPE AUTH AVBL CCC CDUP CLNT CONF CSID CWD DELE DSIZ
+    ENC EPRT EPSV FEAT HELP HOST LANG LIST LPRT LPSV MDTM MFCT MFF MFMT MIC
+    MKD MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REIN
+    REST RETR RMD RMDA RNFR RNTO SITE SIZE SMNT SPSV STAT STOR STOU STRU SYST
+    THMB TYPE USER XCRC XCUP XCWD XMD5 XMKD XPWD XRMD XSEM XSEN XSHA
+""".split())
+# Commands other line protocols share with FTP (POP3: USER PASS RETR LIST
+# DELE STAT QUIT NOOP; SMTP: HELP AUTH NOOP QUIT).  Alone they prove nothing.
+SHARED_COMMANDS = frozenset("USER PASS RETR LIST DELE STAT QUIT NOOP HELP AUTH REST".split())
+# First words that prove another protocol.
+FOREIGN_COMMANDS = frozenset("""
+    EHLO HELO LHLO MAIL RCPT DATA RSET VRFY EXPN STARTTLS BDAT
+    CAPA STLS APOP UIDL TOP
+    GET POST HEAD PUT DELETE OPTIONS CONNECT TRACE PATCH PROPFIND PRI
+    NICK JOIN PING SSH-2.0 SSH-1.99
+""".split())
+# Reply codes no SMTP/POP/IMAP server sends: a server head with one of these is FTP.
+FTP_ONLY_CODES = frozenset({110, 125, 150, 202, 212, 213, 215, 225, 226, 227, 228, 229,
+                            230, 257, 331, 332, 350, 425, 426, 532})
+
+TRANSFER_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"})
+
+# Positive replies (1xx-3xx) each command can get (RFC 959 section 5.4 plus
+# the extensions' RFCs and what servers send, after Zeek's
+# ftp_cmd_reply_code).  4xx/5xx/6xx and 202 may answer anything, as may an
+# unknown command.  Used only to re-align pairing (see the header).
+_FITS_TEXT = """
+    USER 230 232 331 332 336
+    PASS 230 202 332
+    ACCT 230 202
+    CWD 250
+    XCWD 250
+    CDUP 200 250
+    XCUP 200 250
+    SMNT 202 250
+    REIN 120 220
+    QUIT 221
+    PORT 200
+    EPRT 200
+    LPRT 200
+    PASV 227
+    EPSV 229 200
+    LPSV 228
+    SPSV 227
+    TYPE 200
+    STRU 200
+    MODE 200
+    RETR 110 125 150 226 250
+    STOR 110 125 150 226 250
+    STOU 110 125 150 226 250
+    APPE 110 125 150 226 250
+    LIST 125 150 226 250
+    NLST 125 150 226 250
+    MLSD 125 150 226 250
+    ALLO 200
+    REST 350
+    RNFR 350
+    RNTO 250
+    ABOR 225 226
+    DELE 250
+    RMD 250
+    XRMD 250
+    MKD 257 250
+    XMKD 257 250
+    PWD 257
+    XPWD 257
+    SYST 215
+    STAT 211 212 213
+    HELP 211 214
+    SITE 200 214 250
+    NOOP 200
+    FEAT 211
+    OPTS 200
+    AUTH 234 334
+    ADAT 235 335
+    PBSZ 200
+    PROT 200
+    CCC 200
+    SIZE 213
+    MDTM 213
+    MFMT 213
+    MLST 250
+    HOST 220 120
+    LANG 200
+    CLNT 200
+    AVBL 213
+"""
+CODE_FITS: dict[str, frozenset[int]] = {
+    parts[0]: frozenset(int(code) for code in parts[1:])
+    for parts in (line.split() for line in _FITS_TEXT.strip().splitlines())
+}
+
+
+def fits(verb: str, code: int) -> bool:
+    """Could `code` be a reply to `verb`?  Errors (4xx-6xx) and 202 fit any command."""
+    if code >= 400 or code == 202:
+        return True
+    allowed = CODE_FITS.get(verb)
+    return allowed is None or code in allowed
+
+
+# --- data channel announcements ------------------------------------------------
+
+_PASV_RE = re.compile(rb"(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
+_EPSV_RE = re.compile(rb"\(([\x21-\x7e])\1\1(\d{1,5})\1\)")
+
+
+def parse_host_port(text: bytes) -> tuple[str, int] | None:
+    """PORT argument / 227 text: h1,h2,h3,h4,p1,p2 (RFC 959 section 4.1.2)."""
+    m = _PASV_RE.search(text)
+    if m is None:
+        return None
+    nums = [int(n) for n in m.groups()]
+    if any(n > 255 for n in nums):
+        return None
+    port = nums[4] * 256 + nums[5]
+    return ("%d.%d.%d.%d" % tuple(nums[:4]), port) if port else None
+
+
+def parse_epsv(text: bytes) -> int | None:
+    """229 text: "(|||port|)" with any repeated delimiter (RFC 2428 section 3)."""
+    m = _EPSV_RE.search(text)
+    if m is None:
+        return None
+    port = int(m.group(2))
+    return port if 0 < port < 65536 else None
+
+
+def parse_eprt(arg: bytes) -> tuple[str, int] | None:
+    """EPRT argument: <d>proto<d>address<d>port<d> (RFC 2428 section 2)."""
+    arg = arg.strip()
+    if len(arg) < 7:
+        return None
+    delim = arg[:1]
+    parts = arg.split(delim)
+    if len(parts) != 5 or parts[0] or parts[4]:
+        return None
+    proto, addr, port = parts[1], parts[2], parts[3]
+    try:
+        host = ipaddress.ip_address(addr.decode("ascii"))
+        number = int(port)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if proto not in (b"1", b"2") or (host.version == 4) != (proto == b"1"):
+        return None
+    return (str(host), number) if 0 < number < 65536 else None
+
+
+def _text(raw: bytes) -> str:
+    """UTF-8 (RFC 2640) when it is; else Latin-1, so that no byte is lost."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+            return raw[:exc.start].decode("utf-8")   # a line cut by MAX_LINE_BYTES
+        return raw.decode("latin-1")
+
+
+# --- the dissector ---------------------------------------------------------------
+
+class _Command:
+    """One command waiting for (or being answered by) its reply."""
+
+    __slots__ = ("verb", "request", "data_bytes", "prelim", "user")
+
+    def __init__(self, verb: str, request: str, user: str = "") -> None:
+        self.verb = verb
+        self.request = request
+        self.data_bytes: int | None = None   # bytes seen on its data connection
+        self.prelim = False                  # a 1xx already answered it
+        self.user = user                     # USER argument for USER/PASS/ACCT
+
+
+class _OpenReply:
+    """A multi-line reply whose final line has not arrived yet."""
+
+    __slots__ = ("code", "prefix", "text", "lines", "ts", "frame", "flags", "gap")
+
+    def __init__(self, code: int, text: str, ts: float, frame: int, flags: list[str]) -> None:
+        self.code = code
+        self.prefix = b"%d" % code
+        self.text = text
+        self.lines = 1
+        self.ts = ts
+        self.frame = frame
+        self.flags = flags
+        self.gap = False
+
+
+class FtpDissector(Dissector):
+    """Sans-IO FTP control-channel dissector; see the module comment."""
+
+    protocol = "ftp"
+
+    def __init__(self, server_direction: int | None = None) -> None:
+        super().__init__()
+        self.server_direction = server_direction
+        self._telnet = (_TelnetFilter(), _TelnetFilter())
+        # Both readers mask: until the roles are known either side may be the client.
+        self._lines = (_LineReader(True), _LineReader(True))
+        self._pending: deque[_Command] = deque()
+        self._reply: _OpenReply | None = None
+        self._greeted = False         # a final reply was seen: the greeting window is over
+        self._desync = False          # a gap made FIFO pairing doubtful
+        self._tls = False
+        self._auth_sent = False
+        self._closed = False
+        self._last_transfer: _Command | None = None
+        self._anomaly_counts: dict[str, int] = {}
+        # Session meaning (outcome()).
+        self._user = ""
+        self._login = "none"
+        self._failed: list[str] = []
+        self._failed_count = 0
+        self._logins = 0
+        self._commands = 0
+        self._replies = 0
+        self._data_total = 0
+
+    # --- contract -----------------------------------------------------------
+
+    def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
+        if self._tls or self._closed or not data:
+            return []
+        if (self._auth_sent and direction == self._client_direction()
+                and data[:2] == b"\x16\x03" and not self._lines[direction].pending()):
+            # A TLS ClientHello right after AUTH: the 234 is not in the capture.
+            self._start_tls(ts, frame)
+            return []
+        data = self._telnet[direction](data)
+        events: list[Event] = []
+        reader = self._lines[direction]
+        for item in reader.feed(data, ts, frame):
+            self._line(item, direction, events)
+            if self._tls:
+                break
+        return events
+
+    def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
+        if self._tls or self._closed:
+            return []
+        reader = self._lines[direction]
+        if reader.pending():
+            reader.drop()
+        reader.resync = True
+        self._telnet[direction].state = _T_DATA
+        self._desync = True
+        if self._reply is not None and direction == self.server_direction:
+            self._reply.gap = True
+        self._note("ftp_gap", ts, frame, f"{nbytes} bytes missing from direction {direction}")
+        return []
+
+    def end(self, direction: int, ts: float, frame: int, rst: bool) -> list[Event]:
+        if self._tls or self._closed:
+            return []
+        events: list[Event] = []
+        self._flush_partial(direction, events)
+        return events
+
+    def close(self, ts: float) -> list[Event]:
+        if self._closed:
+            return []
+        events: list[Event] = []
+        if not self._tls:
+            for direction in (0, 1):
+                self._flush_partial(direction, events)
+            reply = self._reply
+            if reply is not None:
+                self._close_reply(reply, events, "ftp_reply_incomplete",
+                                  f"multi-line {reply.code} reply has no final line")
+            for cmd in self._pending:
+                self._note("ftp_command_without_reply", ts, 0, cmd.request)
+        self._pending.clear()
+        self._closed = True
+        return events
+
+    def on_data(self, nbytes: int, ts: float) -> None:
+        target = next((c for c in self._pending if c.verb in TRANSFER_VERBS), None)
+        if target is None:
+            target = self._last_transfer   # late bytes: its event may already be out
+        if nbytes > 0:
+            self._data_total += nbytes
+        if target is not None:
+            target.data_bytes = (target.data_bytes or 0) + nbytes
+
+    def outcome(self) -> dict:
+        return {
+            "user": self._user,
+            "login": self._login,
+            "failed_logins": list(self._failed),
+            "failed_login_count": self._failed_count,
+            "logins": self._logins,
+            "tls": self._tls,
+            "commands": self._commands,
+            "replies": self._replies,
+            "data_bytes": self._data_total,
+        }
+
+    # --- lines ----------------------------------------------------------------
+
+    def _client_direction(self) -> int | None:
+        return None if self.server_direction is None else 1 - self.server_direction
+
+    def _line(self, item: tuple, direction: int, events: list[Event]) -> None:
+        line, excess, ts, frame, secret = item
+        if self.server_direction is None:
+            if _REPLY_RE.match(line):
+                self.server_direction = direction
+            elif secret or (_COMMAND_RE.match(line) and _verb(line) in FTP_COMMANDS):
+                self.server_direction = 1 - direction
+            else:
+                self._note("ftp_unparsed_line", ts, frame, "line before the roles are known")
+                return
+        reader = self._lines[direction]
+        if direction == self.server_direction:
+            if reader.resync:
+                reader.resync = False
+                if self._reply is None and not _REPLY_RE.match(line):
+                    self._note("ftp_gap_fragment", ts, frame, "reply fragment after a gap dropped")
+                    return
+            self._reply_line(line, excess, ts, frame, events)
+        else:
+            if reader.resync:
+                reader.resync = False
+                if not (secret or _COMMAND_RE.match(line)):
+                    self._note("ftp_gap_fragment", ts, frame, "command fragment after a gap dropped")
+                    return
+            self._command_line(line, excess, ts, frame, secret)
+
+    def _flush_partial(self, direction: int, events: list[Event]) -> None:
+        """A line the sender ended without LF (FIN / end of capture)."""
+        reader = self._lines[direction]
+        if not reader.pending():
+            return
+        line, excess, ts, frame, secret = item = reader.take()
+        if not line and not secret:
+            return
+        self._note("ftp_line_unterminated", ts, frame, f"direction {direction}")
+        if direction == self.server_direction or self.server_direction is None:
+            self._line(item, direction, events)
+        # An unterminated command cannot have been answered: nothing to queue.
+
+    # --- server side ----------------------------------------------------------------
+
+    def _reply_line(self, line: bytes, excess: int, ts: float, frame: int, events: list[Event]) -> None:
+        if excess:
+            self._note("ftp_reply_too_long", ts, frame,
+                       f"{len(line) + excess} byte line, first {MAX_LINE_BYTES} kept")
+        reply = self._reply
+        if reply is not None:
+            reply.lines += 1
+            if excess and "ftp_reply_too_long" not in reply.flags:
+                reply.flags.append("ftp_reply_too_long")
+            if line[:3] == reply.prefix and (len(line) == 3 or line[3:4] == b" "):
+                self._close_reply(reply, events)
+                return
+            m = _REPLY_RE.match(line)
+            if reply.gap and m and m.group(2) != b"-":
+                # The final line was lost in a gap and a new reply has begun.
+                reply.lines -= 1
+                reply.flags.append("ftp_gap")
+                self._close_reply(reply, events)
+                self._reply_line(line, excess, ts, frame, events)
+                return
+            if reply.lines >= MAX_REPLY_LINES:
+                self._close_reply(reply, events, "ftp_reply_too_many_lines",
+                                  f"{reply.code} reply closed after {MAX_REPLY_LINES} lines")
+            return
+        flags = ["ftp_reply_too_long"] if excess else []
+        m = _REPLY_RE.match(line)
+        if m is None:
+            if line[:1].isdigit():
+                # "230_no_space", "99 PASV invalid": the server's (broken)
+                # answer to the oldest command; not an RFC 959 reply.
+                cmd = self._pending.popleft() if self._pending and self._greeted else None
+                shown = _text(line[:40])
+                self._note("ftp_reply_malformed", ts, frame,
+                           f"{shown!r}" + (f" answers {cmd.request}" if cmd else ""))
+            elif line.strip():
+                self._note("ftp_reply_invalid_line", ts, frame, "text outside a reply")
+            return
+        code = int(m.group(1))
+        text = _text(line[4:])
+        if m.group(2) == b"-":
+            self._reply = _OpenReply(code, text, ts, frame, flags)
+            return
+        events.append(self._complete(code, text, 1, ts, frame, flags))
+
+    def _close_reply(self, reply, events: list, anomaly: str = "", detail: str = "") -> None:
+        """End the open multi-line reply and emit it, with a named anomaly if given."""
+        self._reply = None
+        if anomaly:
+            reply.flags.append(anomaly)
+            self._note(anomaly, reply.ts, reply.frame, detail)
+        events.append(self._complete(reply.code, reply.text, reply.lines, reply.ts, reply.frame, reply.flags))
+
+    def _complete(self, code: int, text: str, lines: int, ts: float, frame: int,
+                  flags: list[str]) -> Event:
+        """A whole reply: pair it, track the session, build the event."""
+        self._replies += 1
+        cmd = self._pair(code, ts, frame, flags)
+        data_bytes = cmd.data_bytes if cmd is not None else None
+        if cmd is not None:
+            self._session(cmd, code, text)
+        if code == 227:
+            self._expect(parse_host_port(text.encode("utf-8", "replace")), ts, frame)
+        elif code == 229:
+            port = parse_epsv(text.encode("utf-8", "replace"))
+            if port is not None:
+                self.expectations.append(Expectation("ftp-data", None, port, owner=self))
+        elif code == 234:
+            flags.append("ftp_tls_started")
+            self._start_tls(ts, frame)
+        return Event(
+            protocol="ftp", code=code, text=text,
+            request=cmd.request if cmd is not None else "",
+            epoch=ts, frame=frame, sender=self.server_direction if self.server_direction is not None else 1,
+            lines=lines, data_bytes=data_bytes, flags=tuple(dict.fromkeys(flags)),
+        )
+
+    def _pair(self, code: int, ts: float, frame: int, flags: list[str]) -> _Command | None:
+        prelim = code < 200
+        if not self._greeted and code in GREETING_CODES:
+            # The greeting answers nothing, even if commands were pipelined before it.
+            self._greeted = not prelim
+            return None
+        self._greeted = True
+        pending = self._pending
+        if not pending:
+            if code not in UNSOLICITED_CODES:
+                flags.append("ftp_reply_without_command")
+                self._note("ftp_reply_without_command", ts, frame, str(code))
+            return None
+        index = self._choose(code)
+        if index is None:
+            flags.append("ftp_reply_without_command")
+            self._note("ftp_reply_without_command", ts, frame, f"{code} answers a command lost in a gap")
+            return None
+        for _ in range(index):
+            lost = pending.popleft()
+            self._note("ftp_command_without_reply", ts, frame, lost.request)
+        cmd = pending[0]
+        if prelim:
+            cmd.prelim = True
+        else:
+            pending.popleft()
+            if cmd.verb in TRANSFER_VERBS:
+                self._last_transfer = cmd
+        return cmd
+
+    def _choose(self, code: int) -> int | None:
+        """Index of the pending command this reply answers; None if it answers an unseen one."""
+        pending = self._pending
+        head = pending[0]
+        if fits(head.verb, code):
+            if self._desync and code >= 200 and code < 400:
+                self._desync = False   # a positive reply fits: back in step
+            return 0
+        # The head does not fit.  Skip it only where a reply may legitimately be
+        # missing: after a gap, or in the ABOR dance (RFC 959 section 4.1.3).
+        skippable = self._desync or head.verb in TRANSFER_VERBS or head.verb == "ABOR"
+        if skippable:
+            for index in range(1, len(pending)):
+                if fits(pending[index].verb, code):
+                    return index
+            if self._desync:
+                return None
+        return 0
+
+    def _session(self, cmd: _Command, code: int, text: str) -> None:
+        if cmd.verb not in ("USER", "PASS", "ACCT") or code < 200:
+            return
+        if code in (230, 232) or (code == 202 and cmd.verb != "USER"):
+            self._login = "success"
+            self._logins += 1
+        elif code == 530:
+            self._login = "failed"
+            self._failed_count += 1
+            if len(self._failed) < MAX_FAILED_LOGINS_KEPT:
+                self._failed.append(cmd.user)
+
+    # --- client side -------------------------------------------------------------------
+
+    def _command_line(self, line: bytes, excess: int, ts: float, frame: int, secret: bool) -> None:
+        stripped = line.strip()
+        if not stripped and not secret:
+            return  # an empty line asks nothing
+        verb_raw, _, arg = stripped.partition(b" ")
+        verb = _text(verb_raw[:32]).upper()
+        if secret or verb in ("PASS", "ACCT"):
+            request = f"{verb} ****" if (secret or arg.strip()) else verb
+            arg = b""
+        else:
+            arg_text = _text(arg).strip()
+            request = f"{verb} {arg_text}" if arg_text else verb
+            if excess:
+                self._note("ftp_command_too_long", ts, frame, f"{verb}: {len(line) + excess} bytes")
+        if verb not in FTP_COMMANDS:
+            self._note("ftp_command_unknown", ts, frame, verb)
+        self._commands += 1
+        user = self._user
+        if verb == "USER":
+            user = _text(arg.strip())[:MAX_USER_CHARS]
+            self._user = user
+        elif verb == "PORT":
+            self._expect(parse_host_port(arg), ts, frame)
+        elif verb == "EPRT":
+            self._expect(parse_eprt(arg), ts, frame)
+        elif verb == "AUTH":
+            self._auth_sent = True
+        if len(self._pending) >= MAX_PENDING_COMMANDS:
+            self._note("ftp_too_many_pending_commands", ts, frame, request)
+            return
+        self._pending.append(_Command(verb, request, user))
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _expect(self, hostport: tuple[str, int] | None, ts: float, frame: int) -> None:
+        if hostport is None:
+            self._note("ftp_data_address_invalid", ts, frame)
+            return
+        self.expectations.append(Expectation("ftp-data", hostport[0], hostport[1], owner=self))
+
+    def _start_tls(self, ts: float, frame: int) -> None:
+        if not self._tls:
+            self._tls = True
+            self._note("ftp_tls_started", ts, frame, "control channel encrypted from here")
+        self._reply = None
+        self._pending.clear()
+        for reader in self._lines:
+            reader.drop()
+
+    def _note(self, name: str, ts: float, frame: int, detail: str = "") -> None:
+        count = self._anomaly_counts.get(name, 0) + 1
+        self._anomaly_counts[name] = count
+        if count <= MAX_ANOMALIES_PER_NAME:
+            self.anomaly(name, ts, frame, detail)
+
+
+# --- detection -------------------------------------------------------------------
+
+_HTTP_RE = re.compile(rb"(?:HTTP/\d|[A-Z]+ \S+ HTTP/\d|PRI \* HTTP/2)")
+_FOREIGN_BANNERS = (b"SSH-", b"+OK", b"-ERR", b"* OK", b"* PREAUTH", b"* BYE")
+_FOREIGN_GREETING_RE = re.compile(rb"E?SMTP|POP3|IMAP|LMTP", re.IGNORECASE)
+_FTP_WORD_RE = re.compile(rb"FTP", re.IGNORECASE)
+# Bytes no line protocol sends (TAB, LF, CR allowed; 0xFF is Telnet, filtered first).
+_CONTROL_BYTES = bytes([b for b in range(0x20) if b not in (0x09, 0x0A, 0x0D)] + [0x7F])
+
+# What one direction's first bytes look like.
+_EMPTY, _UNSURE, _FOREIGN, _REPLIES, _COMMANDS = range(5)
+
+
+def _shape(head: bytes) -> tuple[int, list[bytes], int]:
+    """Classify one head: its kind, its complete lines from the first FTP-shaped
+    one, and how many lines before that were skipped (a capture begun mid-line)."""
+    if len(head) < 2:
+        return (_UNSURE if head else _EMPTY), [], 0   # never decide from one byte
+    head = _TelnetFilter()(head[:64 * 1024])
+    if _HTTP_RE.match(head) or head.startswith(_FOREIGN_BANNERS):
+        return _FOREIGN, [], 0
+    parts = head.split(b"\n")
+    lines = [part.rstrip(b"\r") for part in parts[:-1]]
+    if len(parts[-1]) >= MAX_LINE_BYTES:
+        lines.append(parts[-1])                      # a very long line counts as seen
+    for index, line in enumerate(lines or parts[:1]):
+        if _is_binary(line[:MAX_LINE_BYTES]):
+            if index == 0:
+                return _FOREIGN, [], 0               # binary: TLS, SSH packets, databases...
+            del lines[index:]                        # e.g. TLS after AUTH TLS / 234
+            break
+    first = lines[0] if lines else parts[0]
+    if first.split(b" ", 1)[0].upper() in _FOREIGN_WORDS:
+        return _FOREIGN, [], 0
+    for index, line in enumerate(lines[:MAX_DETECT_LINES]):
+        if _REPLY_RE.match(line):
+            return _REPLIES, lines[index:], index
+        if _COMMAND_RE.match(line) and _verb(line) in FTP_COMMANDS:
+            return _COMMANDS, lines[index:], index
+        # Anything else may be the tail of a line the capture began inside.
+    return (_FOREIGN if len(lines) >= MAX_DETECT_LINES else _UNSURE), [], 0
+
+
+def _is_binary(data: bytes) -> bool:
+    return len(data.translate(None, _CONTROL_BYTES)) != len(data)
+
+
+_FOREIGN_WORDS = frozenset(word.encode() for word in FOREIGN_COMMANDS)
+
+
+def _verb(line: bytes) -> str:
+    return line.split(b" ", 1)[0].strip().upper().decode("ascii", "replace")
+
+
+def detect(head0: bytes, head1: bytes, port_hint: bool) -> str:
+    """DETECTED / REJECTED / NEED_MORE for a flow whose directions begin with head0 / head1.
+
+    FTP if a server greets (120/220/421) and either port 21 is involved or
+    the greeting says FTP; or replies carry a code only FTP uses; or FTP
+    commands are answered by well-formed replies; or, one-sided, the client
+    uses a command only FTP has.
+    """
+    shape0, lines0, skipped0 = _shape(head0)
+    shape1, lines1, skipped1 = _shape(head1)
+    if _FOREIGN in (shape0, shape1):
+        return REJECTED
+    if shape0 == shape1 and shape0 in (_REPLIES, _COMMANDS):
+        return REJECTED                              # two servers or two clients: not FTP
+    server = lines0 if shape0 == _REPLIES else lines1 if shape1 == _REPLIES else None
+    skipped = skipped0 if shape0 == _REPLIES else skipped1
+    client = lines0 if shape0 == _COMMANDS else lines1 if shape1 == _COMMANDS else None
+    verbs = [_verb(line) for line in client or () if _COMMAND_RE.match(line)]
+    if any(verb in FOREIGN_COMMANDS for verb in verbs):
+        return REJECTED
+    verbs = [verb for verb in verbs if verb in FTP_COMMANDS]
+    if server is not None:
+        first = server[0]
+        if _FOREIGN_GREETING_RE.search(first) and not _FTP_WORD_RE.search(first):
+            return REJECTED                          # "220 mail ESMTP Postfix"
+        if int(first[:3]) in GREETING_CODES and (port_hint or _FTP_WORD_RE.search(first)):
+            return DETECTED
+        codes = _reply_codes(server)
+        # After a skipped fragment one "150 people" line of some text is no proof.
+        if any(code in FTP_ONLY_CODES for code in codes) and (not skipped or len(codes) >= 2):
+            return DETECTED
+        if verbs:
+            return DETECTED                          # FTP commands, well-formed replies
+        if len(server) >= MAX_DETECT_LINES:
+            return REJECTED
+        return NEED_MORE
+    if client is not None:
+        if any(verb not in SHARED_COMMANDS for verb in verbs) or port_hint:
+            return DETECTED
+        if len(client) >= MAX_DETECT_LINES:
+            return REJECTED
+    return NEED_MORE
+
+
+def _reply_codes(lines: list[bytes]) -> list[int]:
+    return [int(m.group(1)) for m in map(_REPLY_RE.match, lines) if m]

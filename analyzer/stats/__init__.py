@@ -1,0 +1,1 @@
+# Per-host statistics built from event batches and connection rows (hosts.py).

@@ -1,0 +1,896 @@
+# Per-host statistics: the one module that turns events and connections into
+# the numbers every report shows (hosts.csv, codes.csv, report.html,
+# summary.json, the terminal table, the --fail-on gate).
+#
+# Strategy: events arrive in batches (DataFrames of up to ~50k rows) and are
+# never kept.  Each batch is reduced with groupby to small partial aggregates
+# keyed by (host, role, protocol, code, ...); partials are concatenated and
+# re-grouped when they grow (amortised, like a log-structured merge), so
+# memory follows the number of distinct keys, not the number of events.  The
+# severity policy is applied to the per-code counts at the end, so error
+# counts are exact whatever the batching.
+#
+# Each event counts twice: once for its server (role "server", host =
+# server_ip) and once for its client (role "client", host = client_ip).
+#
+# Bounded state and its error bounds (documented in README):
+# - Latency percentiles (HTTP) are exact (numpy "linear") for a host with at
+#   most EXACT_LATENCIES samples.  Past that, or when all hosts together hold
+#   more than LATENCY_BUDGET raw samples (largest hosts first), a host's
+#   samples go to a log-spaced histogram of 100 bins per decade from 1 µs to
+#   1e8 ms; its percentiles are then the nearest-rank bin's geometric centre,
+#   within 1.16 % of the exact nearest-rank value (10**0.005 - 1).
+# - Host names per host: the first MAX_HOST_NAMES distinct names are kept
+#   (with counts); the others are counted as dropped.
+# - Failing URIs: exact while at most MAX_FAILING_URIS distinct (server,
+#   Host, URI, code) keys; past that the table is pruned to its most frequent
+#   half (Misra-Gries style), so counts of URIs seen again after a prune are
+#   lower bounds.  Same bound for FTP (client, server, user) login rows.
+# - Time series: counts per (server, protocol, code, bucket); the bucket is
+#   the smallest step of BUCKET_STEPS giving at most MAX_BUCKETS buckets over
+#   the capture.  Steps divide each other, so coarsening while streaming gives
+#   exactly the counts one pass at the final step would.
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analyzer.events import CONTRACT_COLUMNS, EXTRA_COLUMNS, iso_time
+from analyzer.meaning.severity import Policy
+
+PROTOCOLS = ("http", "ftp", "websocket")
+ROLES = ("server", "client")
+
+EXACT_LATENCIES = 4096        # per host; numpy sorts 4K floats in microseconds
+LATENCY_BUDGET = 1_000_000    # raw samples over all hosts: 8 MB of float64
+MAX_HOST_NAMES = 50           # distinct Host values kept per host; Zeek's http.log keeps one per request
+HOST_NAMES_SHOWN = 10         # in hosts.csv / the HTML table, most frequent first
+MAX_FAILING_URIS = 100_000    # distinct failing (server, Host, URI, code); ~30 MB worst case
+MAX_URI_CHARS = 2048          # longer URIs are cut (browsers' practical URL limit is ~2K)
+MAX_LOGIN_ROWS = 100_000      # distinct FTP (client, server, user) rows
+TOP_FAILING_URIS = 100        # rows in StatsResult.top_failing_uris
+MAX_BUCKETS = 120             # time-series buckets over the capture
+BUCKET_STEPS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 604800)
+COMPACT_MIN_ROWS = 200_000    # partial rows tolerated before a merge
+
+# Latency histogram: bin 0 holds values under 1 µs (captures have µs
+# resolution, so these are 0); bin b >= 1 holds [1e-3 * 10**((b-1)/100), ...).
+_LAT_MIN_MS = 1e-3
+_LAT_PER_DECADE = 100
+_LAT_BINS = 11 * _LAT_PER_DECADE + 1
+
+# The input contract: the pipeline's events (events.csv columns plus the
+# catalogue's annotation) and its per-connection rows.
+EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ("class", "name", "meaning", "standard")
+CONNECTION_COLUMNS = (
+    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
+    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
+    "outcome", "capture",
+)
+_EVENT_DEFAULTS = {
+    "time": "", "epoch": 0.0, "frame": 0, "protocol": "http", "client_ip": "", "client_port": 0,
+    "server_ip": "", "server_port": 0, "code": 0, "text": "", "request": "", "host": "",
+    "latency_ms": np.nan, "connection": "", "direction": "", "inferred": False, "lines": pd.NA,
+    "substatus": "", "substatus_source": "", "data_bytes": pd.NA, "flags": "", "capture": "",
+    "class": "", "name": "", "meaning": "", "standard": False,
+}
+_CONNECTION_DEFAULTS = {
+    "connection": "", "protocol": "http", "client_ip": "", "client_port": 0, "server_ip": "",
+    "server_port": 0, "first_epoch": np.nan, "last_epoch": np.nan, "bytes_c2s": 0, "bytes_s2c": 0,
+    "missed_bytes": 0, "gaps": 0, "state": "closed", "outcome": "", "capture": "",
+}
+
+HOST_COLUMNS = (
+    "host", "role", "protocol", "events", "connections", "error_count", "error_rate",
+    "class_1xx", "class_2xx", "class_3xx", "class_4xx", "class_5xx", "class_6xx", "class_other",
+    "ws_normal", "ws_abnormal", "ws_inferred",
+    "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_samples",
+    "hosts_seen", "first_seen", "last_seen",
+    "ftp_failed_logins", "ftp_logins", "ws_closes_by_cause",
+    "http_unanswered", "connections_open", "connections_reset", "connections_timeout",
+    "connections_with_gaps", "missed_bytes", "bytes_sent", "bytes_received",
+    "events_without_request", "flagged_events",
+)
+CODE_COLUMNS = ("server_ip", "protocol", "code", "count", "class", "name", "meaning")
+TIMESERIES_COLUMNS = ("host", "protocol", "class", "bucket_start", "bucket_epoch", "count", "errors")
+URI_COLUMNS = ("server_ip", "host", "uri", "code", "count")
+LOGIN_COLUMNS = ("client_ip", "server_ip", "user", "failed", "succeeded")
+WS_COLUMNS = ("server_ip", "code", "name", "closed_first_by", "inferred", "count")
+SUBSTATUS_COLUMNS = ("server_ip", "protocol", "code", "substatus", "count")
+
+
+def iso(epoch) -> str:
+    """ISO-8601 UTC with microseconds and Z, the events.csv `time` format."""
+    if epoch is None or (isinstance(epoch, float) and math.isnan(epoch)):
+        return ""
+    return iso_time(float(epoch))
+
+
+def ip_sort_key(value) -> str:
+    """A string that sorts addresses numerically (IPv4 before IPv6, then names)."""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return "9" + str(value)
+    return f"{addr.version}{int(addr):040d}"
+
+
+def class_label(protocol: str, code: int) -> str:
+    """Fallback class when the catalogue gave none: 4xx (HTTP), 4yz (FTP), RFC 6455 §7.4.2 ranges."""
+    code = int(code)
+    if protocol == "websocket":
+        for low, high in ((0, 999), (1000, 2999), (3000, 3999), (4000, 4999)):
+            if low <= code <= high:
+                return f"{low}-{high}"
+        return "other"
+    if 100 <= code <= 999:
+        return f"{code // 100}{'yz' if protocol == 'ftp' else 'xx'}"
+    return "other"
+
+
+def choose_step(first: float, last: float, max_buckets: int = MAX_BUCKETS) -> int:
+    for step in BUCKET_STEPS:
+        if math.floor(last / step) - math.floor(first / step) + 1 <= max_buckets:
+            return step
+    return BUCKET_STEPS[-1]
+
+
+class _Table:
+    """Partial aggregates (DataFrames) merged by concat + groupby when they grow."""
+
+    def __init__(self, keys, ops: dict[str, str], limit: int | None = None, rank: str | None = None) -> None:
+        self.keys = list(keys)
+        self.ops = dict(ops)
+        self.limit = limit          # prune to the top `limit // 2` by `rank` past this
+        self.rank = rank
+        self.pruned = 0             # rows dropped by pruning (0 means exact)
+        self._parts: list[pd.DataFrame] = []
+        self._rows = 0
+        self._base = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self._parts.append(frame)
+            self._rows += len(frame)
+            if self._rows > max(COMPACT_MIN_ROWS, 2 * self._base) or (
+                    self.limit is not None and self._rows > 2 * self.limit):
+                self.compact()
+
+    def compact(self) -> None:
+        if not self._parts:
+            return
+        if len(self._parts) > 1 or self._base == 0:
+            merged = pd.concat(self._parts, ignore_index=True)
+            merged = merged.groupby(self.keys, sort=False, dropna=False, as_index=False).agg(self.ops)
+        else:
+            merged = self._parts[0]
+        if self.limit is not None and len(merged) > self.limit:
+            keep = merged.sort_values(self.rank, ascending=False, kind="stable").head(self.limit // 2)
+            self.pruned += len(merged) - len(keep)
+            merged = keep.sort_index()
+        self._parts = [merged.reset_index(drop=True)]
+        self._rows = self._base = len(merged)
+
+    def replace(self, frame: pd.DataFrame) -> None:
+        """Swap in re-keyed rows (e.g. coarser time buckets) and regroup them."""
+        self._parts = [frame]
+        self._rows = len(frame)
+        self._base = 0  # forces the regroup in compact()
+        self.compact()
+
+    def frame(self) -> pd.DataFrame:
+        self.compact()
+        if not self._parts:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in self.keys + list(self.ops)})
+        return self._parts[0]
+
+
+class _Latency:
+    """Latency samples per key: raw (exact) while small, log histogram after."""
+
+    def __init__(self, exact_limit: int = EXACT_LATENCIES, budget: int = LATENCY_BUDGET) -> None:
+        self.exact_limit = exact_limit
+        self.budget = budget
+        self.ids: dict[tuple, int] = {}
+        self.keys: list[tuple] = []
+        self.raw_counts = np.zeros(0, dtype=np.int64)
+        self.spilled_row = np.zeros(0, dtype=np.int64)    # -1: still raw
+        self.hist = np.zeros((0, _LAT_BINS), dtype=np.int64)
+        self._raw_ids: list[np.ndarray] = []
+        self._raw_vals: list[np.ndarray] = []
+        self.raw_total = 0
+
+    @staticmethod
+    def bins(values: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            b = np.floor(np.log10(np.maximum(values, _LAT_MIN_MS) / _LAT_MIN_MS) * _LAT_PER_DECADE).astype(np.int64) + 1
+        b[values < _LAT_MIN_MS] = 0
+        return np.clip(b, 0, _LAT_BINS - 1)
+
+    @staticmethod
+    def bin_value(b: int) -> float:
+        if b == 0:
+            return 0.0
+        return _LAT_MIN_MS * 10 ** ((b - 1 + 0.5) / _LAT_PER_DECADE)
+
+    def _intern(self, keys: list[tuple]) -> np.ndarray:
+        out = np.empty(len(keys), dtype=np.int64)
+        for i, key in enumerate(keys):
+            idx = self.ids.get(key)
+            if idx is None:
+                idx = self.ids[key] = len(self.keys)
+                self.keys.append(key)
+            out[i] = idx
+        grow = len(self.keys) - len(self.raw_counts)
+        if grow > 0:
+            self.raw_counts = np.concatenate([self.raw_counts, np.zeros(grow, dtype=np.int64)])
+            self.spilled_row = np.concatenate([self.spilled_row, np.full(grow, -1, dtype=np.int64)])
+        return out
+
+    def add(self, codes: np.ndarray, uniques: list[tuple], values: np.ndarray) -> None:
+        """`codes` index `uniques` (pd.factorize output) per value."""
+        if not len(values):
+            return
+        ids = self._intern(uniques)[codes]
+        rows = self.spilled_row[ids]
+        to_hist = rows >= 0
+        if to_hist.any():
+            np.add.at(self.hist, (rows[to_hist], self.bins(values[to_hist])), 1)
+        keep = ~to_hist
+        if keep.any():
+            self._raw_ids.append(ids[keep])
+            self._raw_vals.append(values[keep])
+            self.raw_total += int(keep.sum())
+            self.raw_counts += np.bincount(ids[keep], minlength=len(self.raw_counts))
+        over = np.flatnonzero(self.raw_counts > self.exact_limit)
+        if self.raw_total > self.budget:
+            order = np.argsort(-self.raw_counts, kind="stable")
+            cum = np.cumsum(self.raw_counts[order])
+            need = int(np.searchsorted(cum, self.raw_total - self.budget // 2)) + 1
+            over = np.union1d(over, order[:need])
+        if len(over):
+            self._spill(over)
+
+    def _spill(self, ids: np.ndarray) -> None:
+        all_ids = np.concatenate(self._raw_ids)
+        all_vals = np.concatenate(self._raw_vals)
+        move = np.isin(all_ids, ids)
+        start = len(self.hist)
+        self.hist = np.vstack([self.hist, np.zeros((len(ids), _LAT_BINS), dtype=np.int64)])
+        self.spilled_row[ids] = np.arange(start, start + len(ids))
+        np.add.at(self.hist, (self.spilled_row[all_ids[move]], self.bins(all_vals[move])), 1)
+        self._raw_ids = [all_ids[~move]]
+        self._raw_vals = [all_vals[~move]]
+        self.raw_total = int((~move).sum())
+        self.raw_counts[ids] = 0
+
+    def percentiles(self, qs=(50, 95, 99)) -> dict[tuple, tuple]:
+        """key -> (p50, p95, p99, samples, exact)."""
+        out: dict[tuple, tuple] = {}
+        if self._raw_ids:
+            ids = np.concatenate(self._raw_ids)
+            vals = np.concatenate(self._raw_vals)
+            order = np.argsort(ids, kind="stable")
+            ids, vals = ids[order], vals[order]
+            cuts = np.flatnonzero(np.diff(ids)) + 1
+            for chunk_ids, chunk in zip(np.split(ids, cuts), np.split(vals, cuts)):
+                if len(chunk):
+                    p = np.percentile(chunk, qs)
+                    out[self.keys[int(chunk_ids[0])]] = (*map(float, p), len(chunk), True)
+        for idx in np.flatnonzero(self.spilled_row >= 0):
+            counts = self.hist[self.spilled_row[idx]]
+            total = int(counts.sum())
+            cum = np.cumsum(counts)
+            ps = []
+            for q in qs:
+                rank = max(1, math.ceil(q / 100 * total))
+                ps.append(self.bin_value(int(np.searchsorted(cum, rank))))
+            out[self.keys[int(idx)]] = (*ps, total, False)
+        return out
+
+
+@dataclass
+class StatsResult:
+    hosts: pd.DataFrame
+    codes: pd.DataFrame
+    timeseries: pd.DataFrame
+    top_failing_uris: pd.DataFrame
+    ftp_logins: pd.DataFrame
+    ws_closes: pd.DataFrame
+    substatus: pd.DataFrame
+    summary: dict
+    policy: Policy = field(default_factory=Policy.default)
+    # (protocol, code) -> (class, name, meaning, standard) as the events were annotated
+    meanings: dict = field(default_factory=dict)
+
+    def protocol_events(self, protocol: str) -> int:
+        return int(self.summary["protocols"].get(protocol, {}).get("events", 0))
+
+
+def _col(df: pd.DataFrame, name: str, default):
+    if name in df.columns:
+        return df[name]
+    return pd.Series([default] * len(df), index=df.index)
+
+
+def _frame(columns: dict) -> pd.DataFrame:
+    """A DataFrame that keeps object arrays as object columns.
+
+    pandas 3 would convert every string array to Arrow strings; for frames
+    that live only for one groupby that conversion costs more than the groupby.
+    """
+    return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) if getattr(v, "dtype", None) == object else v
+                         for k, v in columns.items()})
+
+
+def _strings(series: pd.Series) -> np.ndarray:
+    return series.fillna("").astype(str).to_numpy(dtype=object)
+
+
+def _bools(series: pd.Series) -> np.ndarray:
+    if series.dtype == bool:
+        return series.to_numpy()
+    return series.map(lambda v: v is True or (isinstance(v, (int, np.integer)) and v == 1)
+                      or str(v).strip().lower() in ("true", "1")).to_numpy(dtype=bool)
+
+
+def _outcome(text) -> dict:
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class StatsAccumulator:
+    """Feed event and connection batches, then `finish(coverage)` once."""
+
+    def __init__(self, policy: Policy | None = None, *, exact_latencies: int = EXACT_LATENCIES,
+                 latency_budget: int = LATENCY_BUDGET, max_host_names: int = MAX_HOST_NAMES,
+                 max_failing_uris: int = MAX_FAILING_URIS, max_login_rows: int = MAX_LOGIN_ROWS,
+                 max_buckets: int = MAX_BUCKETS) -> None:
+        self.policy = policy or Policy.default()
+        self.max_host_names = max_host_names
+        self.max_buckets = max_buckets
+        self._codes = _Table(["ip", "role", "protocol", "code", "inferred"],
+                             {"count": "sum", "first": "min", "last": "max", "flagged": "sum", "norequest": "sum"})
+        self._ts = _Table(["server_ip", "protocol", "code", "bucket"], {"count": "sum"})
+        self._substatus = _Table(list(SUBSTATUS_COLUMNS[:-1]), {"count": "sum"})
+        self._uris = _Table(["server_ip", "host", "uri", "code"], {"count": "sum"},
+                            limit=max_failing_uris, rank="count")
+        self._conns = _Table(["ip", "role", "protocol"], {
+            "connections": "sum", "first": "min", "last": "max", "connections_open": "sum",
+            "connections_reset": "sum", "connections_timeout": "sum", "connections_with_gaps": "sum",
+            "missed_bytes": "sum", "bytes_sent": "sum", "bytes_received": "sum",
+            "http_unanswered": "sum", "ftp_failed_logins": "sum", "ftp_logins": "sum"})
+        self._logins = _Table(["client_ip", "server_ip", "user"], {"failed": "sum", "succeeded": "sum"},
+                              limit=max_login_rows, rank="failed")
+        self._ws = _Table(["ip", "role", "code", "closed_first_by", "inferred"], {"count": "sum"})
+        self._latency = _Latency(exact_latencies, latency_budget)
+        self._meanings: dict[tuple[str, int], tuple[str, str, str, bool, bool]] = {}
+        self._names: dict[tuple[str, str], dict[str, int]] = {}
+        self.host_names_dropped = 0
+        self._step = BUCKET_STEPS[0]
+        self._first: float | None = None
+        self._last: float | None = None
+        self.events = 0
+        self.connections = 0
+
+    # -- events ---------------------------------------------------------------
+
+    def add_events(self, df: pd.DataFrame) -> None:
+        if df is None or not len(df):
+            return
+        n = len(df)
+        self.events += n
+        proto = _strings(df["protocol"])
+        code = pd.to_numeric(df["code"], errors="coerce").fillna(-1).astype(np.int64).to_numpy()
+        epoch = pd.to_numeric(df["epoch"], errors="coerce").to_numpy(dtype=float)
+        server = _strings(df["server_ip"])
+        client = _strings(df["client_ip"])
+        inferred = _bools(_col(df, "inferred", False))
+        request = _strings(_col(df, "request", ""))
+        flags = _strings(_col(df, "flags", ""))
+        hostname = _strings(_col(df, "host", ""))
+        latency = pd.to_numeric(_col(df, "latency_ms", np.nan), errors="coerce").to_numpy(dtype=float)
+
+        self._note_meanings(df, proto, code)
+
+        both = lambda a: np.concatenate([a, a])  # noqa: E731 - server view then client view
+        long = _frame({
+            "ip": np.concatenate([server, client]),
+            "role": np.repeat(np.array(ROLES, dtype=object), n),
+            "protocol": both(proto), "code": both(code), "inferred": both(inferred),
+            "count": np.ones(2 * n, dtype=np.int64), "first": both(epoch), "last": both(epoch),
+            "flagged": both(flags != ""), "norequest": both(request == ""),
+        })
+        self._codes.add(long.groupby(self._codes.keys, sort=False, dropna=False, as_index=False).agg(self._codes.ops))
+
+        ok = ~np.isnan(epoch)
+        if ok.any():
+            lo, hi = float(epoch[ok].min()), float(epoch[ok].max())
+            self._first = lo if self._first is None else min(self._first, lo)
+            self._last = hi if self._last is None else max(self._last, hi)
+            self._rebucket(choose_step(self._first, self._last, self.max_buckets))
+            ts = _frame({"server_ip": server[ok], "protocol": proto[ok], "code": code[ok],
+                               "bucket": np.floor(epoch[ok] / self._step) * self._step,
+                               "count": np.ones(int(ok.sum()), dtype=np.int64)})
+            self._ts.add(ts.groupby(self._ts.keys, sort=False, as_index=False).agg(self._ts.ops))
+
+        substatus = _strings(_col(df, "substatus", ""))
+        has_sub = substatus != ""
+        if has_sub.any():
+            sub = pd.DataFrame({"server_ip": server[has_sub], "protocol": proto[has_sub], "code": code[has_sub],
+                                "substatus": substatus[has_sub], "count": 1})
+            self._substatus.add(sub.groupby(self._substatus.keys, sort=False, as_index=False).agg(self._substatus.ops))
+
+        http = proto == "http"
+        lat_ok = http & ~np.isnan(latency)
+        if lat_ok.any():
+            m = int(lat_ok.sum())
+            # One string key per (host, role); "\x00" cannot occur in an address.
+            keys = np.concatenate([server[lat_ok] + "\x00server", client[lat_ok] + "\x00client",
+                                   np.full(m, "\x00all", dtype=object)])
+            codes_, uniques = pd.factorize(keys, sort=False)
+            vals = np.concatenate([latency[lat_ok]] * 3)
+            self._latency.add(codes_, [tuple(k.split("\x00", 1)) for k in uniques], vals)
+
+        named = http & (hostname != "")
+        if named.any():
+            self._note_host_names(server[named], client[named], hostname[named])
+
+        # A response whose request was not seen has no URI to rank.
+        failing = http & (request != "") & self.policy.error_mask(proto, code)
+        if failing.any():
+            uri = np.array([_uri(r)[:MAX_URI_CHARS] for r in request[failing]], dtype=object)
+            frame = _frame({"server_ip": server[failing], "host": hostname[failing], "uri": uri,
+                                  "code": code[failing], "count": 1})
+            self._uris.add(frame.groupby(self._uris.keys, sort=False, as_index=False).agg(self._uris.ops))
+
+    def _note_meanings(self, df: pd.DataFrame, proto: np.ndarray, code: np.ndarray) -> None:
+        meta = pd.DataFrame({
+            "protocol": proto, "code": code,
+            "plain": _strings(_col(df, "substatus", "")) == "",
+            "class": _strings(_col(df, "class", "")), "name": _strings(_col(df, "name", "")),
+            "meaning": _strings(_col(df, "meaning", "")), "standard": _bools(_col(df, "standard", False)),
+        })
+        meta = meta.sort_values("plain", ascending=False, kind="stable").drop_duplicates(["protocol", "code"])
+        for row in meta.itertuples(index=False):
+            key = (row.protocol, int(row.code))
+            old = self._meanings.get(key)
+            if old is None or (not old[4] and row.plain):
+                self._meanings[key] = (row[3], row.name, row.meaning, bool(row.standard), bool(row.plain))
+
+    def _note_host_names(self, server, client, names) -> None:
+        frame = _frame({
+            "ip": np.concatenate([server, client]),
+            "role": np.repeat(np.array(ROLES, dtype=object), len(names)),
+            "name": np.concatenate([names, names])})
+        counts = frame.groupby(["ip", "role", "name"], sort=False).size()
+        for (ip, role, name), n in counts.items():
+            seen = self._names.setdefault((ip, role), {})
+            if name in seen:
+                seen[name] += int(n)
+            elif len(seen) < self.max_host_names:
+                seen[name] = int(n)
+            else:
+                self.host_names_dropped += 1
+
+    def _rebucket(self, step: int) -> None:
+        if step <= self._step:
+            return
+        frame = self._ts.frame()
+        if len(frame):
+            frame = frame.assign(bucket=np.floor(frame["bucket"].to_numpy(dtype=float) / step) * step)
+            self._ts.replace(frame)
+        self._step = step
+
+    # -- connections ----------------------------------------------------------
+
+    def add_connections(self, df: pd.DataFrame) -> None:
+        """Connection rows; only http/ftp/websocket ones count (ftp-data has no events).
+
+        A WebSocket reached by an HTTP upgrade is one TCP connection whose
+        row says "http" with the WebSocket outcome nested under "websocket":
+        it counts as a connection of both protocols.
+        """
+        if df is None or not len(df):
+            return
+        proto = _strings(df["protocol"])
+        outcomes = [_outcome(o) for o in _col(df, "outcome", "")]
+        keep = np.isin(proto, PROTOCOLS)
+        nested = [i for i, (p, o) in enumerate(zip(proto, outcomes))
+                  if p == "http" and isinstance(o.get("websocket"), dict)]
+        parts = [df[keep]]
+        outs = [o for o, k in zip(outcomes, keep) if k]
+        if nested:
+            parts.append(df.iloc[nested].assign(protocol="websocket"))
+            outs += [outcomes[i]["websocket"] for i in nested]
+        df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        if not len(df):
+            return
+        self._add_connections(df, outs)
+
+    def _add_connections(self, df: pd.DataFrame, outcomes: list[dict]) -> None:
+        n = len(df)
+        self.connections += n
+        proto = _strings(df["protocol"])
+        server = _strings(df["server_ip"])
+        client = _strings(df["client_ip"])
+        state = _strings(_col(df, "state", ""))
+        num = lambda name: pd.to_numeric(_col(df, name, 0), errors="coerce").fillna(0).to_numpy(dtype=np.int64)  # noqa: E731
+        c2s, s2c = num("bytes_c2s"), num("bytes_s2c")
+        first = pd.to_numeric(_col(df, "first_epoch", np.nan), errors="coerce").to_numpy(dtype=float)
+        last = pd.to_numeric(_col(df, "last_epoch", np.nan), errors="coerce").to_numpy(dtype=float)
+
+        unanswered = np.zeros(n, dtype=np.int64)
+        failed = np.zeros(n, dtype=np.int64)
+        logins = np.zeros(n, dtype=np.int64)
+        login_rows = []
+        ws_rows = []
+        for i, (p, out) in enumerate(zip(proto, outcomes)):
+            if not out:
+                continue
+            if p == "http":
+                unanswered[i] = _int(out.get("unanswered"))
+            elif p == "ftp":
+                # The dissector keeps a bounded list of user names but an exact count.
+                users = [str(u) for u in (out.get("failed_logins") or []) if u is not None]
+                failed[i] = max(len(users), _int(out.get("failed_login_count")))
+                ok = out.get("login") == "success"
+                logins[i] = _int(out["logins"]) if "logins" in out else int(ok)
+                for user in users:
+                    login_rows.append((client[i], server[i], user, 1, 0))
+                if ok:
+                    login_rows.append((client[i], server[i], str(out.get("user") or ""), 0, 1))
+            elif p == "websocket":
+                ws_state = out.get("state")
+                code = out.get("close_code")
+                if ws_state == "open" or state[i] == "open" or code is None:
+                    continue
+                code = _int(code)
+                inferred = out.get("inferred")
+                if inferred is None:
+                    inferred = code in (1005, 1006)
+                closer = str(out.get("closed_first_by") or "")
+                ws_rows.append((server[i], "server", code, closer, bool(inferred)))
+                ws_rows.append((client[i], "client", code, closer, bool(inferred)))
+
+        both = lambda a: np.concatenate([a, a])  # noqa: E731
+        long = _frame({
+            "ip": np.concatenate([server, client]),
+            "role": np.repeat(np.array(ROLES, dtype=object), n),
+            "protocol": both(proto), "connections": np.ones(2 * n, dtype=np.int64),
+            "first": both(first), "last": both(last),
+            "connections_open": both(state == "open"), "connections_reset": both(state == "reset"),
+            "connections_timeout": both(state == "timeout"),
+            "connections_with_gaps": both(num("gaps") > 0), "missed_bytes": both(num("missed_bytes")),
+            "bytes_sent": np.concatenate([s2c, c2s]), "bytes_received": np.concatenate([c2s, s2c]),
+            "http_unanswered": both(unanswered), "ftp_failed_logins": both(failed), "ftp_logins": both(logins),
+        })
+        self._conns.add(long.groupby(self._conns.keys, sort=False, as_index=False).agg(self._conns.ops))
+        if login_rows:
+            frame = pd.DataFrame(login_rows, columns=list(LOGIN_COLUMNS))
+            self._logins.add(frame.groupby(self._logins.keys, sort=False, as_index=False).agg(self._logins.ops))
+        if ws_rows:
+            frame = pd.DataFrame(ws_rows, columns=self._ws.keys).assign(count=1)
+            self._ws.add(frame.groupby(self._ws.keys, sort=False, as_index=False).agg(self._ws.ops))
+
+    # -- results --------------------------------------------------------------
+
+    def finish(self, coverage: dict | None = None) -> StatsResult:
+        coverage = dict(coverage or {})
+        first, last = self._first, self._last
+        for key, pick in (("first_epoch", min), ("last_epoch", max)):
+            value = coverage.get(key)
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                current = first if key == "first_epoch" else last
+                chosen = value if current is None else pick(current, value)
+                if key == "first_epoch":
+                    first = chosen
+                else:
+                    last = chosen
+        if first is not None and last is not None:
+            self._rebucket(choose_step(first, last, self.max_buckets))
+
+        codes_long = self._codes.frame().copy()
+        codes_long["code"] = codes_long["code"].astype(np.int64)
+        codes_long["error"] = self.policy.error_mask(codes_long["protocol"], codes_long["code"])
+        codes = self._codes_table(codes_long)
+        hosts = self._hosts_table(codes_long)
+        timeseries = self._timeseries_table()
+        result = StatsResult(
+            hosts=hosts, codes=codes, timeseries=timeseries,
+            top_failing_uris=self._uris_table(), ftp_logins=self._logins_table(),
+            ws_closes=self._ws_table(), substatus=self._substatus_table(),
+            summary={}, policy=self.policy,
+            meanings={key: self.meaning(*key) for key in self._meanings})
+        result.summary = self._summary(result, codes_long, coverage, first, last)
+        return result
+
+    def meaning(self, protocol: str, code: int) -> tuple[str, str, str, bool]:
+        got = self._meanings.get((protocol, int(code)))
+        if got is None or not got[0]:
+            base = got or ("", "", "", False, True)
+            return class_label(protocol, code), base[1], base[2], base[3]
+        return got[:4]
+
+    def _codes_table(self, codes_long: pd.DataFrame) -> pd.DataFrame:
+        srv = codes_long[codes_long["role"] == "server"]
+        out = srv.groupby(["ip", "protocol", "code"], sort=False, as_index=False)["count"].sum()
+        out = out.rename(columns={"ip": "server_ip"})
+        meta = [self.meaning(p, c) for p, c in zip(out["protocol"], out["code"])]
+        out["class"] = [m[0] for m in meta]
+        out["name"] = [m[1] for m in meta]
+        out["meaning"] = [m[2] for m in meta]
+        out["count"] = out["count"].astype(np.int64)
+        out["code"] = out["code"].astype(np.int64)
+        return _sorted(out, ["server_ip", "protocol", "code"])[list(CODE_COLUMNS)]
+
+    def _hosts_table(self, codes_long: pd.DataFrame) -> pd.DataFrame:
+        keys = ["ip", "role", "protocol"]
+        cl = codes_long
+        code = cl["code"].to_numpy()
+        count = cl["count"].to_numpy(dtype=np.int64)
+        digit = code // 100
+        is_ws = (cl["protocol"] == "websocket").to_numpy()
+        inferred = cl["inferred"].to_numpy(dtype=bool)
+        cols = {"events": count, "error_count": np.where(cl["error"].to_numpy(), count, 0)}
+        for d in range(1, 7):
+            cols[f"class_{d}xx"] = np.where(~is_ws & (digit == d) & (code < 1000), count, 0)
+        cols["class_other"] = np.where(~is_ws & ((code < 100) | (code > 699)), count, 0)
+        normal = is_ws & ~inferred & np.isin(code, (1000, 1001))
+        cols["ws_normal"] = np.where(normal, count, 0)
+        cols["ws_abnormal"] = np.where(is_ws & ~inferred & ~normal, count, 0)
+        cols["ws_inferred"] = np.where(is_ws & inferred, count, 0)
+        cols["events_without_request"] = cl["norequest"].to_numpy(dtype=np.int64)
+        cols["flagged_events"] = cl["flagged"].to_numpy(dtype=np.int64)
+        frame = pd.DataFrame({**{k: cl[k].to_numpy() for k in keys}, **cols,
+                              "first_ev": cl["first"].to_numpy(dtype=float), "last_ev": cl["last"].to_numpy(dtype=float)})
+        agg = {k: "sum" for k in cols}
+        agg.update(first_ev="min", last_ev="max")
+        ev = frame.groupby(keys, sort=False, as_index=False).agg(agg) if len(frame) else frame
+        conns = self._conns.frame()
+        hosts = ev.merge(conns, on=keys, how="outer") if len(conns) else ev.assign(
+            **{k: 0 for k in self._conns.ops if k not in ("first", "last")}, first=np.nan, last=np.nan)
+        if not len(hosts):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in HOST_COLUMNS})
+        counts = [c for c in list(cols) + list(self._conns.ops) if c not in ("first", "last")]
+        for c in counts:
+            hosts[c] = pd.to_numeric(hosts[c], errors="coerce").fillna(0).astype(np.int64)
+        events = hosts["events"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            hosts["error_rate"] = np.where(events > 0, hosts["error_count"] / np.where(events > 0, events, 1), np.nan)
+        firsts = np.fmin(hosts["first_ev"].to_numpy(dtype=float), hosts["first"].to_numpy(dtype=float))
+        lasts = np.fmax(hosts["last_ev"].to_numpy(dtype=float), hosts["last"].to_numpy(dtype=float))
+        hosts["first_seen"] = [iso(v) for v in firsts]
+        hosts["last_seen"] = [iso(v) for v in lasts]
+        lat = self._latency.percentiles()
+        p = {q: [] for q in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_samples")}
+        names, causes = [], []
+        ws = self._ws.frame()
+        ws_causes: dict[tuple, list] = {}
+        for row in ws.itertuples(index=False):
+            ws_causes.setdefault((row.ip, row.role), []).append((int(row.code), bool(row.inferred), int(row.count)))
+        for ip, role, proto in zip(hosts["ip"], hosts["role"], hosts["protocol"]):
+            got = lat.get((ip, role)) if proto == "http" else None
+            p["latency_p50_ms"].append(got[0] if got else np.nan)
+            p["latency_p95_ms"].append(got[1] if got else np.nan)
+            p["latency_p99_ms"].append(got[2] if got else np.nan)
+            p["latency_samples"].append(got[3] if got else 0)
+            names.append(self._host_names(ip, role) if proto == "http" else "")
+            causes.append(_format_causes(ws_causes.get((ip, role), [])) if proto == "websocket" else "")
+        hosts = hosts.assign(**p, hosts_seen=names, ws_closes_by_cause=causes)
+        # Published rounded, so that the DataFrames equal hosts.csv exactly.
+        hosts["error_rate"] = hosts["error_rate"].round(6)
+        for col in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
+            hosts[col] = hosts[col].astype(float).round(3)
+        hosts["latency_samples"] = hosts["latency_samples"].astype(np.int64)
+        hosts = hosts.rename(columns={"ip": "host"})
+        hosts["_role"] = hosts["role"].map({"server": 0, "client": 1})
+        hosts = _sorted(hosts, ["_role", "host", "protocol"], ip_column="host")
+        return hosts[list(HOST_COLUMNS)].reset_index(drop=True)
+
+    def _host_names(self, ip: str, role: str) -> str:
+        seen = self._names.get((ip, role))
+        if not seen:
+            return ""
+        ranked = sorted(seen.items(), key=lambda kv: -kv[1])
+        text = "; ".join(name for name, _ in ranked[:HOST_NAMES_SHOWN])
+        if len(ranked) > HOST_NAMES_SHOWN:
+            text += f"; (+{len(ranked) - HOST_NAMES_SHOWN} more)"
+        return text
+
+    def _timeseries_table(self) -> pd.DataFrame:
+        ts = self._ts.frame()
+        if not len(ts):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in TIMESERIES_COLUMNS})
+        ts = ts.copy()
+        ts["code"] = ts["code"].astype(np.int64)
+        ts["class"] = [self.meaning(p, c)[0] for p, c in zip(ts["protocol"], ts["code"])]
+        ts["errors"] = np.where(self.policy.error_mask(ts["protocol"], ts["code"]), ts["count"], 0)
+        out = ts.groupby(["server_ip", "protocol", "class", "bucket"], sort=False, as_index=False)[["count", "errors"]].sum()
+        out = out.rename(columns={"server_ip": "host", "bucket": "bucket_epoch"})
+        out["bucket_start"] = [iso(v) for v in out["bucket_epoch"]]
+        out["count"] = out["count"].astype(np.int64)
+        out["errors"] = out["errors"].astype(np.int64)
+        return _sorted(out, ["host", "protocol", "class", "bucket_epoch"], ip_column="host")[list(TIMESERIES_COLUMNS)]
+
+    def _uris_table(self) -> pd.DataFrame:
+        uris = self._uris.frame()
+        if not len(uris):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in URI_COLUMNS})
+        uris = uris.assign(count=uris["count"].astype(np.int64), code=uris["code"].astype(np.int64))
+        uris = uris.sort_values(["count", "server_ip", "host", "uri", "code"], ascending=[False, True, True, True, True],
+                                kind="stable").head(TOP_FAILING_URIS)
+        return uris[list(URI_COLUMNS)].reset_index(drop=True)
+
+    def _logins_table(self) -> pd.DataFrame:
+        logins = self._logins.frame()
+        if not len(logins):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in LOGIN_COLUMNS})
+        logins = logins.assign(failed=logins["failed"].astype(np.int64), succeeded=logins["succeeded"].astype(np.int64))
+        logins = logins.sort_values(["failed", "client_ip", "server_ip", "user"], ascending=[False, True, True, True],
+                                    kind="stable")
+        return logins[list(LOGIN_COLUMNS)].reset_index(drop=True)
+
+    def _ws_table(self) -> pd.DataFrame:
+        ws = self._ws.frame()
+        ws = ws[ws["role"] == "server"] if len(ws) else ws
+        if not len(ws):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in WS_COLUMNS})
+        ws = ws.rename(columns={"ip": "server_ip"}).copy()
+        ws["code"] = ws["code"].astype(np.int64)
+        ws["count"] = ws["count"].astype(np.int64)
+        ws["inferred"] = ws["inferred"].astype(bool)
+        ws["name"] = [self.meaning("websocket", c)[1] for c in ws["code"]]
+        ws = ws.sort_values(["count", "server_ip", "code", "closed_first_by"], ascending=[False, True, True, True],
+                            kind="stable")
+        return ws[list(WS_COLUMNS)].reset_index(drop=True)
+
+    def _substatus_table(self) -> pd.DataFrame:
+        sub = self._substatus.frame()
+        if not len(sub):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in SUBSTATUS_COLUMNS})
+        sub = sub.assign(count=sub["count"].astype(np.int64), code=sub["code"].astype(np.int64))
+        return _sorted(sub, ["server_ip", "protocol", "substatus"])[list(SUBSTATUS_COLUMNS)]
+
+    def _summary(self, result: StatsResult, codes_long: pd.DataFrame, coverage: dict, first, last) -> dict:
+        srv = codes_long[codes_long["role"] == "server"]
+        cli = codes_long[codes_long["role"] == "client"]
+        conns = self._conns.frame()
+        conns_srv = conns[conns["role"] == "server"] if len(conns) else conns
+        lat = self._latency.percentiles()
+        protocols = {}
+        without = {}
+        for proto in PROTOCOLS:
+            rows = srv[srv["protocol"] == proto]
+            events = int(rows["count"].sum())
+            errors = int(rows.loc[rows["error"], "count"].sum())
+            by_code = rows.groupby("code")["count"].sum().sort_index()
+            pc = conns_srv[conns_srv["protocol"] == proto] if len(conns_srv) else conns_srv
+            without[proto] = int(rows["norequest"].sum())
+            entry = {
+                "events": events, "errors": errors,
+                "error_rate": (errors / events) if events else None,
+                "connections": int(pc["connections"].sum()) if len(pc) else 0,
+                "servers": int(rows["ip"].nunique()),
+                "clients": int(cli.loc[cli["protocol"] == proto, "ip"].nunique()),
+                "codes": {str(int(c)): int(n) for c, n in by_code.items()},
+                "events_without_request": without[proto],
+            }
+            if proto == "http":
+                got = lat.get(("", "all"))
+                entry["latency_ms"] = ({"p50": got[0], "p95": got[1], "p99": got[2], "samples": got[3],
+                                        "exact": got[4]} if got else None)
+                entry["unanswered_requests"] = int(pc["http_unanswered"].sum()) if len(pc) else 0
+            if proto == "ftp":
+                entry["failed_logins"] = int(pc["ftp_failed_logins"].sum()) if len(pc) else 0
+                entry["successful_logins"] = int(pc["ftp_logins"].sum()) if len(pc) else 0
+            if proto == "websocket":
+                ws = result.ws_closes
+                entry["closes"] = {str(int(c)): int(n) for c, n in
+                                   (ws.groupby("code")["count"].sum().items() if len(ws) else [])}
+                entry["open_connections"] = int(pc["connections_open"].sum()) if len(pc) else 0
+            protocols[proto] = entry
+        total = int(srv["count"].sum())
+        errors = int(srv.loc[srv["error"], "count"].sum())
+        cov = dict(coverage)
+        cov["events_without_request"] = without
+        duration = (last - first) if first is not None and last is not None else None
+        return {
+            "events": total, "errors": errors, "error_rate": (errors / total) if total else None,
+            "first_epoch": first, "last_epoch": last, "first": iso(first), "last": iso(last),
+            "duration_s": duration, "bucket_seconds": self._step,
+            "protocols": protocols, "coverage": cov, "policy": self.policy.describe(),
+            "limits": {
+                "host_names_dropped": self.host_names_dropped,
+                "failing_uri_rows_pruned": self._uris.pruned,
+                "login_rows_pruned": self._logins.pruned,
+                "latency_hosts_approximate": int((self._latency.spilled_row >= 0).sum()),
+            },
+        }
+
+
+def _uri(request: str) -> str:
+    """"GET /a b HTTP/1.1"-style request line -> the URI; anything else as is."""
+    method, sep, rest = request.partition(" ")
+    if not sep:
+        return request
+    if rest.endswith((" HTTP/1.1", " HTTP/1.0", " HTTP/2", " HTTP/2.0")):
+        rest = rest.rsplit(" ", 1)[0]
+    return rest
+
+
+def _int(value) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _format_causes(rows: list[tuple[int, bool, int]]) -> str:
+    merged: dict[tuple[int, bool], int] = {}
+    for code, inferred, n in rows:
+        merged[(code, inferred)] = merged.get((code, inferred), 0) + n
+    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1]))
+    return "; ".join(f"{code}{' inferred' if inf else ''}×{n}" for (code, inf), n in ranked)
+
+
+def _sorted(frame: pd.DataFrame, by: list[str], ip_column: str | None = None) -> pd.DataFrame:
+    ip_column = ip_column or by[0]
+    if not len(frame):
+        return frame.reset_index(drop=True)
+    key = {ip_column: lambda s: s.map(ip_sort_key)}
+    return frame.sort_values(by, key=lambda s: key[s.name](s) if s.name in key else s, kind="stable").reset_index(drop=True)
+
+
+def events_frame(rows) -> pd.DataFrame:
+    """Events as the pipeline hands them over, from dicts (missing keys get defaults).
+
+    `time` is derived from `epoch` when not given; `outcome`-style dicts are
+    not involved here.  Used by tests and by callers that build events by hand.
+    """
+    records = []
+    for row in rows:
+        rec = {**_EVENT_DEFAULTS, **row}
+        if not rec["time"]:
+            rec["time"] = iso(rec["epoch"])
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records, columns=list(EVENT_COLUMNS))
+    for name in ("lines", "data_bytes"):
+        frame[name] = frame[name].astype("Int64")
+    frame["latency_ms"] = frame["latency_ms"].astype(float)
+    frame["inferred"] = frame["inferred"].astype(bool)
+    frame["standard"] = frame["standard"].astype(bool)
+    return frame
+
+
+def connections_frame(rows) -> pd.DataFrame:
+    """Connection rows from dicts; a dict `outcome` is serialised to JSON."""
+    records = []
+    for row in rows:
+        rec = {**_CONNECTION_DEFAULTS, **row}
+        if isinstance(rec["outcome"], dict):
+            rec["outcome"] = json.dumps(rec["outcome"])
+        records.append(rec)
+    return pd.DataFrame.from_records(records, columns=list(CONNECTION_COLUMNS))
+
+
+def compute(events: pd.DataFrame, connections: pd.DataFrame | None = None, coverage: dict | None = None,
+            policy: Policy | None = None) -> StatsResult:
+    """One-shot helper for small inputs and tests: one batch of each."""
+    acc = StatsAccumulator(policy)
+    acc.add_events(events)
+    if connections is not None:
+        acc.add_connections(connections)
+    return acc.finish(coverage)

@@ -1,0 +1,513 @@
+# The connection table: TCP segments in, dissector events out.
+#
+# Every TCP connection gets two reassembly streams (reassembly.Stream).  Its
+# reassembled bytes first go to *detection*: they are kept (bounded) until a
+# dissector recognises the content (port numbers are only a hint), then
+# replayed into that dissector in arrival order, gaps and FINs included.  A
+# connection nobody recognises is ignored: its payload is no longer
+# reassembled, only counted.  Connections announced by a dissector (FTP data
+# channels) are marked as such and never dissected.
+#
+# Roles: direction 0 is the side that sent the SYN (a SYN+ACK seen first makes
+# its receiver direction 0); without a handshake, the side seen first, and the
+# dissector tells which side is the server from content.
+#
+# Lifetime: a connection is finalised at RST, when both FINs are delivered,
+# after IDLE_TIMEOUT of capture time without packets, or at the end of the
+# run.  A finalised connection lingers for CLOSE_LINGER so that late
+# retransmissions are absorbed instead of starting a bogus connection; a new
+# SYN on the same 4-tuple starts a new connection (port reuse).
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections import Counter
+from dataclasses import replace
+from functools import partial
+
+from analyzer.decode.packets import addr_to_str
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+# Zeek's tcp_inactivity_timeout is 5 min; Suricata's established timeout 1 h.
+IDLE_TIMEOUT = 300.0
+# Zeek's tcp_close_delay / tcp_reset_delay are 5 s.
+CLOSE_LINGER = 5.0
+# Bytes per direction kept while no dissector has recognised the content:
+# enough for the longest request head we accept (64 KiB, see http.py).
+DETECT_MAX_BYTES = 64 * 1024
+# Connections tracked at once (ntopng's default max_num_flows is 131072;
+# Suricata's flow.memcap 128 MiB is ~ 500k flows). Beyond it the least recently
+# active one is finalised early, with an anomaly.
+MAX_CONNECTIONS = 500_000
+# Announced connections (FTP data) remembered at once; Zeek expires them after
+# 5 minutes, we also bound their number.
+MAX_EXPECTATIONS = 10_000
+# How often (capture seconds) idle connections are looked for.
+SWEEP_INTERVAL = 10.0
+
+MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
+
+
+def _detectors():
+    """(name, detect, factory) in priority order; modules load on first use."""
+    from analyzer.protocols.http import dissector as http
+
+    out = [("http", http.detect, http.HttpDissector)]
+    try:
+        from analyzer.protocols.ftp import dissector as ftp
+
+        out.append(("ftp", ftp.detect, ftp.FtpDissector))
+    except ImportError:
+        pass
+    from analyzer.protocols.tls import dissector as tls
+
+    out.append(("tls", tls.detect, tls.TlsDissector))
+    try:
+        from analyzer.protocols.websocket import dissector as websocket
+
+        if hasattr(websocket, "detect"):
+            out.append(("websocket", websocket.detect, websocket.WebSocketDissector))
+    except ImportError:
+        pass
+    return out
+
+
+def connection_id(orig_ip: str, orig_port: int, resp_ip: str, resp_port: int, first_ts: float) -> str:
+    """A stable id: the same connection gets the same id in every run and engine."""
+    key = f"{orig_ip}:{orig_port}>{resp_ip}:{resp_port}@{first_ts:.6f}"
+    digest = hashlib.blake2b(key.encode(), digest_size=10).digest()
+    return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
+
+
+def _peer_ack(other: Stream, ack: int, seglen: int, ts: float, frame: int) -> None:
+    """What an ACK tells about the other direction's stream."""
+    if not other.synced:
+        if seglen:  # a mid-stream start: the peer proves where the stream stood
+            other.expect_start(ack)
+    elif (seglen or other.held) and other.lacks_before(ack):
+        # The peer had bytes we never saw; while it sends data (or we hold
+        # later segments) waiting longer cannot bring them back.
+        other.ack_beyond(ack, ts, frame)
+
+
+class Connection:
+    __slots__ = (
+        "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
+        "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
+        "capture", "name", "rejected", "state", "ends",
+    )
+
+    def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
+                 capture: str) -> None:
+        self.table = table
+        self.addr = (src, dst)          # direction 0 sender, direction 1 sender
+        self.ports = (sport, dport)
+        budget = table.budget
+        self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
+        self.mode = MODE_DETECT
+        self.syn_seen = False
+        self.dissector = None
+        self.replay: list = []
+        self.heads = [b"", b""]
+        self.first_ts = ts
+        self.last_ts = ts
+        self.bytes = [0, 0]
+        self.owner = None
+        self.fin = [False, False]
+        self.rst = False
+        self.closed_at = None
+        self.cid = ""
+        self.capture = capture
+        self.name = ""
+        self.rejected: set = set()
+        self.state = "open"
+        self.ends = None
+
+    # -- identity ----------------------------------------------------------------
+    def ident(self) -> str:
+        if not self.cid:
+            a, b = self.addr
+            self.cid = connection_id(addr_to_str(a), self.ports[0], addr_to_str(b), self.ports[1], self.first_ts)
+        return self.cid
+
+    def endpoints(self) -> tuple:
+        """(client_ip, client_port, server_ip, server_port, connection, capture), cached."""
+        sd = self.server_direction()
+        if self.ends is None or self.ends[0] != sd:
+            a, b = self.addr
+            if sd == 1:
+                ends = (addr_to_str(a), self.ports[0], addr_to_str(b), self.ports[1])
+            else:
+                ends = (addr_to_str(b), self.ports[1], addr_to_str(a), self.ports[0])
+            self.ends = (sd, ends + (self.ident(), self.table.capture))
+        return self.ends[1]
+
+    def server_direction(self) -> int:
+        if self.syn_seen:
+            return 1
+        if self.dissector is not None and self.dissector.server_direction is not None:
+            return self.dissector.server_direction
+        return 1
+
+    # -- reassembled data -------------------------------------------------------------
+    def _deliver(self, direction: int, kind: int, value, ts: float, frame: int) -> None:
+        mode = self.mode
+        if mode == MODE_DISSECT:
+            d = self.dissector
+            if kind == DATA:
+                events = d.feed(value, direction, ts, frame)
+            elif kind == GAP:
+                events = d.gap(value, direction, ts, frame)
+            else:
+                events = d.end(direction, ts, frame, value)
+            if events or d.anomalies or d.expectations:
+                self.table.drain(self, events)
+        elif mode == MODE_DETECT:
+            self.replay.append((direction, kind, value, ts, frame))
+            if kind == DATA:
+                head = self.heads[direction]
+                if len(head) < DETECT_MAX_BYTES:
+                    self.heads[direction] = head + value[: DETECT_MAX_BYTES - len(head)]
+                self.detect()
+
+
+    def detect(self, final: bool = False) -> None:
+        table = self.table
+        midstream = not self.syn_seen
+        hint = self.ports
+        verdicts = []
+        for name, detect, factory in table.detectors:
+            if name in self.rejected:
+                continue
+            if name == "http":
+                verdict = detect(self.heads[0], self.heads[1], False, midstream)
+            else:
+                verdict = detect(self.heads[0], self.heads[1], name in table.port_hints(hint))
+            if verdict == DETECTED:
+                self._start(name, factory, midstream)
+                return
+            if verdict == REJECTED:
+                self.rejected.add(name)
+            verdicts.append(verdict)
+        full = all(len(h) >= DETECT_MAX_BYTES for h in self.heads if h)
+        if NEED_MORE not in verdicts or final or full:
+            self.mode = MODE_IGNORE
+            self.replay = []
+            self.heads = [b"", b""]
+            table.ignored += 1
+
+    def _start(self, name: str, factory, midstream: bool) -> None:
+        server = 1 if self.syn_seen else None
+        if name == "http":
+            self.dissector = factory(server_direction=server, midstream=midstream)
+        elif name == "websocket":
+            self.dissector = factory(server_direction=server if server is not None else 1, midstream=True)
+        else:
+            self.dissector = factory(server_direction=server)
+        self.name = name
+        self.mode = MODE_DISSECT
+        self.table.dissected += 1
+        replay, self.replay, self.heads = self.replay, [], [b"", b""]
+        for direction, kind, value, ts, frame in replay:
+            self._deliver(direction, kind, value, ts, frame)
+            if self.mode != MODE_DISSECT:
+                break
+
+    def row(self) -> dict:
+        a, b = self.addr
+        sd = self.server_direction()
+        client, server = (a, b) if sd == 1 else (b, a)
+        cport, sport = (self.ports[0], self.ports[1]) if sd == 1 else (self.ports[1], self.ports[0])
+        # Reassembled stream positions count each byte once (retransmissions
+        # excluded, gaps included); bytes[] holds what came outside reassembly
+        # (after the connection was ignored, or on an FTP data channel).
+        s0, s1 = self.streams
+        sent = [self.bytes[0] + s0.pos, self.bytes[1] + s1.pos]
+        c2s, s2c = (sent[0], sent[1]) if sd == 1 else (sent[1], sent[0])
+        outcome = self.dissector.outcome() if self.dissector is not None else {}
+        return {
+            "connection": self.ident(), "protocol": self.name or ("ftp-data" if self.mode == MODE_DATA else ""),
+            "client_ip": addr_to_str(client), "client_port": cport,
+            "server_ip": addr_to_str(server), "server_port": sport,
+            "first_epoch": self.first_ts, "last_epoch": self.last_ts,
+            "bytes_c2s": c2s, "bytes_s2c": s2c,
+            "missed_bytes": s0.missed + s1.missed, "gaps": s0.gaps + s1.gaps,
+            "state": self.state, "outcome": json.dumps(outcome, sort_keys=True, default=str),
+            "capture": self.capture,
+        }
+
+
+class FlowTable:
+    """Owns every connection; calls `on_event(Event, endpoints)` and `on_anomaly(Anomaly)`.
+
+    Events leave the dissectors without endpoints; `endpoints` is the
+    connection's cached (client_ip, client_port, server_ip, server_port,
+    connection, capture), so no record is copied per event.
+    """
+
+    def __init__(self, on_event, on_anomaly, on_connection=None) -> None:
+        self.on_event = on_event
+        self.on_anomaly = on_anomaly
+        self.on_connection = on_connection
+        self.table: dict = {}
+        self.budget = HeldBudget()
+        self.detectors = _detectors()
+        self.expectations: dict = {}
+        self.capture = ""
+        self.count = 0
+        self.dissected = 0
+        self.ignored = 0
+        self.connections_with_gaps = 0
+        self.missed_bytes = 0
+        self.limits = Counter()
+        self.anomaly_counts = Counter()
+        self.next_sweep = float("-inf")
+        self.live = 0
+
+    @staticmethod
+    def port_hints(ports: tuple[int, int]) -> set[str]:
+        hints = set()
+        if 21 in ports:
+            hints.add("ftp")
+        return hints
+
+    # -- packets -------------------------------------------------------------------
+    def packet(self, seg: tuple, ts: float, frame: int) -> None:
+        src, dst, sport, dport, seq, ack, flags, payload, seglen = seg
+        entry = self.table.get((src, sport, dst, dport))
+        if entry is not None and not flags & 0x07:
+            conn = entry[0]
+            if conn.mode == MODE_DISSECT:
+                # Hot path: an established, dissected connection; no SYN/FIN/RST.
+                conn.last_ts = ts
+                if ts >= self.next_sweep:
+                    self._sweep(ts)
+                    if conn.mode != MODE_DISSECT:
+                        return
+                d, stream, other = entry[1], entry[2], entry[3]
+                if flags & ACK and ack != other.next_seq:
+                    _peer_ack(other, ack, seglen, ts, frame)
+                if seglen:
+                    if stream.take_next(seq, payload, seglen):
+                        dissector = conn.dissector
+                        events = dissector.feed(payload, d, ts, frame)
+                        if events or dissector.anomalies or dissector.expectations:
+                            self.drain(conn, events)
+                    else:
+                        stream.segment(seq, payload, seglen, False, ts, frame)
+                return
+        if entry is None:
+            if flags & RST and not seglen:
+                return  # a lone reset for a connection we never saw
+            conn, d = self._new(src, sport, dst, dport, flags, ts)
+        else:
+            conn, d = entry[0], entry[1]
+            if conn.mode == MODE_CLOSED:
+                if flags & SYN and not flags & ACK and ts - conn.closed_at > 0.0:
+                    conn, d = self._new(src, sport, dst, dport, flags, ts)
+                else:
+                    return  # late retransmission or duplicate after the end
+            elif flags & SYN and not flags & ACK and conn.syn_seen and d == 0 and \
+                    conn.streams[0].isn is not None and conn.streams[0].isn != seq and \
+                    (conn.fin[0] or conn.fin[1] or conn.streams[0].delivered):
+                # Same 4-tuple, new initial sequence number: port reuse.
+                self._finalise(conn, ts, frame, "closed")
+                conn, d = self._new(src, sport, dst, dport, flags, ts)
+        conn.last_ts = ts
+        if ts >= self.next_sweep:
+            self._sweep(ts)
+        mode = conn.mode
+        if mode == MODE_IGNORE:
+            if seglen:
+                conn.bytes[d] += seglen
+            if flags & (FIN | RST):
+                if flags & RST:
+                    conn.rst = True
+                    self._finalise(conn, ts, frame, "reset")
+                else:
+                    conn.fin[d] = True
+                    if conn.fin[0] and conn.fin[1]:
+                        self._finalise(conn, ts, frame, "closed")
+            return
+        if mode == MODE_DATA:
+            self._data_channel(conn, d, seq, seglen, flags, ts, frame)
+            return
+        streams = conn.streams
+        if flags & SYN:
+            if not conn.syn_seen:
+                conn.syn_seen = True
+            streams[d].syn(seq)
+        if flags & ACK:
+            _peer_ack(streams[1 - d], ack, seglen, ts, frame)
+        if seglen or flags & FIN:
+            if flags & FIN:
+                conn.fin[d] = True
+            streams[d].segment(seq, payload, seglen, bool(flags & FIN), ts, frame)
+        if flags & RST:
+            conn.rst = True
+            self._finalise(conn, ts, frame, "reset", rst_dir=d)
+        elif conn.fin[0] and conn.fin[1] and streams[0].ended and streams[1].ended:
+            self._finalise(conn, ts, frame, "closed")
+
+    def _new(self, src, sport, dst, dport, flags, ts):
+        if flags & SYN and flags & ACK:
+            # We missed the SYN: the receiver of this SYN+ACK is the client.
+            src, sport, dst, dport = dst, dport, src, sport
+            d = 1
+        else:
+            d = 0
+        if self.live >= MAX_CONNECTIONS:
+            self._evict(ts)
+        self.count += 1
+        self.live += 1
+        conn = Connection(self, src, sport, dst, dport, ts, self.capture)
+        if flags & SYN:
+            conn.syn_seen = True
+        table = self.table
+        s0, s1 = conn.streams
+        # (connection, direction, its stream, the other stream): the hot path
+        # needs all four and a tuple index is cheaper than attribute lookups.
+        table[(src, sport, dst, dport)] = (conn, 0, s0, s1)
+        table[(dst, dport, src, sport)] = (conn, 1, s1, s0)
+        if self.expectations:
+            self._match_expectation(conn)
+        return conn, d
+
+    # -- FTP data channels -------------------------------------------------------------
+    def expect(self, conn: Connection, exp) -> None:
+        host = exp.host
+        if host is None:
+            sd = conn.server_direction()
+            host = addr_to_str(conn.addr[sd])
+        key = (host, exp.port)
+        if len(self.expectations) >= MAX_EXPECTATIONS:
+            self.expectations.pop(next(iter(self.expectations)))
+            self.limits["expectations"] += 1
+        self.expectations[key] = exp
+
+    def _match_expectation(self, conn: Connection) -> None:
+        for d in (1, 0):
+            key = (addr_to_str(conn.addr[d]), conn.ports[d])
+            exp = self.expectations.pop(key, None)
+            if exp is not None:
+                conn.mode = MODE_DATA
+                conn.owner = exp.owner
+                conn.name = exp.kind
+                if conn.owner is not None:
+                    conn.owner.on_data(0, conn.first_ts)  # opened: an empty transfer is 0 bytes
+                return
+
+    def _data_channel(self, conn, d, seq, seglen, flags, ts, frame) -> None:
+        stream = conn.streams[d]
+        if flags & SYN:
+            stream.syn(seq)
+        elif seglen:
+            if not stream.synced:
+                stream.next_seq, stream.synced = seq, True
+            # Count each byte once: only what extends the highest sequence seen.
+            new = seq_diff((seq + seglen) & 0xFFFFFFFF, stream.next_seq)
+            if new > 0:
+                stream.next_seq = (stream.next_seq + new) & 0xFFFFFFFF
+                conn.bytes[d] += new
+                if conn.owner is not None:
+                    conn.owner.on_data(min(new, seglen), ts)
+        if flags & RST:
+            self._finalise(conn, ts, frame, "reset")
+        elif flags & FIN:
+            conn.fin[d] = True
+            if conn.fin[0] and conn.fin[1]:
+                self._finalise(conn, ts, frame, "closed")
+
+    # -- events --------------------------------------------------------------------
+    def drain(self, conn: Connection, events) -> None:
+        d = conn.dissector
+        if d.expectations:
+            for exp in d.expectations:
+                self.expect(conn, exp)
+            d.expectations.clear()
+        if d.anomalies:
+            cid = conn.ident()
+            for a in d.anomalies:
+                self.anomaly_counts[a.name] += 1
+                self.on_anomaly(replace(a, connection=cid))
+            d.anomalies.clear()
+        if events:
+            ends = conn.endpoints()
+            for ev in events:
+                self.on_event(ev, ends)
+
+    # -- lifetime ----------------------------------------------------------------------
+    def _finalise(self, conn: Connection, ts: float, frame: int, state: str, rst_dir: int | None = None) -> None:
+        if conn.mode == MODE_CLOSED:
+            return
+        if conn.mode in (MODE_DETECT, MODE_DISSECT):
+            s0, s1 = conn.streams
+            if rst_dir is not None:
+                # Everything the reset side sent before the RST is all there is.
+                conn.streams[rst_dir].finish(ts, frame, rst=True)
+                conn.streams[1 - rst_dir].finish(ts, frame)
+            else:
+                s0.finish(ts, frame)
+                s1.finish(ts, frame)
+            if conn.mode == MODE_DETECT and (conn.heads[0] or conn.heads[1]):
+                conn.detect(final=True)
+            if conn.mode == MODE_DISSECT:
+                events = conn.dissector.close(ts)
+                self.drain(conn, events)
+            if s0.limit_hits or s1.limit_hits:
+                self.limits["tcp_held_bytes"] += s0.limit_hits + s1.limit_hits
+            if s0.gaps or s1.gaps:
+                if conn.mode == MODE_DISSECT:
+                    self.connections_with_gaps += 1
+                self.missed_bytes += s0.missed + s1.missed
+        conn.state = state
+        if self.on_connection is not None and (conn.dissector is not None or conn.mode == MODE_DATA):
+            self.on_connection(conn.row())
+        conn.mode = MODE_CLOSED
+        conn.closed_at = ts
+        conn.replay = []
+        conn.heads = [b"", b""]
+        conn.dissector = None   # free parser state; the row is already out
+        conn.streams = None
+        self.live -= 1
+
+    def _forget(self, conn: Connection) -> None:
+        (a, b), (pa, pb) = conn.addr, conn.ports
+        for key in ((a, pa, b, pb), (b, pb, a, pa)):
+            entry = self.table.get(key)
+            if entry is not None and entry[0] is conn:
+                del self.table[key]
+
+    def _sweep(self, ts: float) -> None:
+        self.next_sweep = ts + SWEEP_INTERVAL
+        stale = []
+        for conn, d, *_ in self.table.values():
+            if d:
+                continue
+            if conn.mode == MODE_CLOSED:
+                if ts - conn.closed_at > CLOSE_LINGER:
+                    stale.append(conn)
+            elif ts - conn.last_ts > IDLE_TIMEOUT:
+                self._finalise(conn, conn.last_ts, 0, "timeout")
+                stale.append(conn)
+        for conn in stale:
+            self._forget(conn)
+
+    def _evict(self, ts: float) -> None:
+        oldest = min((c for c, d, *_ in self.table.values() if d == 0 and c.mode != MODE_CLOSED),
+                     key=lambda c: c.last_ts, default=None)
+        if oldest is not None:
+            self.limits["connections"] += 1
+            self._finalise(oldest, ts, 0, "evicted")
+            self._forget(oldest)
+
+    def finish(self) -> None:
+        """End of the run: finalise every open connection (open, not timed out)."""
+        for conn, d, *_ in list(self.table.values()):
+            if d == 0 and conn.mode != MODE_CLOSED:
+                self._finalise(conn, conn.last_ts, 0, "open")
+        self.table.clear()
