@@ -1,14 +1,16 @@
-# The library entry points behind `analyzer analyze`: run the pipeline, build
-# the statistics, write every report, apply the --fail-on gate.  The CLI only
-# parses arguments; `analyze()` returns the same tables as DataFrames.
+# The library entry point behind `analyzer analyze`: run an engine with the
+# statistics fed from its event batches, write every report, and hand back
+# the tables.  Nothing here prints (the CLI, analyzer/cli/analyze.py, does);
+# `analyze()` returns the same tables as DataFrames, built from the same
+# batches the files were written from, never by reading a file back.
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from analyzer.errors import CaptureError, ExitStatus, InputError, UsageError
-from analyzer.engines.native import RunResult, expand_inputs, run
+from analyzer.engines.native import RunResult, expand_inputs
+from analyzer.engines.sink import EventOutputs
+from analyzer.errors import UsageError
 
 
 @dataclass
@@ -17,79 +19,40 @@ class Analysis:
 
     outdir: Path
     run: RunResult
-    events: "object"       # pandas.DataFrame, as events.csv
+    events: "object"       # pandas.DataFrame: events.csv's rows, wire strings exactly as captured
     hosts: "object"        # pandas.DataFrame, as hosts.csv
     codes: "object"        # pandas.DataFrame, as codes.csv
     stats: "object"
 
 
-def _lang(lang: str | None) -> str:
+def resolve_lang(lang: str | None) -> str:
     if lang:
         return lang
-    try:
-        from analyzer.meaning.catalog import default_lang
-    except ImportError:
-        return "en"
+    from analyzer.meaning.catalog import default_lang
+
     return default_lang()
 
 
-def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
-                   parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
-                   decode_as=None) -> int:
-    from analyzer.engines.parallel import default_jobs
+def make_policy(policy=None, expect=()):
+    """--policy FILE (or a ready Policy) plus --expect PROTO:CODE options."""
+    from analyzer.outputs.reports import make_policy as _make_policy
 
-    paths = expand_inputs(list(captures))
-    if jobs < 0:
-        raise UsageError("--jobs takes a number of processes (0 = all cores)")
-    jobs = jobs or default_jobs()
-    lang = _lang(lang)
-    rules = []
-    if fail_on:
-        from analyzer.meaning.gate import parse
+    return _make_policy(policy, expect)
 
-        rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
-    progress_cm = None
-    if not quiet:
-        try:
-            from analyzer.cli.terminal import progress as progress_cm
-        except ImportError:
-            progress_cm = None
+
+def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
+                 parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
+                 keylog=None, decode_as=None, progress=None):
+    """Run `engine` and write every report; returns (RunResult, StatsResult)."""
     from analyzer.engines import run as engine_run
-
-    options = dict(lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as)
-    if progress_cm is not None:
-        with progress_cm(sum(_size(p) for p in paths)) as bar:
-            result = engine_run(engine, paths, outdir, progress=lambda done, total: bar.update(done), **options)
-    else:
-        result = engine_run(engine, paths, outdir, **options)
-    stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=quiet)
-    status = ExitStatus.OK
-    for exc in result.errors:
-        print(f"analyzer: error: {exc}", file=sys.stderr)
-    if any(isinstance(e, CaptureError) for e in result.errors):
-        status = ExitStatus.DAMAGED
-    elif any(isinstance(e, InputError) for e in result.errors):
-        status = ExitStatus.INPUT
-    if rules and stats is not None:
-        from analyzer.meaning.gate import evaluate
-
-        reasons = evaluate(rules, stats)
-        for reason in reasons:
-            print(f"analyzer: threshold crossed: {reason}", file=sys.stderr)
-        if reasons and status == ExitStatus.OK:
-            status = ExitStatus.THRESHOLD
-    if not quiet:
-        print(f"outputs written to {Path(outdir).resolve()}/", file=sys.stderr)
-    if result.interrupted:
-        return int(ExitStatus.INTERRUPTED)
-    return int(status)
-
-
-def _reports(result: RunResult, *, lang, policy, expect, jsonl, parquet, quiet):
     from analyzer.outputs.reports import build_and_write
 
-    return build_and_write(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet,
-                           quiet=quiet)
+    if jobs < 0:
+        raise UsageError("--jobs takes a number of processes (0 = all cores)")
+    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect))
+    result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
+                        progress=progress, outputs=outputs)
+    return result, build_and_write(result, lang=lang)
 
 
 def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,
@@ -103,25 +66,14 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
     import os
     import tempfile
 
-    import pandas as pd
-
-    from analyzer.outputs.summary import read_events_csv
+    from analyzer.outputs.events import events_frame
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="analyzer-"))
-    lang = _lang(lang)
-    result = run(expand_inputs([str(p) for p in paths]), out, lang=lang)
-    stats = _reports(result, lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, quiet=True)
-    chunks = list(read_events_csv(out / "events.csv"))
-    events = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    lang = resolve_lang(lang)
+    result, stats = run_analysis(expand_inputs([str(p) for p in paths]), out, lang=lang, policy=policy,
+                                 expect=expect, jsonl=jsonl, parquet=parquet, keep=True)
+    events = events_frame(result.kept.table())
+    result.kept = None  # the DataFrame holds them now
     return Analysis(outdir=out, run=result, events=events, hosts=stats.hosts, codes=stats.codes, stats=stats)
-
-
-def _size(path: str) -> int:
-    import os
-
-    try:
-        return os.path.getsize(path) if path != "-" else 0
-    except OSError:
-        return 0

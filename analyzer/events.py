@@ -26,6 +26,25 @@ EXTRA_COLUMNS = (
     "direction", "inferred", "lines", "substatus", "substatus_source",
     "data_bytes", "flags", "capture",
 )
+# What the catalogue adds to every event (one join on protocol, code, substatus).
+ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
+# Every column of an event batch and of events.csv/jsonl/parquet, in order.
+EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ANNOTATION_COLUMNS
+# The Arrow type of each column of an event batch, as data (pyarrow itself is
+# imported only where batches are built: dissectors import this module).
+# Nullable columns hold null where the CSV has an empty cell.
+EVENT_TYPES = {
+    "time": "string", "epoch": "float64", "frame": "int64", "protocol": "string",
+    "client_ip": "string", "client_port": "int64", "server_ip": "string", "server_port": "int64",
+    "code": "int64", "text": "string", "request": "string", "host": "string",
+    "latency_ms": "float64", "connection": "string", "direction": "string", "inferred": "bool",
+    "lines": "int64", "substatus": "string", "substatus_source": "string", "data_bytes": "int64",
+    "flags": "string", "capture": "string", "class": "string", "name": "string",
+    "meaning": "string", "standard": "bool",
+}
+# Columns an engine fills from an (Event, endpoints) pair, in the order of
+# `event_values`; `time` and the annotation are derived per batch.
+RAW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "time" and c not in ANNOTATION_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +110,14 @@ def with_endpoints(ev: Event, ends: tuple) -> Event:
     cip, cport, sip, sport, cid, capture = ends
     return replace(ev, client_ip=cip, client_port=cport, server_ip=sip, server_port=sport,
                    connection=cid, capture=capture)
+
+
+def event_values(ev: Event, ends: tuple) -> tuple:
+    """The RAW_COLUMNS values of one event: raw wire strings, nothing neutralised."""
+    cip, cport, sip, sport, cid, capture = ends
+    return (ev.epoch, ev.frame, ev.protocol, cip, cport, sip, sport, ev.code, ev.text, ev.request, ev.host,
+            ev.latency_ms, cid, ev.direction, ev.inferred, ev.lines, ev.substatus, ev.substatus_source,
+            ev.data_bytes, ";".join(ev.flags), capture)
 
 
 def side_label(sender: int, server_direction: int) -> str:

@@ -6,14 +6,15 @@ fail); the end-to-end runs use our samples and, when present, a subset of
 """
 from __future__ import annotations
 
-import csv
 import shutil
+from types import SimpleNamespace
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from analyzer.cli.crosscheck import CrossCheck, Disagreement, compare, crosscheck, format_report
-from analyzer.engines.native import EVENT_COLUMNS
+from analyzer.outputs.events import EVENT_SCHEMA, EventsKept
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURES = ROOT / "samples" / "captures"
@@ -28,17 +29,14 @@ def tshark():
     pytest.importorskip("pyshark")
 
 
-def _write(path: Path, rows: list[tuple]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, EVENT_COLUMNS)
-        w.writeheader()
-        for i, (code, request) in enumerate(rows, 1):
-            w.writerow({c: "" for c in EVENT_COLUMNS} | {
-                "epoch": f"{i}.0", "frame": str(i), "protocol": "http", "client_ip": "10.0.0.1",
-                "client_port": "1000", "server_ip": "10.0.0.2", "server_port": "80", "code": str(code),
-                "request": request, "capture": "x.pcap"})
-    return path
+def _write(path: Path, rows: list[tuple]):
+    """A stand-in for an engine's RunResult whose events were kept in memory."""
+    kept = EventsKept()
+    kept.write(pa.RecordBatch.from_pylist([
+        {"epoch": float(i), "frame": i, "protocol": "http", "client_ip": "10.0.0.1", "client_port": 1000,
+         "server_ip": "10.0.0.2", "server_port": 80, "code": code, "request": request, "capture": "x.pcap"}
+        for i, (code, request) in enumerate(rows, 1)], schema=EVENT_SCHEMA))
+    return SimpleNamespace(kept=kept)
 
 
 def test_alignment_costs_one_line_per_missed_event(tmp_path):

@@ -317,7 +317,7 @@ def test_report_of_the_bundled_samples_in_chromium(tmp_path, recorder, lang):
 
     samples = sorted((Path(__file__).resolve().parents[1] / "samples" / "captures").glob("*.pcap*"))
     result = run([str(p) for p in samples], tmp_path / "out", lang=lang)
-    build_and_write(result, lang=lang, quiet=True)
+    build_and_write(result, lang=lang)
     page = tmp_path / "out" / "report.html"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"samples-report-{lang}.png"

@@ -1,6 +1,6 @@
 # The report files (analyzer/outputs/reports.py, summary.py) and the terminal
 # summary (terminal.py): contents equal the statistics, CSV cells are
-# spreadsheet-safe, writes are atomic, JSONL/Parquet round-trip events.csv.
+# spreadsheet-safe, writes are atomic, the event files hold the same batches.
 from __future__ import annotations
 
 import csv
@@ -11,11 +11,15 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, CsvWriter
-from analyzer.outputs.reports import build_stats, make_policy, write_reports
-from analyzer.outputs.summary import read_events_csv
+import pyarrow as pa
+
 from analyzer.cli.terminal import print_summary, progress
-from analyzer.stats.hosts import CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, compute, connections_frame, events_frame
+from analyzer.engines.sink import StatsFeed
+from analyzer.outputs.csvfile import DANGEROUS_PREFIXES
+from analyzer.outputs.events import EVENT_SCHEMA, EventsCsv, EventsJsonl, EventsParquet
+from analyzer.outputs.reports import finish_stats, make_policy, write_reports
+from analyzer.stats.hosts import (CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, StatsAccumulator, compute,
+                                  connections_frame, events_frame)
 
 EVIL = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
 SAFE_EVIL = EVIL[:-1]   # the fixture's wire strings; a bare CR gets its own test below
@@ -48,13 +52,22 @@ def connections():
     ])
 
 
-def write_events_csv(path, events):
-    writer = CsvWriter(path, EVENT_COLUMNS)
-    rows = []
-    for rec in events.to_dict("records"):
-        rows.append(["" if pd.isna(v) else (str(v).lower() if isinstance(v, bool) else v) for v in rec.values()])
-    writer.write_rows(rows)
-    writer.commit()
+def as_batch(events: pd.DataFrame) -> pa.RecordBatch:
+    """The test DataFrame as the engine's record batch (NaN/NA -> null)."""
+    records = [{k: (None if not isinstance(v, str) and pd.isna(v) else v) for k, v in rec.items()}
+               for rec in events.to_dict("records")]
+    records = [{**r, "time": r["time"] or ""} for r in records]
+    return pa.RecordBatch.from_pylist(records, schema=EVENT_SCHEMA)
+
+
+def write_event_files(outdir, events: pd.DataFrame):
+    batch = as_batch(events)
+    writers = [EventsCsv(outdir / "events.csv"), EventsJsonl(outdir / "events.jsonl"),
+               EventsParquet(outdir / "events.parquet")]
+    for writer in writers:
+        writer.write(batch)
+        writer.commit()
+    return [w._file.path for w in writers]
 
 
 def read_csv_cells(path):
@@ -65,17 +78,17 @@ def read_csv_cells(path):
 @pytest.fixture()
 def written(tmp_path):
     events = sample_events()
-    write_events_csv(tmp_path / "events.csv", events)
+    event_paths = write_event_files(tmp_path, events)
     stats = compute(events, connections(), {"packets_read": 500})
-    paths = write_reports(tmp_path, stats, {"packets_read": 500, "version": "9.9"}, lang="en",
-                          events_csv=tmp_path / "events.csv", jsonl=True, parquet=True)
-    return tmp_path, events, stats, paths
+    paths = write_reports(tmp_path, stats, {"packets_read": 500, "version": "9.9"}, lang="en")
+    return tmp_path, events, stats, paths + event_paths
 
 
 def test_files_written_atomically(written):
     outdir, _, _, paths = written
     names = sorted(p.name for p in paths)
-    assert names == ["codes.csv", "events.jsonl", "events.parquet", "hosts.csv", "report.html", "summary.json"]
+    assert names == ["codes.csv", "events.csv", "events.jsonl", "events.parquet", "hosts.csv", "report.html",
+                     "summary.json"]
     leftovers = [p.name for p in outdir.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
     assert leftovers == []
 
@@ -149,7 +162,7 @@ def test_jsonl_and_parquet_round_trip(written):
     assert list(records[0]) == list(EVENT_COLUMNS)
     first = records[0]
     assert (first["code"], first["frame"], first["latency_ms"], first["inferred"]) == (200, 1, 1.5, False)
-    assert first["host"] == EVIL[0]                          # the CSV's apostrophe is undone: JSON needs none
+    assert first["host"] == EVIL[0]                          # exactly as on the wire: JSON needs no apostrophe
     assert {r["host"] for r in records[:5]} == set(SAFE_EVIL)
     ws = records[-1]
     assert (ws["code"], ws["inferred"], ws["latency_ms"], ws["lines"]) == (1006, True, None, None)
@@ -162,22 +175,36 @@ def test_jsonl_and_parquet_round_trip(written):
     assert table["inferred"].tolist() == [r["inferred"] for r in records]
 
 
-def test_build_stats_from_csv_equals_in_memory(written):
+def test_statistics_from_batches_equal_one_shot(written):
     outdir, events, stats, _ = written
-    rows = connections().to_dict("records")
-    again = build_stats(outdir / "events.csv", rows, {"packets_read": 500}, policy=make_policy())
+    acc = StatsAccumulator(make_policy())
+    feed = StatsFeed(acc)
+    batch = as_batch(events)
+    for start in range(0, batch.num_rows, 7):  # many small batches, as a long run would feed them
+        feed.write(batch.slice(start, 7))
+    feed.commit()
+    again = finish_stats(acc, connections().to_dict("records"), {"packets_read": 500})
     pd.testing.assert_frame_equal(again.codes, stats.codes, check_dtype=False)
     pd.testing.assert_frame_equal(again.hosts, stats.hosts, check_dtype=False)
-    chunks = list(read_events_csv(outdir / "events.csv", chunksize=7))
-    assert sum(len(c) for c in chunks) == len(events) and len(chunks) == 11
+
+
+def test_events_csv_neutralised(written):
+    outdir, events, _, _ = written
+    rows = read_csv_cells(outdir / "events.csv")
+    assert rows[0] == list(EVENT_COLUMNS)
+    cells = [c for row in rows[1:] for c in row]
+    assert not [c for c in cells if c.startswith(DANGEROUS_PREFIXES)]
+    assert rows[1][EVENT_COLUMNS.index("host")] == "'" + EVIL[0]
 
 
 def test_empty_run(tmp_path):
-    write_events_csv(tmp_path / "events.csv", events_frame([]))
-    stats = build_stats(tmp_path / "events.csv", [], {})
-    write_reports(tmp_path, stats, {}, events_csv=tmp_path / "events.csv", jsonl=True, parquet=True)
+    write_event_files(tmp_path, events_frame([]))
+    stats = compute(events_frame([]))
+    write_reports(tmp_path, stats, {})
     assert read_csv_cells(tmp_path / "codes.csv") == [list(CODE_COLUMNS)]
+    assert read_csv_cells(tmp_path / "events.csv") == [list(EVENT_COLUMNS)]
     assert (tmp_path / "events.jsonl").read_text() == ""
+    assert pd.read_parquet(tmp_path / "events.parquet").columns.tolist() == list(EVENT_COLUMNS)
     assert "<html" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 

@@ -83,13 +83,13 @@ def test_http2_status_codes_are_paired_by_stream(nginx_with_keylog):
 
 
 def test_same_columns_and_version_recorded(nginx_with_keylog):
-    from analyzer.engines.native import EVENT_COLUMNS
+    from analyzer.events import EVENT_COLUMNS
     from analyzer.outputs.reports import build_and_write
 
     result, out = nginx_with_keylog
     with open(out / "events.csv", newline="", encoding="utf-8") as fh:
         assert tuple(next(csv.reader(fh))) == EVENT_COLUMNS
-    build_and_write(result, quiet=True)
+    build_and_write(result)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["coverage"]["engine"] == "tshark"
     assert summary["coverage"]["tshark_version"].count(".") == 2

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args) -> int:
-    from analyzer.api import run_and_report
+    from analyzer.cli.analyze import run_and_report
 
     return run_and_report(
         args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,

@@ -1,7 +1,8 @@
 # `analyzer crosscheck CAPTURE`: run the native engine and the tshark engine
 # over the same captures and show where they disagree.
 #
-# Strategy.  Both engines write events.csv (same columns).  Events are
+# Strategy.  Both engines run with their events kept in memory (the same
+# columns as events.csv, which they also write).  Events are
 # grouped by (capture, protocol, client, server) and each group's code
 # sequences are aligned (difflib, as shared/tools/score.py does), so one
 # missed event costs one line, not the rest of the connection.  Aligned pairs
@@ -47,6 +48,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyzer.engines.sink import EventOutputs
 from analyzer.errors import ExitStatus
 
 PROTOCOLS = ("http", "ftp", "websocket")
@@ -108,38 +110,49 @@ def _norm_request(text: str) -> str:
     return " ".join(parts)
 
 
-def _load(path: Path) -> dict:
+def _cell(value) -> str:
+    """An event value as its events.csv cell reads (before neutralisation)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _load(result) -> dict:
+    """A run's events (kept in memory: EventOutputs.keep) grouped by connection endpoints."""
     groups: dict = defaultdict(list)
-    if not path.exists():
+    if result.kept is None:
         return groups
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row["protocol"] not in PROTOCOLS:
-                continue
-            key = (row["capture"], row["protocol"], row["client_ip"], row["client_port"], row["server_ip"],
-                   row["server_port"])
-            groups[key].append(row)
+    for event in result.kept.table().to_pylist():
+        row = {name: _cell(value) for name, value in event.items()}
+        if row["protocol"] not in PROTOCOLS:
+            continue
+        key = (row["capture"], row["protocol"], row["client_ip"], row["client_port"], row["server_ip"],
+               row["server_port"])
+        groups[key].append(row)
     for rows in groups.values():
         rows.sort(key=lambda r: (float(r["epoch"] or 0), int(r["frame"] or 0)))
     return groups
 
 
-def _connections(path: Path) -> dict:
+def _connections(rows) -> dict:
     """(capture, client, server) -> what the tshark engine learnt: "h2", "tls" or ""."""
     import json
 
     out: dict = {}
-    if path.exists():
-        with open(path, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    outcome = json.loads(row["outcome"] or "{}")
-                except ValueError:
-                    outcome = {}
-                how = "tls" if isinstance(outcome.get("tls"), dict) and outcome["tls"].get("decrypted") else \
-                    "h2" if outcome.get("http_version") == "2" else ""
-                out[(row["capture"], row["client_ip"], row["client_port"], row["server_ip"], row["server_port"])] = how
-                out[(row["capture"], row["server_ip"], row["server_port"], row["client_ip"], row["client_port"])] = how
+    for row in rows:
+        outcome = row.get("outcome") or {}
+        if isinstance(outcome, str):
+            try:
+                outcome = json.loads(outcome or "{}")
+            except ValueError:
+                outcome = {}
+        how = "tls" if isinstance(outcome.get("tls"), dict) and outcome["tls"].get("decrypted") else \
+            "h2" if outcome.get("http_version") == "2" else ""
+        c, s = (str(row["client_ip"]), str(row["client_port"])), (str(row["server_ip"]), str(row["server_port"]))
+        out[(row["capture"], *c, *s)] = how
+        out[(row["capture"], *s, *c)] = how
     return out
 
 
@@ -152,9 +165,9 @@ def _read_known(paths) -> set:
     return known
 
 
-def compare(native_csv: Path, tshark_csv: Path) -> tuple[Counter, Counter, Counter, list[Disagreement]]:
-    """Align two events.csv files; (agree, native, tshark counts per protocol, disagreements)."""
-    a, b = _load(native_csv), _load(tshark_csv)
+def compare(native, tshark) -> tuple[Counter, Counter, Counter, list[Disagreement]]:
+    """Align the events of two runs; (agree, native, tshark counts per protocol, disagreements)."""
+    a, b = _load(native), _load(tshark)
     agree, n_native, n_tshark = Counter(), Counter(), Counter()
     out: list[Disagreement] = []
     for key in sorted(set(a) | set(b)):
@@ -221,9 +234,10 @@ def _alt_events(path: str, prefs: dict, keylog, decode_as, workdir: Path) -> set
     from analyzer.engines.tshark import run as tshark_run
 
     out = workdir / ("alt-" + "-".join(f"{k}" for k in prefs))
-    tshark_run([path], out, keylog=keylog, decode_as=decode_as, prefs=prefs)
+    result = tshark_run([path], out, keylog=keylog, decode_as=decode_as, prefs=prefs,
+                        outputs=EventOutputs(keep=True, stats=False))
     seen = set()
-    for rows in _load(out / "events.csv").values():
+    for rows in _load(result).values():
         for r in rows:
             ends = (r["protocol"], r["client_ip"], r["client_port"], r["server_ip"], r["server_port"])
             seen.add(ends + (r["frame"], r["code"]))
@@ -317,16 +331,17 @@ def crosscheck(captures, *, outdir=None, keylog=None, decode_as=None, known_file
             name = "<stdin>" if path == "-" else os.path.basename(path)
             by_name[name] = path
             sub = _safe(name)
-            native = native_run([path], base / "native" / sub, lang=lang)
-            theirs = tshark_run([path], base / "tshark" / sub, lang=lang, keylog=keylog, decode_as=decode_as)
+            keep = EventOutputs(keep=True, stats=False)
+            native = native_run([path], base / "native" / sub, lang=lang, outputs=keep)
+            theirs = tshark_run([path], base / "tshark" / sub, lang=lang, keylog=keylog, decode_as=decode_as,
+                                outputs=keep)
             cc.errors += [f"native: {e}" for e in native.errors] + [f"tshark: {e}" for e in theirs.errors]
-            agree, n_native, n_tshark, rows = compare(base / "native" / sub / "events.csv",
-                                                      base / "tshark" / sub / "events.csv")
+            agree, n_native, n_tshark, rows = compare(native, theirs)
             cc.agree.update(agree)
             cc.native.update(n_native)
             cc.tshark.update(n_tshark)
             cc.disagreements += rows
-            conns.update(_connections(base / "tshark" / sub / "connections.csv"))
+            conns.update(_connections(theirs.connections))
         classify(cc, by_name, conns, _read_known(known_files), keylog=keylog, decode_as=decode_as,
                  workdir=base / "alt")
         if outdir is not None:

@@ -223,10 +223,11 @@ class _Stopper:
 
 
 class LiveReports:
-    """Incremental statistics over a live Session's outputs, and the report files.
+    """Incremental statistics over a live Session's events, and the report files.
 
-    Events are read back from events.csv (only the bytes appended since the
-    last update), so the statistics see exactly what `analyze` would read.
+    The session's event batches feed `acc` directly (EventOutputs.accumulator),
+    so the statistics see exactly what `analyze` would; finished connections
+    come through `connection()` and are added at each update.
     """
 
     def __init__(self, outdir: Path, *, policy, lang: str, write_files: bool) -> None:
@@ -238,11 +239,17 @@ class LiveReports:
         self.lang = lang
         self.write_files = write_files
         self.acc = StatsAccumulator(policy)
-        self.offset = 0
         self.pending: list[dict] = []
         self.columns = CONNECTION_COLUMNS
         self.connections = CsvWriter(self.out / "connections.csv", CONNECTION_COLUMNS, atomic=False)
         self.stats = None
+
+    def outputs(self, *, jsonl: bool = False, parquet: bool = False):
+        """Where the session sends its events: events.csv, these statistics, and the optional files."""
+        from analyzer.engines.sink import EventOutputs
+
+        return EventOutputs(csv=self.write_files, jsonl=jsonl and self.write_files,
+                            parquet=parquet and self.write_files, accumulator=self.acc)
 
     def connection(self, row: dict) -> None:
         """Session's on_connection: stream the row to connections.csv, keep it until the next update."""
@@ -250,36 +257,14 @@ class LiveReports:
         self.pending.append(row)
 
     def _absorb(self) -> None:
-        from analyzer.engines.native import EVENT_COLUMNS
-        from analyzer.outputs.summary import CHUNK_ROWS, type_events
         from analyzer.stats.hosts import connections_frame
-        import pandas as pd
 
-        path = self.out / "events.csv"
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            first = self.offset == 0
-            self.offset += len(data)
-            try:
-                reader = pd.read_csv(io.BytesIO(data), header=None, names=list(EVENT_COLUMNS),
-                                     skiprows=1 if first else 0, dtype=str, keep_default_na=False,
-                                     na_filter=False, chunksize=CHUNK_ROWS)
-                with reader:
-                    for chunk in reader:
-                        self.acc.add_events(type_events(chunk))
-            except pd.errors.EmptyDataError:
-                pass
         if self.pending:
             rows, self.pending = self.pending, []
             self.acc.add_connections(connections_frame(rows))
 
     def update(self, session, coverage: dict):
-        """Mid-run: events so far into events.csv, statistics, reports rewritten."""
+        """Mid-run: events so far into events.csv and the statistics, reports rewritten."""
         session.interim()
         self.connections.flush()
         self._absorb()
@@ -290,16 +275,15 @@ class LiveReports:
             write_reports(self.out, self.stats, coverage, lang=self.lang)
         return self.stats
 
-    def final(self, coverage: dict, *, jsonl: bool = False, parquet: bool = False):
-        """After session.finish(): the last events and connections, every report."""
+    def final(self, coverage: dict):
+        """After session.finish(): the last connections, every report."""
         self.connections.commit()
         self._absorb()
         self.stats = self.acc.finish(coverage)
         if self.write_files:
             from analyzer.outputs.reports import write_reports
 
-            write_reports(self.out, self.stats, coverage, lang=self.lang, events_csv=self.out / "events.csv",
-                          jsonl=jsonl, parquet=parquet)
+            write_reports(self.out, self.stats, coverage, lang=self.lang)
         return self.stats
 
 
@@ -318,7 +302,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
     any packet is read when the capture cannot start (see capture/interface.py).
     """
     err = err or sys.stderr
-    from analyzer.api import _lang
+    from analyzer.api import resolve_lang as _lang
     from analyzer.errors import InputError
     from analyzer.engines.native import Session
     from analyzer.outputs.reports import make_policy
@@ -356,9 +340,11 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             from analyzer.engines.tshark import TsharkSession
 
             session = TsharkSession(out, lang=lang, stream_events=True, on_connection=reports.connection,
-                                    keylog=keylog, decode_as=decode_as)
+                                    keylog=keylog, decode_as=decode_as,
+                                    outputs=reports.outputs(jsonl=jsonl, parquet=parquet))
         else:
-            session = Session(out, lang=lang, stream_events=True, on_connection=reports.connection)
+            session = Session(out, lang=lang, stream_events=True, on_connection=reports.connection,
+                              outputs=reports.outputs(jsonl=jsonl, parquet=parquet))
         session.begin(iface, display=iface).format = "live"
         stopper.install()
         if not quiet:
@@ -379,7 +365,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             view.stop()
         result = session.finish()
         coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
-        stats = reports.final(coverage, jsonl=jsonl, parquet=parquet)
+        stats = reports.final(coverage)
         outcome.packets = result.packets
         outcome.duplicates = source.duplicates
         outcome.kernel_received, outcome.kernel_dropped = received, dropped

@@ -18,17 +18,24 @@ DEFAULT_ENGINE = "native"
 def run(engine: str, paths: list[str], outdir, **options):
     """Run `engine` over `paths` into `outdir`; options as the engine's run() takes them.
 
-    The native engine takes lang/progress/on_event (and jobs); the tshark
-    engine also keylog/decode_as/prefs.
+    Every engine takes lang/progress/on_event/outputs (an EventOutputs:
+    where the events go); the native engine also jobs (processes), the
+    tshark engine keylog/decode_as/prefs.
     """
     if engine == "native":
-        from analyzer.engines.native import run as native_run
-
         for name in ("keylog", "decode_as", "prefs"):
             if options.pop(name, None):
                 from analyzer.errors import UsageError
 
                 raise UsageError(f"--{name.replace('_', '-')} needs --engine tshark")
+        jobs = options.pop("jobs", 1) or 1
+        if jobs > 1 and options.get("on_event") is None:
+            from analyzer.engines.parallel import run_parallel, worth_it
+
+            if worth_it(paths, jobs):
+                return run_parallel(paths, outdir, jobs=jobs, **options)
+        from analyzer.engines.native import run as native_run
+
         return native_run(paths, outdir, **options)
     if engine == "tshark":
         from analyzer.engines.tshark import run as tshark_run

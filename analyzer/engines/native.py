@@ -10,7 +10,6 @@
 # damage is still dissected and written, and the error is reported at the end.
 from __future__ import annotations
 
-import heapq
 import os
 import time
 from collections import Counter
@@ -18,27 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analyzer import __version__
-from analyzer.decode.packets import Decoder
-from analyzer.errors import AnalyzerError, CaptureError, InputError
-from analyzer.events import CONTRACT_COLUMNS, EXTRA_COLUMNS, Anomaly, Event, iso_time, with_endpoints
-from analyzer.tcp.table import FlowTable
-from analyzer.outputs.csvfile import CsvWriter, neutralise
 from analyzer.capture import open_capture
+from analyzer.decode.packets import Decoder
+from analyzer.engines.sink import ANOMALY_COLUMNS, AnomalySink, EventOutputs, EventSink, open_consumers
+from analyzer.errors import AnalyzerError, CaptureError, InputError
+from analyzer.events import Event, with_endpoints
+from analyzer.outputs.csvfile import CsvWriter
+from analyzer.tcp.table import FlowTable
 
-ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
-EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ANNOTATION_COLUMNS
-ANOMALY_COLUMNS = ("time", "epoch", "frame", "name", "connection", "detail", "capture")
 CONNECTION_COLUMNS = (
     "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
     "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
     "outcome", "capture",
 )
-# Events held to put events.csv in time order; events arrive nearly sorted
-# (a response is reported when its head is complete), so a window of this
-# many events sorts every capture we have seen while bounding memory.
-REORDER_WINDOW = 20_000
-# Anomaly rows written per name; the counts stay exact in summary.json.
-MAX_ANOMALY_ROWS_PER_NAME = 1000
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
 
@@ -56,43 +47,6 @@ def expand_inputs(paths: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
-
-
-class _Annotator:
-    def __init__(self, lang: str) -> None:
-        self.lang = lang
-        try:
-            from analyzer.meaning import catalog
-        except ImportError:
-            catalog = None
-        self.catalog = catalog
-        self.cache: dict = {}
-
-    def __call__(self, ev: Event) -> tuple:
-        key = (ev.protocol, ev.code, ev.substatus)
-        hit = self.cache.get(key)
-        if hit is None:
-            if self.catalog is not None:
-                a = self.catalog.annotate(ev.protocol, ev.code, ev.substatus, self.lang)
-                hit = (a["class"], a["name"], a["meaning"], "true" if a["standard"] else "false")
-            else:
-                hit = (f"{ev.code // 100}xx" if ev.protocol == "http" else "", "", "", "")
-            self.cache[key] = hit
-        return hit
-
-
-def event_row(ev: Event, ends: tuple, annotation: tuple) -> tuple:
-    """One events.csv row; wire strings are neutralised for spreadsheets here."""
-    cip, cport, sip, sport, cid, capture = ends
-    return (
-        iso_time(ev.epoch), f"{ev.epoch:.6f}", ev.frame, ev.protocol,
-        cip, cport, sip, sport,
-        ev.code, neutralise(ev.text), neutralise(ev.request), neutralise(ev.host),
-        "" if ev.latency_ms is None else ev.latency_ms, cid,
-        ev.direction, "true" if ev.inferred else "false",
-        "" if ev.lines is None else ev.lines, ev.substatus, ev.substatus_source,
-        "" if ev.data_bytes is None else ev.data_bytes, ";".join(ev.flags), neutralise(capture),
-    ) + annotation
 
 
 @dataclass
@@ -124,6 +78,8 @@ class RunResult:
     seconds: float = 0.0
     errors: list[AnalyzerError] = field(default_factory=list)
     interrupted: bool = False
+    stats: object = None   # the StatsAccumulator the events went to (None in parallel workers)
+    kept: object = None    # outputs.events.EventsKept when the events were kept in memory
 
     def coverage(self) -> dict:
         return {
@@ -148,52 +104,6 @@ class RunResult:
         }
 
 
-class EventSink:
-    """Annotates events and writes them in (nearly) time order."""
-
-    def __init__(self, outdir: Path, lang: str, atomic: bool = True) -> None:
-        self.writer = CsvWriter(outdir / "events.csv", EVENT_COLUMNS, atomic=atomic)
-        self.annotate = _Annotator(lang)
-        self.heap: list = []
-        self.order = 0
-        self.count = 0
-        self.by_protocol: Counter = Counter()
-
-    def add(self, ev: Event, ends: tuple) -> None:
-        self.order += 1
-        self.count += 1
-        self.by_protocol[ev.protocol] += 1
-        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev, ends))
-        if len(self.heap) > REORDER_WINDOW:
-            self._write(heapq.heappop(self.heap))
-
-    def _write(self, item) -> None:
-        ev, ends = item[3], item[4]
-        self.writer.write_trusted(event_row(ev, ends, self.annotate(ev)))
-
-    def flush_all(self) -> None:
-        while self.heap:
-            self._write(heapq.heappop(self.heap))
-
-    def commit(self) -> None:
-        self.flush_all()
-        self.writer.commit()
-
-
-class AnomalySink:
-    def __init__(self, outdir: Path) -> None:
-        self.writer = CsvWriter(outdir / "anomalies.csv", ANOMALY_COLUMNS)
-        self.written: Counter = Counter()
-        self.capture = ""
-
-    def add(self, a: Anomaly) -> None:
-        if self.written[a.name] >= MAX_ANOMALY_ROWS_PER_NAME:
-            return
-        self.written[a.name] += 1
-        self.writer.write_rows(((iso_time(a.epoch) if a.epoch else "", f"{a.epoch:.6f}", a.frame, a.name,
-                                 a.connection, a.detail, self.capture),))
-
-
 class Session:
     """One analysis: decoder, connection table and sinks, fed packet by packet.
 
@@ -204,12 +114,14 @@ class Session:
     """
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
-                 stream_events: bool = False, on_connection=None) -> None:
+                 stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None) -> None:
         self.started = time.perf_counter()
         self.out = Path(outdir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.result = RunResult(outdir=self.out)
-        self.events = EventSink(self.out, lang, atomic=not stream_events)
+        consumers, self.result.stats, self.result.kept = open_consumers(
+            self.out, outputs or EventOutputs(), stream=stream_events)
+        self.events = EventSink(lang, consumers)
         self.anomalies = AnomalySink(self.out)
         events = self.events
         callback = on_event
@@ -293,9 +205,8 @@ class Session:
             self.frame = frame
 
     def interim(self) -> None:
-        """Make every event so far visible in events.csv (live capture)."""
-        self.events.flush_all()
-        self.events.writer.flush()
+        """Every event so far into events.csv and the statistics (live capture)."""
+        self.events.flush()
 
     def snapshot(self) -> dict:
         """Coverage so far, as `finish()` would report it (live capture, mid-run)."""
@@ -319,7 +230,7 @@ class Session:
         self.decoder.finish()
         self.table.finish()
         self.events.commit()
-        self.anomalies.writer.commit()
+        self.anomalies.commit()
         self._collect()
         if self.on_connection is None:
             _write_connections(self.out, self.result.connections)
@@ -368,20 +279,16 @@ def _mix(key: int) -> int:
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
-        on_event=None, jobs: int = 1) -> RunResult:
-    """Analyse `paths` into `outdir`; returns what the reports need.
+        on_event=None, outputs: EventOutputs | None = None) -> RunResult:
+    """Analyse `paths` into `outdir` in this process; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
     the caller decides the exit status.  `progress(done_bytes, total_bytes)`
     is called now and then when given.  Ctrl-C stops reading; what was read
-    is still finalised and written (`result.interrupted`).
+    is still finalised and written (`result.interrupted`).  Several
+    processes: analyzer.engines.run(..., jobs=N).
     """
-    if on_event is None and jobs > 1:
-        from analyzer.engines.parallel import run_parallel, worth_it
-
-        if worth_it(paths, jobs):
-            return run_parallel(paths, outdir, lang=lang, jobs=jobs, progress=progress)
-    return read_all(Session(outdir, lang=lang, on_event=on_event), paths, progress)
+    return read_all(Session(outdir, lang=lang, on_event=on_event, outputs=outputs), paths, progress)
 
 
 def read_all(session, paths: list[str], progress=None) -> RunResult:

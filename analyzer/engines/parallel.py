@@ -13,20 +13,25 @@
 from __future__ import annotations
 
 import csv
-import heapq
 import multiprocessing
 import os
 import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
-from analyzer.engines.native import (ANOMALY_COLUMNS, EVENT_COLUMNS, RunResult, Session, _size, _write_connections)
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analyzer.engines.native import RunResult, Session, _size, _write_connections
+from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, open_consumers
 from analyzer.outputs.csvfile import CsvWriter
 
 # Below this much input one process finishes before N could start.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+PART_EVENTS = "events.arrows"
 
 
 def default_jobs() -> int:
@@ -51,7 +56,9 @@ def _report_progress(done: int, total: int) -> None:
 
 def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> RunResult:
     # Ctrl-C reaches the whole process group: each worker finishes what it read.
-    session = Session(outdir, lang=lang)
+    part = Path(outdir)
+    part.mkdir(parents=True, exist_ok=True)
+    session = Session(outdir, lang=lang, outputs=EventOutputs(part=str(part / PART_EVENTS)))
     progress = _report_progress if share == 0 and _progress_value is not None else None
     done = 0
     try:
@@ -65,7 +72,8 @@ def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> 
     return result
 
 
-def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, progress=None) -> RunResult:
+def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, progress=None,
+                 outputs: EventOutputs | None = None) -> RunResult:
     started = time.perf_counter()
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,48 +82,115 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
     ctx = multiprocessing.get_context("fork")
     value = ctx.Value("q", 0)
     interrupted = False
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value,)) as pool:
-        futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
-        results = []
-        for future in futures:
-            while True:
-                try:
-                    results.append(future.result(timeout=0.2))
-                    break
-                except TimeoutError:
-                    if progress is not None:
-                        progress(value.value, total)
-                except KeyboardInterrupt:
-                    interrupted = True  # workers finish what they read; keep waiting for them
-    merged = _merge(results, out)
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value,)) as pool:
+            futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
+            results = []
+            for future in futures:
+                while True:
+                    try:
+                        results.append(future.result(timeout=0.2))
+                        break
+                    except TimeoutError:
+                        if progress is not None:
+                            progress(value.value, total)
+                    except KeyboardInterrupt:
+                        interrupted = True  # workers finish what they read; keep waiting for them
+        merged = _merge(results, out, lang, outputs or EventOutputs())
+    finally:
+        for part in parts:
+            shutil.rmtree(part, ignore_errors=True)
     merged.interrupted = interrupted or any(r.interrupted for r in results)
-    for part in parts:
-        shutil.rmtree(part, ignore_errors=True)
     merged.seconds = time.perf_counter() - started
     return merged
 
 
+def _batches(path: Path):
+    if not path.exists():
+        return
+    with pa.OSFile(str(path), "rb") as source:
+        reader = pa.ipc.open_stream(source)
+        for batch in reader:
+            if batch.num_rows:
+                yield batch
+
+
+def merge_in_time_order(streams):
+    """Batches from streams each in (epoch, frame) order, as one stream in that order.
+
+    Vectorised k-way merge: the rows every stream has provided up to the
+    smallest "last key so far" among the streams still running can no longer
+    be preceded by anything, so they are sorted and released together.
+    Memory: about one batch per stream.
+    """
+    iters = [iter(s) for s in streams]
+    held: list[list[pa.RecordBatch]] = [[] for _ in iters]
+
+    def pull(k: int) -> bool:
+        batch = next(iters[k], None)
+        if batch is None:
+            return False
+        held[k].append(batch)
+        return True
+
+    def last_key(k: int) -> tuple:
+        b = held[k][-1]
+        return (b.column("epoch")[-1].as_py(), b.column("frame")[-1].as_py())
+
+    alive = [k for k in range(len(iters)) if pull(k)]
+    while alive:
+        epoch_bound, frame_bound = min(last_key(k) for k in alive)
+        ready = []
+        for k in alive:
+            kept = []
+            for b in held[k]:
+                epoch, frame = b.column("epoch"), b.column("frame")
+                before = pc.or_(pc.less(epoch, epoch_bound),
+                                pc.and_(pc.equal(epoch, epoch_bound), pc.less_equal(frame, frame_bound)))
+                n = pc.sum(pc.cast(before, pa.int64())).as_py() or 0
+                if n:  # rows are sorted: the ones up to the bound are a prefix
+                    ready.append(b.slice(0, n))
+                if n < b.num_rows:
+                    kept.append(b.slice(n))
+            held[k] = kept
+        if ready:
+            table = pa.Table.from_batches(ready)
+            order = pc.sort_indices(table, sort_keys=[("epoch", "ascending"), ("frame", "ascending")])
+            yield from table.take(order).combine_chunks().to_batches()
+        # The stream that set the bound has released everything it held: it pulls next.
+        alive = [k for k in alive if held[k] or pull(k)]
+
+
 def _rows(path: Path):
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        next(reader, None)
-        yield from reader
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            yield from reader
+    except FileNotFoundError:
+        return
 
 
-def _merge(results: list[RunResult], out: Path) -> RunResult:
+def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs) -> RunResult:
     first = results[0]
     merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
                        first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
                        tcp_segments=first.tcp_segments)  # every worker reads every packet
-    # Events: each part is in time order; merge by (epoch, frame) as one run would.
-    writer = CsvWriter(out / "events.csv", EVENT_COLUMNS)
-    streams = [_rows(r.outdir / "events.csv") for r in results]
-    for row in heapq.merge(*streams, key=lambda row: (float(row[1]), int(row[2]))):
-        writer.write_trusted(row)
-    writer.commit()
+    # Events: each part is in time order; merged by (epoch, frame) as one run would order them.
+    consumers, merged.stats, merged.kept = open_consumers(out, replace(outputs, part=None))
+    try:
+        for batch in merge_in_time_order([_batches(r.outdir / PART_EVENTS) for r in results]):
+            for consumer in consumers:
+                consumer.write(batch)
+        for consumer in consumers:
+            consumer.commit()
+    except BaseException:
+        for consumer in consumers:
+            consumer.abort()
+        raise
     anomalies = CsvWriter(out / "anomalies.csv", ANOMALY_COLUMNS)
     for r in results:
-        anomalies._csv.writerows(_rows(r.outdir / "anomalies.csv"))
+        anomalies.write_trusted_rows(_rows(r.outdir / "anomalies.csv"))
     anomalies.commit()
     merged.events_by_protocol = Counter()
     merged.anomalies, merged.limits = Counter(), Counter()

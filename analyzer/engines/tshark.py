@@ -63,9 +63,8 @@ from pathlib import Path
 from analyzer.errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
 from analyzer.events import Anomaly, Event, side_label, with_endpoints
 from analyzer.tcp.table import connection_id
-from analyzer.engines.native import (
-    CONNECTION_COLUMNS, AnomalySink, EventSink, FileReport, RunResult, _size, read_all,
-)
+from analyzer.engines.native import CONNECTION_COLUMNS, FileReport, RunResult, _size, read_all
+from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
 from analyzer.outputs.csvfile import CsvWriter
 
 INSTALL_HINT = "tshark is not installed; install it with: apt-get install tshark"
@@ -395,7 +394,8 @@ class TsharkSession:
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
                  stream_events: bool = False, on_connection=None, keylog: str | None = None,
-                 decode_as: dict | None = None, prefs: dict | None = None) -> None:
+                 decode_as: dict | None = None, prefs: dict | None = None,
+                 outputs: EventOutputs | None = None) -> None:
         self.started = time.perf_counter()
         self.tshark = find_tshark()
         version, line = tshark_version(self.tshark)
@@ -405,7 +405,9 @@ class TsharkSession:
         self.out.mkdir(parents=True, exist_ok=True)
         self.result = TsharkRunResult(outdir=self.out, tshark_version=version, tshark_line=line,
                                       keylog=os.path.abspath(keylog) if keylog else None)
-        self.events = EventSink(self.out, lang, atomic=not stream_events)
+        consumers, self.result.stats, self.result.kept = open_consumers(
+            self.out, outputs or EventOutputs(), stream=stream_events)
+        self.events = EventSink(lang, consumers)
         self.anomalies = AnomalySink(self.out)
         self.on_event = on_event
         self.on_connection = on_connection
@@ -586,8 +588,7 @@ class TsharkSession:
     def interim(self) -> None:
         """Make every event so far visible in events.csv (live capture)."""
         self._drain_pipe(block=True, timeout=0.05)
-        self.events.flush_all()
-        self.events.writer.flush()
+        self.events.flush()
 
     # -- one frame ---------------------------------------------------------------
     _last_frame = 0
@@ -1202,7 +1203,7 @@ class TsharkSession:
         self._close_pipe()
         self._finish_conns()
         self.events.commit()
-        self.anomalies.writer.commit()
+        self.anomalies.commit()
         self._collect()
         if self.on_connection is None:
             writer = CsvWriter(self.out / "connections.csv", CONNECTION_COLUMNS)
@@ -1320,7 +1321,8 @@ def _prescan(path: str, report: FileReport) -> tuple[array, set[int]]:
 # ---------------------------------------------------------------- entry --
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None, on_event=None,
-        keylog: str | None = None, decode_as: dict | None = None, prefs: dict | None = None) -> TsharkRunResult:
+        keylog: str | None = None, decode_as: dict | None = None, prefs: dict | None = None,
+        outputs: EventOutputs | None = None) -> TsharkRunResult:
     """Analyse `paths` through tshark into `outdir` (as pipeline.run does).
 
     Raises MissingTool when tshark or pyshark is absent, InputError for an
@@ -1328,7 +1330,7 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     `result.errors` and the run goes on.
     """
     session = TsharkSession(outdir, lang=lang, on_event=on_event, keylog=keylog, decode_as=decode_as,
-                            prefs=prefs)
+                            prefs=prefs, outputs=outputs)
     return read_all(session, paths, progress)
 
 

@@ -31,18 +31,19 @@ def neutralise(value):
 class AtomicWriter:
     """A text file written to a temporary sibling and renamed into place."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, binary: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + self.path.name + ".", suffix=".tmp", dir=self.path.parent)
         self.tmp = Path(tmp)
         os.chmod(fd, 0o644)  # mkstemp makes 0600; reports are meant to be shared
-        self.handle = io.open(fd, "w", encoding="utf-8", newline="")
+        self.handle = io.open(fd, "wb") if binary else io.open(fd, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        if not self.handle.closed:  # a writer that closes its sink (pyarrow's) has flushed it
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -59,14 +60,17 @@ class AtomicWriter:
             self.abort()
 
 
-class _DirectFile:
-    def __init__(self, path: str | os.PathLike) -> None:
+class DirectFile:
+    """A file written in place (live capture: readers follow it while it grows)."""
+
+    def __init__(self, path: str | os.PathLike, binary: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "w", encoding="utf-8", newline="")
+        self.handle = open(self.path, "wb") if binary else open(self.path, "w", encoding="utf-8", newline="")
 
     def commit(self) -> None:
-        self.handle.close()
+        if not self.handle.closed:
+            self.handle.close()
 
     def abort(self) -> None:
         self.handle.close()
@@ -84,7 +88,7 @@ class CsvWriter:
         self.columns = list(columns)
         # Not atomic: rows go straight to `path` and become visible at each
         # flush() (live capture appends events.csv while it runs).
-        self._file = AtomicWriter(path) if atomic else _DirectFile(path)
+        self._file = AtomicWriter(path) if atomic else DirectFile(path)
         # RFC 4180 line ends: with a bare "\n" terminator the csv module would
         # leave a lone CR inside a cell unquoted, and readers split the row there.
         self._csv = csv.writer(self._file.handle, lineterminator="\r\n")
@@ -100,6 +104,10 @@ class CsvWriter:
         """A row whose string cells the caller already neutralised (hot path)."""
         self._csv.writerow(row)
         self.rows += 1
+
+    def write_trusted_rows(self, rows: Iterable[Sequence]) -> None:
+        for row in rows:
+            self.write_trusted(row)
 
     def flush(self) -> None:
         self._file.handle.flush()

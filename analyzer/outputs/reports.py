@@ -4,8 +4,9 @@
 #   codes.csv       server_ip, protocol, code, count, class, name, meaning
 #   report.html     the self-contained page (outputs/html.py)
 #   summary.json    totals, coverage, policy (outputs/summary.py)
-#   events.jsonl    on request, streamed from events.csv
-#   events.parquet  on request, streamed from events.csv
+#
+# (events.csv, events.jsonl and events.parquet are written during the run,
+# from the engine's batches: outputs/events.py.)
 #
 # Each file goes through csvfile's AtomicWriter (temporary sibling, fsync,
 # rename), so a reader — or a live capture rewriting the reports every
@@ -22,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from analyzer.meaning.severity import Policy
-from analyzer.stats.hosts import StatsAccumulator, connections_frame
 from analyzer.outputs.csvfile import write_atomic, write_dataframe
 from analyzer.outputs.html import render_html
-from analyzer.outputs.summary import CHUNK_ROWS, read_events_csv, write_events_jsonl, write_events_parquet, write_summary
+from analyzer.outputs.summary import write_summary
+from analyzer.stats.hosts import StatsAccumulator, connections_frame
+
+CONNECTION_CHUNK_ROWS = 10_000  # connection rows turned into a DataFrame at a time
 
 FLOAT_PLACES = {"error_rate": 6, "latency_p50_ms": 3, "latency_p95_ms": 3, "latency_p99_ms": 3}
 
@@ -49,13 +52,8 @@ def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
-                  events_csv: str | Path | None = None, jsonl: bool = False, parquet: bool = False,
                   html: bool = True) -> list[Path]:
-    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths.
-
-    `events_csv` is the events.csv the pipeline wrote; it is needed only for
-    `jsonl` / `parquet`, which are derived from it chunk by chunk.
-    """
+    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     coverage = dict(coverage or {})
@@ -77,18 +75,6 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
         path = outdir / "report.html"
         write_atomic(path, render_html(stats, coverage, lang))
         written.append(path)
-
-    if jsonl or parquet:
-        if events_csv is None:
-            raise ValueError("events.jsonl / events.parquet are derived from events.csv: pass events_csv")
-        if jsonl:
-            path = outdir / "events.jsonl"
-            write_events_jsonl(path, read_events_csv(events_csv))
-            written.append(path)
-        if parquet:
-            path = outdir / "events.parquet"
-            write_events_parquet(path, read_events_csv(events_csv))
-            written.append(path)
     return written
 
 
@@ -103,28 +89,23 @@ def make_policy(policy=None, expect=()) -> Policy:
     return Policy.from_options(expect=list(expect or ()), base=base)
 
 
-def build_stats(events_csv: str | Path, connections=(), coverage: dict | None = None, *,
-                policy: Policy | None = None):
-    """Statistics from an events.csv (streamed in chunks) and connection rows (dicts)."""
-    acc = StatsAccumulator(policy)
-    if Path(events_csv).exists():
-        for chunk in read_events_csv(events_csv):
-            acc.add_events(chunk)
+def finish_stats(accumulator: StatsAccumulator, connections=(), coverage: dict | None = None):
+    """The statistics of a run: its accumulated events plus its connection rows (dicts)."""
     rows = list(connections or ())
-    for start in range(0, len(rows), CHUNK_ROWS):
-        acc.add_connections(connections_frame(rows[start:start + CHUNK_ROWS]))
-    return acc.finish(coverage or {})
+    for start in range(0, len(rows), CONNECTION_CHUNK_ROWS):
+        accumulator.add_connections(connections_frame(rows[start:start + CONNECTION_CHUNK_ROWS]))
+    return accumulator.finish(coverage or {})
 
 
-def build_and_write(result, *, lang: str = "en", policy=None, expect=(), jsonl: bool = False,
-                    parquet: bool = False, quiet: bool = False):
-    """The pipeline's RunResult -> StatsResult, every report file, and the terminal summary."""
+def build_and_write(result, *, lang: str = "en"):
+    """The engine's RunResult -> StatsResult and every report file besides the event files.
+
+    The statistics were fed by the run itself (RunResult.stats), with the
+    severity policy the run was given (EventOutputs.policy).
+    """
+    if result.stats is None:
+        raise ValueError("this run kept no statistics (EventOutputs.stats was off)")
     coverage = result.coverage()
-    events_csv = Path(result.outdir) / "events.csv"
-    stats = build_stats(events_csv, result.connections, coverage, policy=make_policy(policy, expect))
-    write_reports(result.outdir, stats, coverage, lang=lang, events_csv=events_csv, jsonl=jsonl, parquet=parquet)
-    if not quiet:
-        from analyzer.cli.terminal import print_summary
-
-        print_summary(stats, coverage)
+    stats = finish_stats(result.stats, result.connections, coverage)
+    write_reports(result.outdir, stats, coverage, lang=lang)
     return stats

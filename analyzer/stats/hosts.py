@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analyzer.events import CONTRACT_COLUMNS, EXTRA_COLUMNS, iso_time
+from analyzer.events import EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
 
 PROTOCOLS = ("http", "ftp", "websocket")
@@ -66,7 +66,6 @@ _LAT_BINS = 11 * _LAT_PER_DECADE + 1
 
 # The input contract: the pipeline's events (events.csv columns plus the
 # catalogue's annotation) and its per-connection rows.
-EVENT_COLUMNS = CONTRACT_COLUMNS + EXTRA_COLUMNS + ("class", "name", "meaning", "standard")
 CONNECTION_COLUMNS = (
     "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
     "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",

@@ -1,0 +1,223 @@
+# Where every engine's events go: a bounded re-ordering window, Arrow record
+# batches, the catalogue join, and the consumers of those batches.
+#
+# An engine calls `EventSink.add(event, endpoints)` per event.  Events arrive
+# nearly in time order (a response is reported when its head is complete), so
+# a heap of REORDER_WINDOW events puts them in (epoch, frame) order while
+# bounding memory.  Events leaving the window become rows of a batch; every
+# BATCH_ROWS rows the batch is built column by column (raw wire strings,
+# nothing neutralised), gets its `time` and catalogue columns vectorised, and
+# goes to each consumer: the events.csv writer (which alone neutralises for
+# spreadsheets), the statistics, the optional jsonl/parquet writers, the
+# Python API's in-memory copy, or a parallel worker's part file.  Nothing
+# reads an output file back.
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
+from analyzer.meaning.annotate import Annotator
+from analyzer.outputs.csvfile import CsvWriter
+from analyzer.outputs.events import EVENT_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet, events_frame
+
+# Events held to put the output in time order; a window of this many events
+# sorts every capture we have seen while bounding memory.
+REORDER_WINDOW = 20_000
+# Rows per record batch: large enough that per-batch work (Arrow calls, the
+# catalogue join) is noise per event, small enough to stay a few MB.
+BATCH_ROWS = 8192
+# Rows the statistics take at a time: its groupbys cost per call, not per row.
+STATS_ROWS = 65_536
+
+ANOMALY_COLUMNS = ("time", "epoch", "frame", "name", "connection", "detail", "capture")
+_RAW_SCHEMA = pa.schema([EVENT_SCHEMA.field(name) for name in RAW_COLUMNS])
+# The calendar ISO-8601 can write: years 1 to 9999 (corrupt captures hold others).
+_FIRST_SECOND, _END_SECOND = -62135596800.0, 253402300800.0
+
+
+@dataclass
+class EventOutputs:
+    """Where a run's events go; decided before the run, since nothing is read back."""
+
+    csv: bool = True          # events.csv in the output folder
+    jsonl: bool = False       # events.jsonl
+    parquet: bool = False     # events.parquet
+    keep: bool = False        # every batch kept in memory (the Python API's events DataFrame)
+    stats: bool = True        # per-host statistics (analyzer.stats)
+    policy: object = None     # the severity policy the statistics apply (failing URIs need it)
+    accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
+    part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
+
+
+class StatsFeed:
+    """Feeds batches to a StatsAccumulator, a few tens of thousands of rows at a time."""
+
+    def __init__(self, accumulator) -> None:
+        self.accumulator = accumulator
+        self.pending: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.rows += batch.num_rows
+        if self.rows >= STATS_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            table = pa.Table.from_batches(self.pending, schema=EVENT_SCHEMA)
+            self.pending, self.rows = [], 0
+            self.accumulator.add_events(events_frame(table))
+
+    def commit(self) -> None:
+        self.flush()
+
+    def abort(self) -> None:
+        self.pending = []
+
+
+class PartFile:
+    """A parallel worker's events: an Arrow IPC stream the parent merges."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.sink = pa.OSFile(str(path), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, EVENT_SCHEMA)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.writer.write_batch(batch)
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.sink.close()
+
+    def abort(self) -> None:
+        self.sink.close()
+
+
+def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False):
+    """(consumers, statistics accumulator or None, in-memory copy or None) for a run."""
+    if outputs.part is not None:
+        return [PartFile(outputs.part)], None, None
+    consumers: list = []
+    if outputs.csv:
+        consumers.append(EventsCsv(outdir / "events.csv", atomic=not stream))
+    if outputs.jsonl:
+        consumers.append(EventsJsonl(outdir / "events.jsonl"))
+    if outputs.parquet:
+        consumers.append(EventsParquet(outdir / "events.parquet"))
+    accumulator = outputs.accumulator
+    if accumulator is None and outputs.stats:
+        from analyzer.stats.hosts import StatsAccumulator
+
+        accumulator = StatsAccumulator(outputs.policy)
+    if accumulator is not None:
+        consumers.append(StatsFeed(accumulator))
+    kept = EventsKept() if outputs.keep else None
+    if kept is not None:
+        consumers.append(kept)
+    return consumers, accumulator, kept
+
+
+def time_column(epoch: np.ndarray) -> pa.Array:
+    """ISO-8601 UTC with microseconds and Z (events.csv `time`), empty where no calendar holds it."""
+    ok = np.isfinite(epoch) & (epoch >= _FIRST_SECOND) & (epoch < _END_SECOND)
+    safe = np.where(ok, epoch, 0.0)
+    whole = np.floor(safe)
+    micros = np.round((safe - whole) * 1e6)  # as iso_time rounds: the fraction, not the sum
+    stamps = whole.astype(np.int64) * 1_000_000 + micros.astype(np.int64)
+    text = pc.strftime(pa.array(stamps, pa.timestamp("us", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ")
+    if ok.all():
+        return text
+    return pc.if_else(pa.array(ok), text, "")
+
+
+class EventSink:
+    """Puts events in time order, into batches, annotated, to every consumer."""
+
+    def __init__(self, lang: str, consumers=(), window: int = REORDER_WINDOW, batch_rows: int = BATCH_ROWS) -> None:
+        self.annotator = Annotator(lang)
+        self.consumers = list(consumers)
+        self.window = window
+        self.batch_rows = batch_rows
+        self.heap: list = []
+        self.rows: list[tuple] = []
+        self.order = 0
+        self.count = 0
+        self.by_protocol: Counter = Counter()
+
+    def add(self, ev: Event, ends: tuple) -> None:
+        self.order += 1
+        self.count += 1
+        self.by_protocol[ev.protocol] += 1
+        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev, ends))
+        if len(self.heap) > self.window:
+            item = heapq.heappop(self.heap)
+            self.rows.append(event_values(item[3], item[4]))
+            if len(self.rows) >= self.batch_rows:
+                self._emit()
+
+    def _emit(self) -> None:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        raw = pa.RecordBatch.from_arrays(
+            [pa.array(values, type=field.type) for values, field in zip(zip(*rows), _RAW_SCHEMA)],
+            schema=_RAW_SCHEMA)
+        self.emit(raw)
+
+    def emit(self, raw: pa.RecordBatch) -> None:
+        """A batch of RAW_COLUMNS, completed with `time` and the catalogue, to every consumer."""
+        columns = dict(zip(raw.schema.names, raw.columns))
+        columns["time"] = time_column(raw.column("epoch").to_numpy(zero_copy_only=False))
+        annotation = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
+        columns.update(zip(ANNOTATION_COLUMNS, annotation))
+        batch = pa.RecordBatch.from_arrays([columns[name] for name in EVENT_SCHEMA.names], schema=EVENT_SCHEMA)
+        for consumer in self.consumers:
+            consumer.write(batch)
+
+    def flush(self) -> None:
+        """Every event so far to the consumers, visible in what they write (live capture)."""
+        while self.heap:
+            item = heapq.heappop(self.heap)
+            self.rows.append(event_values(item[3], item[4]))
+        self._emit()
+        for consumer in self.consumers:
+            consumer.flush()
+
+    def commit(self) -> None:
+        self.flush()
+        for consumer in self.consumers:
+            consumer.commit()
+
+    def abort(self) -> None:
+        for consumer in self.consumers:
+            consumer.abort()
+
+
+class AnomalySink:
+    """anomalies.csv: the rows the anomaly policy samples (counts stay exact elsewhere)."""
+
+    def __init__(self, outdir: Path) -> None:
+        self.writer = CsvWriter(outdir / "anomalies.csv", ANOMALY_COLUMNS)
+        self.capture = ""
+        self.written: Counter = Counter()
+
+    def add(self, a: Anomaly) -> None:
+        if self.written[a.name] >= 1000:  # TEMP until the anomaly policy samples centrally
+            return
+        self.written[a.name] += 1
+        self.writer.write_rows(((iso_time(a.epoch) if a.epoch else "", f"{a.epoch:.6f}", a.frame, a.name,
+                                 a.connection, a.detail, self.capture),))
+
+    def commit(self) -> None:
+        self.writer.commit()

@@ -1,0 +1,150 @@
+# The event files, written straight from the engine's Arrow record batches.
+#
+#   events.csv      pyarrow's CSV writer; the only place wire strings are
+#                   neutralised for spreadsheets (vectorised, per batch)
+#   events.jsonl    one JSON object per line, values exactly as on the wire
+#   events.parquet  pyarrow's Parquet writer, one row group per batch
+#
+# Each writer is a consumer of batches: write(batch) any number of times,
+# then commit() (or abort()).  Files are written to a temporary sibling and
+# renamed into place at commit, so a reader never sees half a file; the one
+# exception is live capture's events.csv, appended and flushed while it runs.
+# Nothing here reads an output back: statistics and the Python API take the
+# same batches (events_frame) before they are neutralised.
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from analyzer.events import EVENT_COLUMNS, EVENT_TYPES
+from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, AtomicWriter, DirectFile
+
+EVENT_SCHEMA = pa.schema([(name, pa.type_for_alias(EVENT_TYPES[name])) for name in EVENT_COLUMNS])
+STRING_COLUMNS = tuple(name for name in EVENT_COLUMNS if EVENT_TYPES[name] == "string")
+# A cell starting with one of these is run as a formula by spreadsheets.
+_DANGEROUS = "^[" + "".join("\\" + c if c in "-\\]^" else c for c in DANGEROUS_PREFIXES) + "]"
+
+
+def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with every string cell that could start a formula prefixed by an apostrophe."""
+    columns = []
+    for name, column in zip(batch.schema.names, batch.columns):
+        if name in STRING_COLUMNS:
+            risky = pc.match_substring_regex(column, _DANGEROUS)
+            if pc.any(risky).as_py():
+                column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+        columns.append(column)
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+class EventsCsv:
+    """events.csv: RFC 4180 rows ending in CRLF, so a CR inside a cell stays quoted."""
+
+    def __init__(self, path: str | Path, atomic: bool = True) -> None:
+        self._file = AtomicWriter(path, binary=True) if atomic else DirectFile(path, binary=True)
+        options = pacsv.WriteOptions(eol="\r\n", quoting_header="none")
+        self._writer = pacsv.CSVWriter(self._file.handle, EVENT_SCHEMA, write_options=options)
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(neutralise_batch(batch))
+        self.rows += batch.num_rows
+
+    def flush(self) -> None:
+        self._file.handle.flush()
+
+    def commit(self) -> None:
+        self._writer.close()
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+def _json_value(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    return value
+
+
+class EventsJsonl:
+    def __init__(self, path: str | Path) -> None:
+        self._file = AtomicWriter(path)
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        write, names = self._file.handle.write, batch.schema.names
+        for row in zip(*(column.to_pylist() for column in batch.columns)):
+            write(json.dumps(dict(zip(names, map(_json_value, row))), ensure_ascii=False, allow_nan=False))
+            write("\n")
+        self.rows += batch.num_rows
+
+    def flush(self) -> None:
+        self._file.handle.flush()
+
+    def commit(self) -> None:
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+class EventsParquet:
+    def __init__(self, path: str | Path) -> None:
+        import pyarrow.parquet as pq
+
+        self._file = AtomicWriter(path, binary=True)
+        self._writer = pq.ParquetWriter(self._file.handle, EVENT_SCHEMA, compression="zstd")
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def flush(self) -> None:
+        pass  # a Parquet file is readable only once closed
+
+    def commit(self) -> None:
+        self._writer.close()
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+class EventsKept:
+    """Keeps every batch in memory (the Python API returns them as one DataFrame)."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.batches.append(batch)
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_batches(self.batches, schema=EVENT_SCHEMA)
+
+
+def events_frame(data):
+    """A batch or table as the DataFrame the statistics and the API use.
+
+    Integer columns with empty cells (lines, data_bytes) become pandas'
+    nullable Int64, so a missing value is NA rather than a float NaN.
+    """
+    import pandas as pd
+
+    return data.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
