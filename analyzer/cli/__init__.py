@@ -38,7 +38,7 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--expect", action="append", default=[], metavar="PROTO:CODE",
                    help="treat this code as expected, not an error (e.g. http:401; repeatable)")
     p.add_argument("--jsonl", action="store_true", help="also write events.jsonl")
-    p.add_argument("--parquet", action="store_true", help="also write events.parquet (needs pyarrow)")
+    p.add_argument("--parquet", action="store_true", help="also write events.parquet")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
