@@ -27,6 +27,7 @@ from dataclasses import replace
 from functools import partial
 
 from analyzer.decode.packets import addr_to_str
+from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
 from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
 
@@ -244,6 +245,9 @@ class Connection:
 class FlowTable:
     """Owns every connection; calls `on_event(Event, endpoints)` and `on_anomaly(Anomaly)`.
 
+    `anomaly_counts` counts every anomaly; `on_anomaly` receives only those
+    whose example row the anomaly policy keeps (meaning.anomalies.sample).
+
     Events leave the dissectors without endpoints; `endpoints` is the
     connection's cached (client_ip, client_port, server_ip, server_port,
     connection, capture), so no record is copied per event.
@@ -430,10 +434,13 @@ class FlowTable:
                 self.expect(conn, exp)
             d.expectations.clear()
         if d.anomalies:
+            # Every anomaly is counted; only those the policy samples go on as rows.
             cid = conn.ident()
+            counts = self.anomaly_counts
             for a in d.anomalies:
-                self.anomaly_counts[a.name] += 1
-                self.on_anomaly(replace(a, connection=cid))
+                n = counts[a.name] = counts[a.name] + 1
+                if sample(a.name, n):
+                    self.on_anomaly(replace(a, connection=cid))
             d.anomalies.clear()
         if events:
             ends = conn.endpoints()
