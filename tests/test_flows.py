@@ -141,6 +141,41 @@ def test_connection_limit_evicts_the_least_recently_active(monkeypatch):
     assert len(r.events) == 6
 
 
+def test_eviction_picks_the_least_recently_active_not_the_oldest(monkeypatch):
+    monkeypatch.setattr(flows, "MAX_CONNECTIONS", 3)
+    r = Recorder()
+    for port in (40000, 40001, 40002):
+        handshake(r, cport=port)
+    r.send(CLIENT, 40000, SERVER, 8080, 101, 901, ACK)   # the first one is active again
+    handshake(r, cport=40003)                            # evicts 40001, not 40000
+    live = {c.ports[0] for c, d, *_ in r.table.table.values() if d == 0 and c.mode != flows.MODE_CLOSED}
+    assert live == {40000, 40002, 40003}
+
+
+def _syn_flood(monkeypatch, table_size: int, syns: int) -> tuple[float, FlowTable]:
+    import time
+
+    monkeypatch.setattr(flows, "MAX_CONNECTIONS", table_size)
+    t = FlowTable(lambda ev, ends: None, lambda a: None)
+    src = [bytes([10, 1, 0, i]) for i in range(4)]
+    segs = [(src[i % 4], SERVER, 1024 + i // 4, 80, i, 0, SYN, b"", 0) for i in range(syns)]
+    start = time.perf_counter()
+    for i, seg in enumerate(segs):
+        t.packet(seg, 1.0 + i * 1e-6, i + 1)
+    return time.perf_counter() - start, t
+
+
+def test_full_table_eviction_does_not_grow_with_the_table(monkeypatch):
+    # Before the lazy queue, every new connection past the limit scanned the
+    # whole table: ten times the table was ten times the time per SYN.
+    small, t = _syn_flood(monkeypatch, 500, 20_000)
+    assert t.limits["connections"] == 20_000 - 500 and t.live == 500
+    large, t = _syn_flood(monkeypatch, 5_000, 20_000)
+    assert t.limits["connections"] == 20_000 - 5_000 and t.live == 5_000
+    assert large < 3 * small + 0.05, (small, large)
+    assert len(t.order) <= 2 * t.live + 1024 and not t.lingering   # evicted ones are not kept
+
+
 @pytest.mark.parametrize("rst_side", [CLIENT, SERVER])
 def test_reset_finalises_and_flushes(rst_side):
     r = Recorder()

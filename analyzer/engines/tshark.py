@@ -62,6 +62,7 @@ from pathlib import Path
 
 from analyzer.errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
 from analyzer.events import Anomaly, Event, side_label, with_endpoints
+from analyzer.meaning.anomalies import sample
 from analyzer.tcp.table import connection_id
 from analyzer.engines.native import CONNECTION_COLUMNS, FileReport, RunResult, _size, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
@@ -1084,8 +1085,10 @@ class TsharkSession:
             self.on_event(with_endpoints(ev, ends))
 
     def _anomaly(self, conn: _Conn | None, name: str, ts: float, frame: int, detail: str = "") -> None:
-        self.anomaly_counts[name] += 1
-        self.anomalies.add(Anomaly(name, ts, frame, detail, conn.cid if conn is not None else ""))
+        # Counted every time; the row is written only when the policy samples it.
+        n = self.anomaly_counts[name] = self.anomaly_counts[name] + 1
+        if sample(name, n):
+            self.anomalies.add(Anomaly(name, ts, frame, detail, conn.cid if conn is not None else ""))
 
     def _finalise(self, conn: _Conn, state: str) -> None:
         if self.conns.get(conn.key) is conn:

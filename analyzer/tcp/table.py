@@ -17,16 +17,29 @@
 # run.  A finalised connection lingers for CLOSE_LINGER so that late
 # retransmissions are absorbed instead of starting a bogus connection; a new
 # SYN on the same 4-tuple starts a new connection (port reuse).
+#
+# Which connection is least recently active (eviction when the table is full,
+# the idle sweep) comes from a lazy heap, not a scan of the table: each live
+# connection is in it keyed by the `last_ts` it had when pushed.  At the top,
+# a connection whose last_ts has moved on is pushed back with its new time;
+# one whose last_ts has not is the least recently active (every other key is
+# at least as old as it and at most its connection's last_ts).  The hot path
+# pays nothing beyond the `last_ts` it already stores; each push-back is paid
+# for by activity since the previous one, so eviction and sweeping cost
+# O(log n) per connection instead of O(table).  Finalised connections wait
+# for CLOSE_LINGER in a queue, in the order they closed.
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-from collections import Counter
+import heapq
+from collections import Counter, deque
 from dataclasses import replace
 from functools import partial
 
 from analyzer.decode.packets import addr_to_str
+from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
 from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
 
@@ -98,7 +111,7 @@ class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
-        "capture", "name", "rejected", "state", "ends",
+        "capture", "name", "rejected", "state", "ends", "queued", "serial",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -126,6 +139,8 @@ class Connection:
         self.rejected: set = set()
         self.state = "open"
         self.ends = None
+        self.queued = ts                # last_ts when put in FlowTable.order
+        self.serial = table.count       # creation order
 
     # -- identity ----------------------------------------------------------------
     def ident(self) -> str:
@@ -244,6 +259,9 @@ class Connection:
 class FlowTable:
     """Owns every connection; calls `on_event(Event, endpoints)` and `on_anomaly(Anomaly)`.
 
+    `anomaly_counts` counts every anomaly; `on_anomaly` receives only those
+    whose example row the anomaly policy keeps (meaning.anomalies.sample).
+
     Events leave the dissectors without endpoints; `endpoints` is the
     connection's cached (client_ip, client_port, server_ip, server_port,
     connection, capture), so no record is copied per event.
@@ -267,6 +285,8 @@ class FlowTable:
         self.anomaly_counts = Counter()
         self.next_sweep = float("-inf")
         self.live = 0
+        self.order: list = []           # heap of (queued, serial, conn): least recently active first, lazily
+        self.lingering: deque = deque() # finalised connections, in the order they closed
 
     @staticmethod
     def port_hints(ports: tuple[int, int]) -> set[str]:
@@ -367,6 +387,13 @@ class FlowTable:
         conn = Connection(self, src, sport, dst, dport, ts, self.capture)
         if flags & SYN:
             conn.syn_seen = True
+        order = self.order
+        heapq.heappush(order, (ts, conn.serial, conn))
+        if len(order) > 2 * self.live + 1024:
+            # Finalised connections still in the heap; dropping them costs
+            # O(heap) once per as many finalisations: amortised O(1).
+            order[:] = [e for e in order if e[2].mode != MODE_CLOSED]
+            heapq.heapify(order)
         table = self.table
         s0, s1 = conn.streams
         # (connection, direction, its stream, the other stream): the hot path
@@ -430,10 +457,13 @@ class FlowTable:
                 self.expect(conn, exp)
             d.expectations.clear()
         if d.anomalies:
+            # Every anomaly is counted; only those the policy samples go on as rows.
             cid = conn.ident()
+            counts = self.anomaly_counts
             for a in d.anomalies:
-                self.anomaly_counts[a.name] += 1
-                self.on_anomaly(replace(a, connection=cid))
+                n = counts[a.name] = counts[a.name] + 1
+                if sample(a.name, n):
+                    self.on_anomaly(replace(a, connection=cid))
             d.anomalies.clear()
         if events:
             ends = conn.endpoints()
@@ -474,6 +504,8 @@ class FlowTable:
         conn.dissector = None   # free parser state; the row is already out
         conn.streams = None
         self.live -= 1
+        if state in ("closed", "reset"):   # the others are forgotten at once
+            self.lingering.append(conn)
 
     def _forget(self, conn: Connection) -> None:
         (a, b), (pa, pb) = conn.addr, conn.ports
@@ -484,26 +516,41 @@ class FlowTable:
 
     def _sweep(self, ts: float) -> None:
         self.next_sweep = ts + SWEEP_INTERVAL
-        stale = []
-        for conn, d, *_ in self.table.values():
-            if d:
-                continue
+        lingering = self.lingering
+        while lingering and ts - lingering[0].closed_at > CLOSE_LINGER:
+            self._forget(lingering.popleft())
+        # Idle connections: only the top of the heap can be idle.
+        order, idle = self.order, []
+        while order and ts - order[0][0] > IDLE_TIMEOUT:
+            _, serial, conn = heapq.heappop(order)
             if conn.mode == MODE_CLOSED:
-                if ts - conn.closed_at > CLOSE_LINGER:
-                    stale.append(conn)
-            elif ts - conn.last_ts > IDLE_TIMEOUT:
-                self._finalise(conn, conn.last_ts, 0, "timeout")
-                stale.append(conn)
-        for conn in stale:
+                continue
+            if conn.last_ts != conn.queued:    # active since: back in with its new time
+                conn.queued = conn.last_ts
+                heapq.heappush(order, (conn.queued, serial, conn))
+            else:
+                idle.append(conn)
+        # Finalised in the order they were created, as the table scan did.
+        idle.sort(key=lambda c: c.serial)
+        for conn in idle:
+            self._finalise(conn, conn.last_ts, 0, "timeout")
+        for conn in idle:
             self._forget(conn)
 
     def _evict(self, ts: float) -> None:
-        oldest = min((c for c, d, *_ in self.table.values() if d == 0 and c.mode != MODE_CLOSED),
-                     key=lambda c: c.last_ts, default=None)
-        if oldest is not None:
+        order = self.order
+        while order:
+            _, serial, conn = heapq.heappop(order)
+            if conn.mode == MODE_CLOSED:
+                continue
+            if conn.last_ts != conn.queued:    # active since it was pushed
+                conn.queued = conn.last_ts
+                heapq.heappush(order, (conn.queued, serial, conn))
+                continue
             self.limits["connections"] += 1
-            self._finalise(oldest, ts, 0, "evicted")
-            self._forget(oldest)
+            self._finalise(conn, ts, 0, "evicted")
+            self._forget(conn)
+            return
 
     def finish(self) -> None:
         """End of the run: finalise every open connection (open, not timed out)."""
@@ -511,3 +558,5 @@ class FlowTable:
             if d == 0 and conn.mode != MODE_CLOSED:
                 self._finalise(conn, conn.last_ts, 0, "open")
         self.table.clear()
+        self.order.clear()
+        self.lingering.clear()

@@ -36,7 +36,8 @@
 # in that event's flags.
 #
 # Limits (all named below): line length, pending commands, lines per reply,
-# anomalies per name, failed-login user names kept.  After "AUTH TLS" is
+# failed-login user names kept.  Every anomaly is emitted; counting and
+# sampling of example rows is the anomaly policy's (meaning/anomalies.py).  After "AUTH TLS" is
 # answered 234 the channel is encrypted: we stop (anomaly ftp_tls_started)
 # and emit nothing more.  XX: "CCC" (back to clear text after TLS) is not
 # followed; RFC 2228 protected replies (631-633) are not decoded.
@@ -53,7 +54,6 @@ from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
 MAX_LINE_BYTES = 8 * 1024          # Python ftplib MAXLINE (8192, taken from vsftpd); Zeek truncates reply_msg at 4096
 MAX_PENDING_COMMANDS = 20          # Zeek FTP::max_pending_commands default
 MAX_REPLY_LINES = 10_000           # our choice: the corpus' longest reply (NetBSD 230) has 37 lines; a lost final line must not swallow a session
-MAX_ANOMALIES_PER_NAME = 1000      # Zeek Weird::sampling_threshold: past it, count instead of record
 MAX_FAILED_LOGINS_KEPT = 100       # our choice: enough to show a brute force, bounded per connection
 MAX_USER_CHARS = 128               # Zeek FTP::max_user_length
 MAX_DETECT_LINES = 8               # lines of a head after which detect() must have decided
@@ -413,7 +413,6 @@ class FtpDissector(Dissector):
         self._auth_sent = False
         self._closed = False
         self._last_transfer: _Command | None = None
-        self._anomaly_counts: dict[str, int] = {}
         # Session meaning (outcome()).
         self._user = ""
         self._login = "none"
@@ -738,10 +737,7 @@ class FtpDissector(Dissector):
             reader.drop()
 
     def _note(self, name: str, ts: float, frame: int, detail: str = "") -> None:
-        count = self._anomaly_counts.get(name, 0) + 1
-        self._anomaly_counts[name] = count
-        if count <= MAX_ANOMALIES_PER_NAME:
-            self.anomaly(name, ts, frame, detail)
+        self.anomaly(name, ts, frame, detail)
 
 
 # --- detection -------------------------------------------------------------------
