@@ -43,7 +43,9 @@ import pandas as pd
 from analyzer.events import CONTRACT_COLUMNS, EXTRA_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
 
-PROTOCOLS = ("http", "ftp", "websocket")
+from analyzer import protocols as _registry
+
+PROTOCOLS = _registry.EVENT_PROTOCOLS
 ROLES = ("server", "client")
 
 EXACT_LATENCIES = 4096        # per host; numpy sorts 4K floats in microseconds
@@ -122,15 +124,10 @@ def ip_sort_key(value) -> str:
 
 def class_label(protocol: str, code: int) -> str:
     """Fallback class when the catalogue gave none: 4xx (HTTP), 4yz (FTP), RFC 6455 §7.4.2 ranges."""
-    code = int(code)
-    if protocol == "websocket":
-        for low, high in ((0, 999), (1000, 2999), (3000, 3999), (4000, 4999)):
-            if low <= code <= high:
-                return f"{low}-{high}"
+    try:
+        return _registry.get(protocol).class_label(code)
+    except KeyError:
         return "other"
-    if 100 <= code <= 999:
-        return f"{code // 100}{'yz' if protocol == 'ftp' else 'xx'}"
-    return "other"
 
 
 def choose_step(first: float, last: float, max_buckets: int = MAX_BUCKETS) -> int:
