@@ -645,10 +645,12 @@ class StatsAccumulator:
         for d in range(1, 7):
             cols[f"class_{d}xx"] = np.where(~is_ws & (digit == d) & (code < 1000), count, 0)
         cols["class_other"] = np.where(~is_ws & ((code < 100) | (code > 699)), count, 0)
-        normal = is_ws & ~inferred & np.isin(code, (1000, 1001))
+        # Normal closes as the websocket spec says (1005, a close frame
+        # without a code, is normal though its code is inferred).
+        normal = is_ws & np.isin(code, tuple(_registry.get("websocket").normal_codes))
         cols["ws_normal"] = np.where(normal, count, 0)
         cols["ws_abnormal"] = np.where(is_ws & ~inferred & ~normal, count, 0)
-        cols["ws_inferred"] = np.where(is_ws & inferred, count, 0)
+        cols["ws_inferred"] = np.where(is_ws & inferred & ~normal, count, 0)
         cols["events_without_request"] = cl["norequest"].to_numpy(dtype=np.int64)
         cols["flagged_events"] = cl["flagged"].to_numpy(dtype=np.int64)
         frame = pd.DataFrame({**{k: cl[k].to_numpy() for k in keys}, **cols,

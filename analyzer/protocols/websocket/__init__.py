@@ -14,6 +14,6 @@ SPEC = Protocol(
     # RFC 6455 7.4.1: 1000 normal, 1001 going away, 1005 a close frame
     # without a status code (Jupyter closes every kernel channel that way).
     # 1006, inferred when no close frame came, is abnormal.
-    default_expected=(1000, 1001),
+    default_expected=(1000, 1001, 1005),
     normal_codes=frozenset({1000, 1001, 1005}),
 )
