@@ -275,8 +275,10 @@ def test_default_policy():
         False, False, False, True, True, True, True, True]
     assert [p.is_error("ftp", c) for c in (150, 226, 331, 421, 530, 550, 631)] == [
         False, False, False, True, True, True, False]
+    # 1005 (a close frame without a status code) is a normal close (issue 11);
+    # the inferred 1006 (no close frame at all) stays an error.
     assert [p.is_error("websocket", c) for c in (1000, 1001, 1002, 1005, 1006, 1011, 3000, 4999)] == [
-        False, False, True, True, True, True, True, True]
+        False, False, True, False, True, True, True, True]
     mask = p.error_mask(pd.Series(["http", "ftp", "websocket"]), pd.Series([404, 226, 1001]))
     assert mask.tolist() == [True, False, False]
 

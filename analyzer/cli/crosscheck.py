@@ -51,7 +51,7 @@ from pathlib import Path
 from analyzer.engines.sink import EventOutputs
 from analyzer.errors import ExitStatus
 
-PROTOCOLS = ("http", "ftp", "websocket")
+from analyzer.protocols import EVENT_PROTOCOLS as PROTOCOLS
 ALT_MODES = (
     ("tshark_http_body_incomplete", {"http.desegment_body": "FALSE"}),
     ("tshark_out_of_order_not_reassembled", {"tcp.reassemble_out_of_order": "TRUE"}),

@@ -63,6 +63,7 @@ from pathlib import Path
 from analyzer.errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
 from analyzer.events import Anomaly, Event, side_label, with_endpoints
 from analyzer.meaning.anomalies import sample
+from analyzer.protocols import get as _protocol
 from analyzer.tcp.table import connection_id
 from analyzer.engines.native import CONNECTION_COLUMNS, FileReport, RunResult, _size, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
@@ -1171,7 +1172,7 @@ class TsharkSession:
         return {
             "state": state,
             "closed_first_by": ("server" if first.sender == sd else "client") if first is not None else "",
-            "clean": reply is not None and first.code in (1000, 1001, 1005),
+            "clean": reply is not None and _protocol("websocket").is_normal(first.code),
             "close_code": first.code if first is not None else None,
             "reply_code": reply.code if reply is not None else None,
             "inferred": bool(first.inferred) if first is not None else None,

@@ -31,7 +31,11 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-PROTOCOLS = ("http", "ftp", "websocket")
+# The registry imports only the protocol specs, never a dissector, so
+# `analyzer explain` stays fast.
+from analyzer import protocols as _registry
+
+PROTOCOLS = _registry.EVENT_PROTOCOLS
 LEVELS = ("exact", "parent", "range", "class", "unknown")
 STATUSES = ("standard", "unofficial", "deprecated", "reserved")
 LANGS = ("en", "zh")
@@ -142,10 +146,9 @@ def _need(table: dict, keys, where: str) -> None:
 
 
 def _class_label(protocol: str, major: int, ranges) -> str:
-    if protocol == "http":
-        return f"{str(major)[0]}xx" if 100 <= major <= 999 else ""
-    if protocol == "ftp":
-        return f"{str(major)[0]}yz" if 100 <= major <= 999 else ""
+    suffix = _registry.get(protocol).class_suffix
+    if suffix:  # by first digit (HTTP 4xx, FTP 4yz)
+        return f"{major // 100}{suffix}" if 100 <= major <= 999 else ""
     for low, high, meaning in ranges:
         if low <= major <= high:
             return meaning.klass

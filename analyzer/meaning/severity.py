@@ -10,8 +10,9 @@
 #   "3000-3999"        an inclusive range (WebSocket application codes)
 #   "*"                every code
 #
-# Defaults (issue 6): HTTP 4xx+5xx; FTP 4yz+5yz; WebSocket every close except
-# 1000 (normal) and 1001 (going away), which includes the inferred 1005/1006.
+# Defaults (issue 6, issue 11): HTTP 4xx+5xx; FTP 4yz+5yz; WebSocket every
+# close except the spec's normal ones, 1000 (normal), 1001 (going away) and
+# 1005 (a close frame without a status code); the inferred 1006 is an error.
 # FTP 6yz is NOT an error by default: RFC 2228's 631-633 are envelopes that
 # carry another, protected reply we cannot read, so calling them failures
 # would double-count or invent failures.  Sub-status (403.14) is not a policy
@@ -38,9 +39,10 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from analyzer import protocols as _registry
 from analyzer.errors import UsageError
 
-PROTOCOLS = ("http", "ftp", "websocket")
+PROTOCOLS = _registry.EVENT_PROTOCOLS
 ALIASES = {"ws": "websocket", "wss": "websocket", "https": "http"}
 
 _CLASS_RE = re.compile(r"^([0-9])(?:xx|yz)$", re.IGNORECASE)
@@ -116,10 +118,10 @@ def _rule(errors: Iterable, expected: Iterable = ()) -> ProtocolRule:
     return ProtocolRule(tuple(parse_selector(s) for s in errors), tuple(parse_selector(s) for s in expected))
 
 
+# Each protocol's spec holds its defaults (analyzer/protocols/<name>/__init__.py).
 DEFAULT_RULES = {
-    "http": _rule(["4xx", "5xx"]),
-    "ftp": _rule(["4yz", "5yz"]),
-    "websocket": _rule(["*"], [1000, 1001]),
+    spec.name: _rule(spec.default_errors, spec.default_expected)
+    for spec in _registry.all_protocols() if spec.event_protocol
 }
 
 

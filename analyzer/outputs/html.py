@@ -32,6 +32,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from analyzer.protocols import get as _protocol
 from analyzer.stats.hosts import PROTOCOLS, class_label, iso
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -138,13 +139,14 @@ OTHER_COLOUR = "#64748b"
 ERROR_COLOUR = "#dc2626"
 OK_COLOUR = "#16a34a"
 INFERRED_COLOUR = "#7c3aed"
+_WEBSOCKET = _protocol("websocket")
 
 
 def code_colour(protocol: str, code: int, error: bool) -> str:
     if protocol == "websocket":
-        if code in (1000, 1001):
+        if _WEBSOCKET.is_normal(code):
             return OK_COLOUR
-        if code in (1005, 1006):
+        if code == 1006:  # inferred: no close frame came
             return INFERRED_COLOUR
         if 3000 <= code <= 4999:
             return "#f59e0b"
@@ -419,7 +421,7 @@ def _clip(text: str, limit: int) -> str:
 def _class_bar(row) -> dict:
     """A tiny stacked bar of a host row's classes (HTTP/FTP) or close kinds (WebSocket)."""
     if row["protocol"] == "websocket":
-        parts = [("1000/1001", row["ws_normal"], OK_COLOUR), ("other", row["ws_abnormal"], ERROR_COLOUR),
+        parts = [("normal", row["ws_normal"], OK_COLOUR), ("other", row["ws_abnormal"], ERROR_COLOUR),
                  ("inferred", row["ws_inferred"], INFERRED_COLOUR)]
     else:
         suffix = "yz" if row["protocol"] == "ftp" else "xx"

@@ -43,7 +43,9 @@ import pandas as pd
 from analyzer.events import EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
 
-PROTOCOLS = ("http", "ftp", "websocket")
+from analyzer import protocols as _registry
+
+PROTOCOLS = _registry.EVENT_PROTOCOLS
 ROLES = ("server", "client")
 
 EXACT_LATENCIES = 4096        # per host; numpy sorts 4K floats in microseconds
@@ -121,15 +123,10 @@ def ip_sort_key(value) -> str:
 
 def class_label(protocol: str, code: int) -> str:
     """Fallback class when the catalogue gave none: 4xx (HTTP), 4yz (FTP), RFC 6455 §7.4.2 ranges."""
-    code = int(code)
-    if protocol == "websocket":
-        for low, high in ((0, 999), (1000, 2999), (3000, 3999), (4000, 4999)):
-            if low <= code <= high:
-                return f"{low}-{high}"
+    try:
+        return _registry.get(protocol).class_label(code)
+    except KeyError:
         return "other"
-    if 100 <= code <= 999:
-        return f"{code // 100}{'yz' if protocol == 'ftp' else 'xx'}"
-    return "other"
 
 
 def choose_step(first: float, last: float, max_buckets: int = MAX_BUCKETS) -> int:
@@ -647,10 +644,12 @@ class StatsAccumulator:
         for d in range(1, 7):
             cols[f"class_{d}xx"] = np.where(~is_ws & (digit == d) & (code < 1000), count, 0)
         cols["class_other"] = np.where(~is_ws & ((code < 100) | (code > 699)), count, 0)
-        normal = is_ws & ~inferred & np.isin(code, (1000, 1001))
+        # Normal closes as the websocket spec says (1005, a close frame
+        # without a code, is normal though its code is inferred).
+        normal = is_ws & np.isin(code, tuple(_registry.get("websocket").normal_codes))
         cols["ws_normal"] = np.where(normal, count, 0)
         cols["ws_abnormal"] = np.where(is_ws & ~inferred & ~normal, count, 0)
-        cols["ws_inferred"] = np.where(is_ws & inferred, count, 0)
+        cols["ws_inferred"] = np.where(is_ws & inferred & ~normal, count, 0)
         cols["events_without_request"] = cl["norequest"].to_numpy(dtype=np.int64)
         cols["flagged_events"] = cl["flagged"].to_numpy(dtype=np.int64)
         frame = pd.DataFrame({**{k: cl[k].to_numpy() for k in keys}, **cols,

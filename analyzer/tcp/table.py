@@ -66,27 +66,10 @@ MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
 
 
 def _detectors():
-    """(name, detect, factory) in priority order; modules load on first use."""
-    from analyzer.protocols.http import dissector as http
+    """The protocol specs in detection order (the registry decides it)."""
+    from analyzer.protocols import all_protocols
 
-    out = [("http", http.detect, http.HttpDissector)]
-    try:
-        from analyzer.protocols.ftp import dissector as ftp
-
-        out.append(("ftp", ftp.detect, ftp.FtpDissector))
-    except ImportError:
-        pass
-    from analyzer.protocols.tls import dissector as tls
-
-    out.append(("tls", tls.detect, tls.TlsDissector))
-    try:
-        from analyzer.protocols.websocket import dissector as websocket
-
-        if hasattr(websocket, "detect"):
-            out.append(("websocket", websocket.detect, websocket.WebSocketDissector))
-    except ImportError:
-        pass
-    return out
+    return all_protocols()
 
 
 def connection_id(orig_ip: str, orig_port: int, resp_ip: str, resp_port: int, first_ts: float) -> str:
@@ -195,15 +178,14 @@ class Connection:
         midstream = not self.syn_seen
         hint = self.ports
         verdicts = []
-        for name, detect, factory in table.detectors:
+        hints = table.port_hints(hint)
+        for spec in table.detectors:
+            name = spec.name
             if name in self.rejected:
                 continue
-            if name == "http":
-                verdict = detect(self.heads[0], self.heads[1], False, midstream)
-            else:
-                verdict = detect(self.heads[0], self.heads[1], name in table.port_hints(hint))
+            verdict = spec.detect(self.heads[0], self.heads[1], name in hints, midstream)
             if verdict == DETECTED:
-                self._start(name, factory, midstream)
+                self._start(spec, midstream)
                 return
             if verdict == REJECTED:
                 self.rejected.add(name)
@@ -215,14 +197,12 @@ class Connection:
             self.heads = [b"", b""]
             table.ignored += 1
 
-    def _start(self, name: str, factory, midstream: bool) -> None:
-        server = 1 if self.syn_seen else None
-        if name == "http":
-            self.dissector = factory(server_direction=server, midstream=midstream)
-        elif name == "websocket":
-            self.dissector = factory(server_direction=server if server is not None else 1, midstream=True)
-        else:
-            self.dissector = factory(server_direction=server)
+    def _start(self, spec, midstream: bool) -> None:
+        # Roles: the SYN decides; without it the spec may tell from content
+        # (WebSocket: the unmasked side is the server), else the dissector.
+        server = 1 if self.syn_seen else spec.roles(self.heads[0], self.heads[1])
+        self.dissector = spec.dissector(server_direction=server, midstream=midstream)
+        name = spec.name
         self.name = name
         self.mode = MODE_DISSECT
         self.table.dissected += 1
@@ -289,11 +269,10 @@ class FlowTable:
         self.lingering: deque = deque() # finalised connections, in the order they closed
 
     @staticmethod
-    def port_hints(ports: tuple[int, int]) -> set[str]:
-        hints = set()
-        if 21 in ports:
-            hints.add("ftp")
-        return hints
+    def port_hints(ports: tuple[int, int]) -> frozenset[str]:
+        from analyzer.protocols import port_hints
+
+        return port_hints(ports)
 
     # -- packets -------------------------------------------------------------------
     def packet(self, seg: tuple, ts: float, frame: int) -> None:

@@ -399,7 +399,9 @@ class FtpDissector(Dissector):
 
     protocol = "ftp"
 
-    def __init__(self, server_direction: int | None = None) -> None:
+    def __init__(self, server_direction: int | None = None, midstream: bool = False) -> None:
+        # `midstream` is accepted for the uniform factory contract: the reply
+        # assembly re-synchronises on line starts either way.
         super().__init__()
         self.server_direction = server_direction
         self._telnet = (_TelnetFilter(), _TelnetFilter())
@@ -794,7 +796,7 @@ def _verb(line: bytes) -> str:
     return line.split(b" ", 1)[0].strip().upper().decode("ascii", "replace")
 
 
-def detect(head0: bytes, head1: bytes, port_hint: bool) -> str:
+def detect(head0: bytes, head1: bytes, port_hint: bool, midstream: bool = False) -> str:
     """DETECTED / REJECTED / NEED_MORE for a flow whose directions begin with head0 / head1.
 
     FTP if a server greets (120/220/421) and either port 21 is involved or

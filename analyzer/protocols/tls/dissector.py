@@ -30,7 +30,7 @@ def _looks_like_hello(head: bytes) -> str:
     return REJECTED
 
 
-def detect(head0: bytes, head1: bytes, port_hint: bool = False) -> str:
+def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool = False) -> str:
     verdicts = [_looks_like_hello(h) for h in (head0, head1) if h]
     if DETECTED in verdicts:
         return DETECTED
@@ -63,7 +63,7 @@ def server_name(hello: bytes) -> str:
 class TlsDissector(Dissector):
     protocol = "tls"
 
-    def __init__(self, server_direction: int | None = None) -> None:
+    def __init__(self, server_direction: int | None = None, midstream: bool = False) -> None:
         super().__init__()
         self.server_direction = server_direction
         self.heads = [b"", b""]

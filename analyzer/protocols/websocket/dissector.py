@@ -37,6 +37,7 @@ from enum import IntEnum
 
 from analyzer.events import Event, side_label
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
+from analyzer.protocols.websocket import SPEC as _SPEC
 
 
 class Opcode(IntEnum):
@@ -106,7 +107,8 @@ DETECT_MAX_FRAME = 100 * 1024 * 1024
 # Codes that end a connection cleanly when the close handshake completed.
 # 1005 counts: a close frame without a status code reports no error (Jupyter
 # closes every kernel channel that way).
-CLEAN_CODES = frozenset({1000, 1001, 1005})
+# Decided once, in the websocket spec (analyzer/protocols/websocket/__init__.py).
+CLEAN_CODES = _SPEC.normal_codes
 
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
@@ -271,7 +273,7 @@ def server_direction_from_heads(head0: bytes, head1: bytes) -> int | None:
     return 1 if m0 else 0
 
 
-def detect(head0: bytes, head1: bytes, port_hint=None) -> str:
+def detect(head0: bytes, head1: bytes, port_hint=None, midstream: bool = True) -> str:
     """Recognise WebSocket frames on a connection whose handshake was not seen.
 
     Strict on purpose: both directions must show DETECT_MIN_FRAMES complete,
@@ -287,6 +289,14 @@ def detect(head0: bytes, head1: bytes, port_hint=None) -> str:
     if r0[0] >= DETECT_MIN_FRAMES and r1[0] >= DETECT_MIN_FRAMES:
         return DETECTED
     return NEED_MORE
+
+
+def detected_midstream(server_direction: int | None = None, midstream: bool = True) -> "WebSocketDissector":
+    """The dissector for a connection detect() accepted.  Its handshake was
+    not seen (a seen one is HTTP's Upgrade), so it is mid-stream even when
+    the SYN was; without a SYN or an opinion from the heads, direction 1
+    (the receiver of the first packet) is taken as the server."""
+    return WebSocketDissector(server_direction if server_direction is not None else 1, midstream=True)
 
 
 # ----------------------------------------------------------- frame decoder --
