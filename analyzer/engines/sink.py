@@ -215,12 +215,9 @@ class AnomalySink:
     def __init__(self, outdir: Path) -> None:
         self.writer = CsvWriter(outdir / "anomalies.csv", ANOMALY_COLUMNS)
         self.capture = ""
-        self.written: Counter = Counter()
 
     def add(self, a: Anomaly) -> None:
-        if self.written[a.name] >= 1000:  # TEMP until the anomaly policy samples centrally
-            return
-        self.written[a.name] += 1
+        """A row the engine's anomaly sampling kept (meaning/anomalies.py decides which)."""
         self.writer.write_rows(((iso_time(a.epoch) if a.epoch else "", f"{a.epoch:.6f}", a.frame, a.name,
                                  a.connection, a.detail, self.capture),))
 
