@@ -52,10 +52,13 @@ CLOSE_LINGER = 5.0
 # Bytes per direction kept while no dissector has recognised the content:
 # enough for the longest request head we accept (64 KiB, see http.py).
 DETECT_MAX_BYTES = 64 * 1024
-# Connections tracked at once (ntopng's default max_num_flows is 131072;
-# Suricata's flow.memcap 128 MiB is ~ 500k flows). Beyond it the least recently
-# active one is finalised early, with an anomaly.
-MAX_CONNECTIONS = 500_000
+# Connections tracked at once: ntopng's default max_num_flows (131072).
+# Suricata's flow.memcap 128 MiB is ~500k of its flows, but ours cost ~1.1 KB
+# even when only a SYN was seen (2.3 KB before streams were made lazily), so
+# 500k would take ~550 MB in a SYN flood; 131072 keeps one under 300 MB RSS.
+# Beyond it the least recently active one is finalised early and counted in
+# limits["connections"].
+MAX_CONNECTIONS = 131_072
 # Announced connections (FTP data) remembered at once; Zeek expires them after
 # 5 minutes, we also bound their number.
 MAX_EXPECTATIONS = 10_000
@@ -63,6 +66,15 @@ MAX_EXPECTATIONS = 10_000
 SWEEP_INTERVAL = 10.0
 
 MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
+_NO_HEADS = (b"", b"")
+
+
+class _NoStream:
+    """What row() reads from a connection that never needed its streams."""
+    pos = missed = gaps = 0
+
+
+_NO_STREAM = _NoStream()
 
 
 def _detectors():
@@ -94,7 +106,7 @@ class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
-        "capture", "name", "rejected", "state", "ends", "queued", "serial",
+        "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -102,13 +114,15 @@ class Connection:
         self.table = table
         self.addr = (src, dst)          # direction 0 sender, direction 1 sender
         self.ports = (sport, dport)
-        budget = table.budget
-        self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
+        # A connection that has only seen a SYN (most of a SYN flood) has no
+        # streams yet: they cost ~1 KB; open_streams() makes them.
+        self.streams = None
+        self.syn_seq = None
         self.mode = MODE_DETECT
         self.syn_seen = False
         self.dissector = None
         self.replay: list = []
-        self.heads = [b"", b""]
+        self.heads = _NO_HEADS          # a list once data can arrive (open_streams)
         self.first_ts = ts
         self.last_ts = ts
         self.bytes = [0, 0]
@@ -119,11 +133,25 @@ class Connection:
         self.cid = ""
         self.capture = capture
         self.name = ""
-        self.rejected: set = set()
+        self.rejected: set | None = None   # a set once data can arrive (open_streams)
         self.state = "open"
         self.ends = None
         self.queued = ts                # last_ts when put in FlowTable.order
         self.serial = table.count       # creation order
+
+    def open_streams(self) -> tuple:
+        """The two reassembly streams, made at the first packet that is not a bare SYN."""
+        budget = self.table.budget
+        s0, s1 = self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
+        if self.syn_seq is not None:
+            s0.syn(self.syn_seq)
+        self.heads = [b"", b""]
+        self.rejected = set()
+        (a, b), (pa, pb) = self.addr, self.ports
+        table = self.table.table
+        table[(a, pa, b, pb)] = (self, 0, s0, s1)
+        table[(b, pb, a, pa)] = (self, 1, s1, s0)
+        return self.streams
 
     # -- identity ----------------------------------------------------------------
     def ident(self) -> str:
@@ -220,7 +248,7 @@ class Connection:
         # Reassembled stream positions count each byte once (retransmissions
         # excluded, gaps included); bytes[] holds what came outside reassembly
         # (after the connection was ignored, or on an FTP data channel).
-        s0, s1 = self.streams
+        s0, s1 = self.streams or (_NO_STREAM, _NO_STREAM)
         sent = [self.bytes[0] + s0.pos, self.bytes[1] + s1.pos]
         c2s, s2c = (sent[0], sent[1]) if sd == 1 else (sent[1], sent[0])
         outcome = self.dissector.outcome() if self.dissector is not None else {}
@@ -310,7 +338,7 @@ class FlowTable:
                     conn, d = self._new(src, sport, dst, dport, flags, ts)
                 else:
                     return  # late retransmission or duplicate after the end
-            elif flags & SYN and not flags & ACK and conn.syn_seen and d == 0 and \
+            elif flags & SYN and not flags & ACK and conn.syn_seen and d == 0 and conn.streams is not None and \
                     conn.streams[0].isn is not None and conn.streams[0].isn != seq and \
                     (conn.fin[0] or conn.fin[1] or conn.streams[0].delivered):
                 # Same 4-tuple, new initial sequence number: port reuse.
@@ -336,6 +364,12 @@ class FlowTable:
             self._data_channel(conn, d, seq, seglen, flags, ts, frame)
             return
         streams = conn.streams
+        if streams is None:
+            if flags & (SYN | ACK | FIN | RST) == SYN and not seglen and d == 0:
+                conn.syn_seen = True        # a bare SYN (or its retransmission)
+                conn.syn_seq = seq
+                return
+            streams = conn.open_streams()
         if flags & SYN:
             if not conn.syn_seen:
                 conn.syn_seen = True
@@ -374,11 +408,11 @@ class FlowTable:
             order[:] = [e for e in order if e[2].mode != MODE_CLOSED]
             heapq.heapify(order)
         table = self.table
-        s0, s1 = conn.streams
         # (connection, direction, its stream, the other stream): the hot path
-        # needs all four and a tuple index is cheaper than attribute lookups.
-        table[(src, sport, dst, dport)] = (conn, 0, s0, s1)
-        table[(dst, dport, src, sport)] = (conn, 1, s1, s0)
+        # needs all four and a tuple index is cheaper than attribute lookups;
+        # the streams are filled in by open_streams().
+        table[(src, sport, dst, dport)] = (conn, 0, None, None)
+        table[(dst, dport, src, sport)] = (conn, 1, None, None)
         if self.expectations:
             self._match_expectation(conn)
         return conn, d
@@ -408,7 +442,7 @@ class FlowTable:
                 return
 
     def _data_channel(self, conn, d, seq, seglen, flags, ts, frame) -> None:
-        stream = conn.streams[d]
+        stream = (conn.streams or conn.open_streams())[d]
         if flags & SYN:
             stream.syn(seq)
         elif seglen:
@@ -453,7 +487,7 @@ class FlowTable:
     def _finalise(self, conn: Connection, ts: float, frame: int, state: str, rst_dir: int | None = None) -> None:
         if conn.mode == MODE_CLOSED:
             return
-        if conn.mode in (MODE_DETECT, MODE_DISSECT):
+        if conn.mode in (MODE_DETECT, MODE_DISSECT) and conn.streams is not None:
             s0, s1 = conn.streams
             if rst_dir is not None:
                 # Everything the reset side sent before the RST is all there is.
@@ -479,7 +513,7 @@ class FlowTable:
         conn.mode = MODE_CLOSED
         conn.closed_at = ts
         conn.replay = []
-        conn.heads = [b"", b""]
+        conn.heads = _NO_HEADS
         conn.dissector = None   # free parser state; the row is already out
         conn.streams = None
         self.live -= 1
