@@ -5,7 +5,9 @@ Library first: `analyzer.analyze(paths, **options)` runs the same pipeline as
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from analyzer._version import __version__
+
+__all__ = ["__version__", "analyze"]
 
 
 def analyze(paths, outdir=None, **options):

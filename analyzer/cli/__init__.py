@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from analyzer import __version__
+from analyzer._version import __version__
+from analyzer.cli.options import engine_options
 from analyzer.errors import AnalyzerError, ExitStatus
 
 EPILOG_ANALYZE = """examples:
@@ -84,22 +85,8 @@ def cmd_analyze(args) -> int:
     return run_and_report(
         args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
-        **_engine_options(args),
+        **engine_options(args),
     )
-
-
-def _engine_options(args) -> dict:
-    """--engine / --tls-keylog / --decode-as, for run_and_report."""
-    from analyzer.errors import UsageError
-
-    if args.engine != "tshark" and (args.tls_keylog or args.decode_as):
-        raise UsageError("--tls-keylog and --decode-as need --engine tshark")
-    decode_as = None
-    if args.decode_as:
-        from analyzer.engines.tshark import parse_decode_as
-
-        decode_as = parse_decode_as(args.decode_as)
-    return {"engine": args.engine, "keylog": args.tls_keylog, "decode_as": decode_as}
 
 
 def main(argv: list[str] | None = None) -> int:

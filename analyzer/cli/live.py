@@ -132,13 +132,13 @@ def cmd_live(args) -> int:
         raise UsageError("live: --jsonl and --parquet need -o OUTDIR")
     if args.interval < MIN_INTERVAL:
         raise UsageError(f"live: --interval must be at least {MIN_INTERVAL} seconds")
-    from analyzer.cli import _engine_options
+    from analyzer.cli.options import engine_options
 
     outcome = capture(
         args.interface, args.filter, outdir=args.outdir, duration=args.duration, count=args.count,
         interval=args.interval, lang=args.lang, policy=args.policy, expect=args.expect, fail_on=args.fail_on,
         write=args.write, promisc=args.promisc, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet,
-        **_engine_options(args),
+        **engine_options(args),
     )
     return int(outcome.status)
 
