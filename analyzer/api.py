@@ -11,6 +11,7 @@ from pathlib import Path
 from analyzer.engines.native import RunResult, expand_inputs
 from analyzer.engines.sink import EventOutputs
 from analyzer.errors import UsageError
+from analyzer.meaning.severity import make_policy
 
 
 @dataclass
@@ -33,25 +34,20 @@ def resolve_lang(lang: str | None) -> str:
     return default_lang()
 
 
-def make_policy(policy=None, expect=()):
-    """--policy FILE (or a ready Policy) plus --expect PROTO:CODE options."""
-    from analyzer.outputs.reports import make_policy as _make_policy
-
-    return _make_policy(policy, expect)
-
-
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
                  keylog=None, decode_as=None, progress=None):
     """Run `engine` and write every report; returns (RunResult, StatsResult)."""
     from analyzer.engines import run as engine_run
-    from analyzer.outputs.reports import build_and_write
 
     if jobs < 0:
         raise UsageError("--jobs takes a number of processes (0 = all cores)")
     outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect))
     result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
                         progress=progress, outputs=outputs)
+    # pandas comes in only now: during the run it would sit beside the connection table.
+    from analyzer.outputs.reports import build_and_write
+
     return result, build_and_write(result, lang=lang)
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyzer import __version__
+from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
 from analyzer.engines.sink import ANOMALY_COLUMNS, AnomalySink, EventOutputs, EventSink, open_consumers
@@ -78,7 +78,7 @@ class RunResult:
     seconds: float = 0.0
     errors: list[AnalyzerError] = field(default_factory=list)
     interrupted: bool = False
-    stats: object = None   # the StatsAccumulator the events went to (None in parallel workers)
+    stats: object = None   # the engines.sink.StatsFeed the events went to (None in parallel workers)
     kept: object = None    # outputs.events.EventsKept when the events were kept in memory
 
     def coverage(self) -> dict:

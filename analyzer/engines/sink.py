@@ -62,12 +62,26 @@ class EventOutputs:
 
 
 class StatsFeed:
-    """Feeds batches to a StatsAccumulator, a few tens of thousands of rows at a time."""
+    """Feeds batches to a StatsAccumulator, a few thousand rows at a time.
 
-    def __init__(self, accumulator) -> None:
-        self.accumulator = accumulator
+    The accumulator (and pandas with it) is made on first use, so a run that
+    finds no event -- a SYN flood -- does not hold pandas beside its
+    connection table.
+    """
+
+    def __init__(self, accumulator=None, policy=None) -> None:
+        self._accumulator = accumulator
+        self.policy = policy
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
+
+    @property
+    def accumulator(self):
+        if self._accumulator is None:
+            from analyzer.stats.hosts import StatsAccumulator
+
+            self._accumulator = StatsAccumulator(self.policy)
+        return self._accumulator
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -110,7 +124,7 @@ class PartFile:
 
 
 def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False):
-    """(consumers, statistics accumulator or None, in-memory copy or None) for a run."""
+    """(consumers, StatsFeed or None, in-memory copy or None) for a run."""
     if outputs.part is not None:
         return [PartFile(outputs.part)], None, None
     consumers: list = []
@@ -120,17 +134,14 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
         consumers.append(EventsJsonl(outdir / "events.jsonl"))
     if outputs.parquet:
         consumers.append(EventsParquet(outdir / "events.parquet"))
-    accumulator = outputs.accumulator
-    if accumulator is None and outputs.stats:
-        from analyzer.stats.hosts import StatsAccumulator
-
-        accumulator = StatsAccumulator(outputs.policy)
-    if accumulator is not None:
-        consumers.append(StatsFeed(accumulator))
+    feed = None
+    if outputs.accumulator is not None or outputs.stats:
+        feed = StatsFeed(outputs.accumulator, outputs.policy)
+        consumers.append(feed)
     kept = EventsKept() if outputs.keep else None
     if kept is not None:
         consumers.append(kept)
-    return consumers, accumulator, kept
+    return consumers, feed, kept
 
 
 def time_column(epoch: np.ndarray) -> pa.Array:

@@ -206,3 +206,14 @@ class Policy:
                 else:
                     rules[proto] = ProtocolRule(old.errors + new, old.expected)
         return cls(rules)
+
+
+def make_policy(policy=None, expect=()) -> Policy:
+    """--policy FILE (or a ready Policy) plus --expect PROTO:CODE options."""
+    if isinstance(policy, Policy):
+        base = policy
+    elif policy:
+        base = Policy.from_file(policy)
+    else:
+        base = Policy.default()
+    return Policy.from_options(expect=list(expect or ()), base=base)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyzer.meaning.severity import Policy
+from analyzer.meaning.severity import make_policy  # noqa: F401 - callers of the reports use it
 from analyzer.outputs.csvfile import write_atomic, write_dataframe
 from analyzer.outputs.html import render_html
 from analyzer.outputs.summary import write_summary
@@ -78,17 +78,6 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
     return written
 
 
-def make_policy(policy=None, expect=()) -> Policy:
-    """--policy FILE (or a ready Policy) plus --expect PROTO:CODE options."""
-    if isinstance(policy, Policy):
-        base = policy
-    elif policy:
-        base = Policy.from_file(policy)
-    else:
-        base = Policy.default()
-    return Policy.from_options(expect=list(expect or ()), base=base)
-
-
 def finish_stats(accumulator: StatsAccumulator, connections=(), coverage: dict | None = None):
     """The statistics of a run: its accumulated events plus its connection rows (dicts)."""
     rows = list(connections or ())
@@ -106,6 +95,6 @@ def build_and_write(result, *, lang: str = "en"):
     if result.stats is None:
         raise ValueError("this run kept no statistics (EventOutputs.stats was off)")
     coverage = result.coverage()
-    stats = finish_stats(result.stats, result.connections, coverage)
+    stats = finish_stats(result.stats.accumulator, result.connections, coverage)
     write_reports(result.outdir, stats, coverage, lang=lang)
     return stats
