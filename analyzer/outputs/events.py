@@ -42,7 +42,26 @@ def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
 
-class EventsCsv:
+class _EventFile:
+    """A consumer writing one file through `self._file` (AtomicWriter or DirectFile)."""
+
+    _file = None
+
+    def _close_writer(self) -> None:
+        """Let the format's writer finish its file (footer, buffers) before the rename."""
+
+    def flush(self) -> None:
+        self._file.handle.flush()
+
+    def commit(self) -> None:
+        self._close_writer()
+        self._file.commit()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+class EventsCsv(_EventFile):
     """events.csv: RFC 4180 rows ending in CRLF, so a CR inside a cell stays quoted."""
 
     def __init__(self, path: str | Path, atomic: bool = True) -> None:
@@ -55,15 +74,8 @@ class EventsCsv:
         self._writer.write_batch(neutralise_batch(batch))
         self.rows += batch.num_rows
 
-    def flush(self) -> None:
-        self._file.handle.flush()
-
-    def commit(self) -> None:
+    def _close_writer(self) -> None:
         self._writer.close()
-        self._file.commit()
-
-    def abort(self) -> None:
-        self._file.abort()
 
 
 def _json_value(value):
@@ -72,7 +84,7 @@ def _json_value(value):
     return value
 
 
-class EventsJsonl:
+class EventsJsonl(_EventFile):
     def __init__(self, path: str | Path) -> None:
         self._file = AtomicWriter(path)
         self.rows = 0
@@ -84,17 +96,8 @@ class EventsJsonl:
             write("\n")
         self.rows += batch.num_rows
 
-    def flush(self) -> None:
-        self._file.handle.flush()
 
-    def commit(self) -> None:
-        self._file.commit()
-
-    def abort(self) -> None:
-        self._file.abort()
-
-
-class EventsParquet:
+class EventsParquet(_EventFile):
     def __init__(self, path: str | Path) -> None:
         import pyarrow.parquet as pq
 
@@ -109,12 +112,8 @@ class EventsParquet:
     def flush(self) -> None:
         pass  # a Parquet file is readable only once closed
 
-    def commit(self) -> None:
+    def _close_writer(self) -> None:
         self._writer.close()
-        self._file.commit()
-
-    def abort(self) -> None:
-        self._file.abort()
 
 
 class EventsKept:
