@@ -42,6 +42,12 @@ EVENT_TYPES = {
     "flags": "string", "capture": "string", "class": "string", "name": "string",
     "meaning": "string", "standard": "bool",
 }
+# connections.csv: one row per dissected TCP connection (tcp.table.Connection.row).
+CONNECTION_COLUMNS = (
+    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
+    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
+    "outcome", "capture",
+)
 # Columns an engine fills from an (Event, endpoints) pair, in the order of
 # `event_values`; `time` and the annotation are derived per batch.
 RAW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "time" and c not in ANNOTATION_COLUMNS)

@@ -17,7 +17,8 @@ from analyzer.cli.terminal import print_summary, progress
 from analyzer.engines.sink import StatsFeed
 from analyzer.outputs.csvfile import DANGEROUS_PREFIXES
 from analyzer.outputs.events import EVENT_SCHEMA, EventsCsv, EventsJsonl, EventsParquet
-from analyzer.outputs.reports import finish_stats, make_policy, write_reports
+from analyzer.meaning.severity import make_policy
+from analyzer.outputs.reports import finish_stats, write_reports
 from analyzer.stats.hosts import (CODE_COLUMNS, EVENT_COLUMNS, HOST_COLUMNS, StatsAccumulator, compute,
                                   connections_frame, events_frame)
 

@@ -3,12 +3,11 @@
 # the outcome into a documented exit status.
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from analyzer.api import resolve_lang, run_analysis
-from analyzer.engines.native import expand_inputs
+from analyzer.engines.native import _size, expand_inputs
 from analyzer.errors import CaptureError, ExitStatus, InputError
 
 
@@ -56,9 +55,3 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         return int(ExitStatus.INTERRUPTED)
     return int(status)
 
-
-def _size(path: str) -> int:
-    try:
-        return os.path.getsize(path) if path != "-" else 0
-    except OSError:
-        return 0

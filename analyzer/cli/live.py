@@ -33,7 +33,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import select
 import signal
@@ -231,7 +230,7 @@ class LiveReports:
     """
 
     def __init__(self, outdir: Path, *, policy, lang: str, write_files: bool) -> None:
-        from analyzer.engines.native import CONNECTION_COLUMNS
+        from analyzer.events import CONNECTION_COLUMNS
         from analyzer.outputs.csvfile import CsvWriter
         from analyzer.stats.hosts import StatsAccumulator
 
@@ -267,17 +266,14 @@ class LiveReports:
         """Mid-run: events so far into events.csv and the statistics, reports rewritten."""
         session.interim()
         self.connections.flush()
-        self._absorb()
-        self.stats = self.acc.finish(coverage)
-        if self.write_files:
-            from analyzer.outputs.reports import write_reports
-
-            write_reports(self.out, self.stats, coverage, lang=self.lang)
-        return self.stats
+        return self._refresh(coverage)
 
     def final(self, coverage: dict):
         """After session.finish(): the last connections, every report."""
         self.connections.commit()
+        return self._refresh(coverage)
+
+    def _refresh(self, coverage: dict):
         self._absorb()
         self.stats = self.acc.finish(coverage)
         if self.write_files:
@@ -305,7 +301,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
     from analyzer.api import resolve_lang as _lang
     from analyzer.errors import InputError
     from analyzer.engines.native import Session
-    from analyzer.outputs.reports import make_policy
+    from analyzer.meaning.severity import make_policy
     from analyzer.capture.interface import LiveSource, PcapWriter
 
     lang = _lang(lang)

@@ -19,17 +19,11 @@ from pathlib import Path
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
-from analyzer.engines.sink import ANOMALY_COLUMNS, AnomalySink, EventOutputs, EventSink, open_consumers
+from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
 from analyzer.errors import AnalyzerError, CaptureError, InputError
-from analyzer.events import Event, with_endpoints
+from analyzer.events import CONNECTION_COLUMNS, Event, with_endpoints
 from analyzer.outputs.csvfile import CsvWriter
 from analyzer.tcp.table import FlowTable
-
-CONNECTION_COLUMNS = (
-    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
-    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
-    "outcome", "capture",
-)
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
 

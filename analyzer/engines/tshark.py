@@ -65,9 +65,8 @@ from analyzer.events import Anomaly, Event, side_label, with_endpoints
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols import get as _protocol
 from analyzer.tcp.table import connection_id
-from analyzer.engines.native import CONNECTION_COLUMNS, FileReport, RunResult, _size, read_all
+from analyzer.engines.native import FileReport, RunResult, _size, _write_connections, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
-from analyzer.outputs.csvfile import CsvWriter
 
 INSTALL_HINT = "tshark is not installed; install it with: apt-get install tshark"
 PYSHARK_HINT = "pyshark is not installed; install it with: pip install pyshark"
@@ -1210,9 +1209,7 @@ class TsharkSession:
         self.anomalies.commit()
         self._collect()
         if self.on_connection is None:
-            writer = CsvWriter(self.out / "connections.csv", CONNECTION_COLUMNS)
-            writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in self.result.connections)
-            writer.commit()
+            _write_connections(self.out, self.result.connections)
         return self.result
 
 

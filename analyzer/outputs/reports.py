@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analyzer.meaning.severity import make_policy  # noqa: F401 - callers of the reports use it
 from analyzer.outputs.csvfile import write_atomic, write_dataframe
 from analyzer.outputs.html import render_html
 from analyzer.outputs.summary import write_summary

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analyzer.events import EVENT_COLUMNS, iso_time
+from analyzer.events import CONNECTION_COLUMNS, EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
 
 from analyzer import protocols as _registry
@@ -68,11 +68,6 @@ _LAT_BINS = 11 * _LAT_PER_DECADE + 1
 
 # The input contract: the pipeline's events (events.csv columns plus the
 # catalogue's annotation) and its per-connection rows.
-CONNECTION_COLUMNS = (
-    "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
-    "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
-    "outcome", "capture",
-)
 _EVENT_DEFAULTS = {
     "time": "", "epoch": 0.0, "frame": 0, "protocol": "http", "client_ip": "", "client_port": 0,
     "server_ip": "", "server_port": 0, "code": 0, "text": "", "request": "", "host": "",
