@@ -620,7 +620,6 @@ def test_find_substatus_variants():
     (404, gzip.compress(NGINX_404), "gzip"),
     (404, IIS_REMOTE_404, ""),
     (404, iis_detailed_page("403.14", "Forbidden"), ""),                 # major code differs
-    (403, iis_detailed_page("403.99", "Forbidden"), ""),                 # not a real sub-status
     (200, iis_detailed_page("403.14", "Forbidden"), ""),                 # only 4xx/5xx
     (403, iis_detailed_page("403.14", "Forbidden"), "br"),               # cannot decode: give up
     (403, iis_detailed_page("403.14", "Forbidden"), "gzip"),             # claims gzip, is not
@@ -643,7 +642,22 @@ def test_find_substatus_decompression_is_bounded():
        encoding=st.sampled_from(["", "gzip", "deflate", "x-gzip", "br", "gzip, deflate", "identity", "??"]))
 def test_find_substatus_never_raises_on_random_bytes(code, body, encoding):
     result = iis.find_substatus(code, body, encoding)
-    assert result is None or catalog.lookup("http", result).level == "exact"
+    assert result is None or (result.split(".")[0] == str(code) and result.split(".")[1].isdigit())
+
+
+def test_a_claimed_sub_status_the_catalogue_does_not_list_is_dropped():
+    # The page claims 403.99; the dissector reports the claim, the meaning
+    # layer (one join per batch) keeps only sub-statuses the catalogue lists.
+    assert iis.find_substatus(403, iis_detailed_page("403.99", "Forbidden")) == "403.99"
+    assert catalog.lookup("http", "403.99").level != "exact"
+    from analyzer.meaning.annotate import Annotator
+    import pyarrow as pa
+    cls, name, meaning, standard, sub = Annotator("en").columns(
+        pa.array(["http", "http", "http"]), pa.array([403, 403, 403], pa.int64()),
+        pa.array(["403.99", "403.14", ""]))
+    assert sub.to_pylist() == ["", "403.14", ""]
+    plain = catalog.annotate("http", 403, "", "en")
+    assert meaning.to_pylist()[0] == plain["meaning"] != meaning.to_pylist()[1]
 
 
 if __name__ == "__main__":

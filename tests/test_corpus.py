@@ -138,7 +138,7 @@ def _ftp_commands(name: str) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("frame, code, verb", [(831, 227, "PASV"), (3204, 200, "TYPE")])
 def test_fifo_pairing_of_replies_to_lost_commands_is_wrong(frame, code, verb):
-    from analyzer.protocols.ftp.dissector import fits
+    from analyzer.protocols.ftp.pairing import fits
 
     commands = _ftp_commands("zeek_ftp_cwd_navigation")
     before = [c for f, c in commands if f < frame]

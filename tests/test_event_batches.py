@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -135,6 +136,18 @@ def test_catalogue_join_equals_per_event_lookup():
         want = catalog.annotate(row["protocol"], row["code"], row["substatus"], "zh")
         assert (row["class"], row["name"], row["meaning"], row["standard"]) == \
             (want["class"], want["name"], want["meaning"], bool(want["standard"]))
+
+
+def test_a_sub_status_the_catalogue_does_not_list_leaves_no_trace():
+    kept = EventsKept()
+    sink = EventSink("en", [kept], window=3, batch_rows=4)
+    for i, sub in enumerate(["403.99", "403.14", "403.99"]):
+        ev = dataclasses.replace(_event(403, 100.0 + i, i + 1, "http", sub), substatus_source="body")
+        sink.add(ev, ("c", 1, "s", 2, "C1", "f.pcap"))
+    sink.commit()
+    rows = kept.table().to_pylist()
+    assert [(r["substatus"], r["substatus_source"]) for r in rows] == [("", ""), ("403.14", "body"), ("", "")]
+    assert rows[0]["meaning"] == catalog.annotate("http", 403, "", "en")["meaning"]
 
 
 def _sorted_batches(rng, n):

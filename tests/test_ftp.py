@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyzer.protocols.ftp import dissector as ftp
+from analyzer.protocols.ftp import pairing as ftp_pairing
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
 from analyzer.protocols.ftp.dissector import FtpDissector, detect
 from analyzer.events import Expectation
@@ -454,11 +455,11 @@ def test_unterminated_reply_at_fin_and_open_multiline_at_close():
 
 
 def test_pending_commands_are_bounded():
-    events, d = run([(C, b"NOOP\r\n" * (ftp.MAX_PENDING_COMMANDS + 5))])
-    assert len(d._pending) == 0 and events == []
+    events, d = run([(C, b"NOOP\r\n" * (ftp_pairing.MAX_PENDING_COMMANDS + 5))])
+    assert len(d.session.pending) == 0 and events == []
     names = [a.name for a in d.anomalies]
     assert names.count("ftp_too_many_pending_commands") == 5
-    assert names.count("ftp_command_without_reply") == ftp.MAX_PENDING_COMMANDS
+    assert names.count("ftp_command_without_reply") == ftp_pairing.MAX_PENDING_COMMANDS
 
 
 def test_every_anomaly_is_emitted():
@@ -477,9 +478,9 @@ def test_parsers_of_addresses():
 
 
 def test_fit_table_is_data_about_known_commands():
-    assert set(ftp.CODE_FITS) <= ftp.FTP_COMMANDS
-    assert ftp.fits("PASV", 227) and not ftp.fits("PASV", 229) and ftp.fits("PASV", 530)
-    assert ftp.fits("UNKNOWNVERB", 257)
+    assert set(ftp_pairing.CODE_FITS) <= ftp.FTP_COMMANDS
+    assert ftp_pairing.fits("PASV", 227) and not ftp_pairing.fits("PASV", 229) and ftp_pairing.fits("PASV", 530)
+    assert ftp_pairing.fits("UNKNOWNVERB", 257)
 
 
 # --- properties -----------------------------------------------------------------------------

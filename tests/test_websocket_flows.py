@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -133,3 +134,51 @@ def test_close_without_status_code_after_handshake_is_clean_everywhere(tmp_path)
     assert hosts and all(r["error_count"] == "0" for r in hosts)
     assert all(r["ws_normal"] == "2" and r["ws_inferred"] == "0" for r in hosts)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+# ------------------------------- a capture that begins between GET and 101 --
+
+def _events_csv(out: Path) -> list[dict]:
+    with open(out / "events.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_capture_starting_at_the_101_keeps_roles_in_both_engines(tmp_path):
+    # The client's upgrade request is not in the capture: the 101 answers
+    # nothing (flagged), yet it is the server that sent it, so the masked
+    # frames are the client's and neither close is a protocol violation.
+    # tshark does not switch to WebSocket without the request (it shows the
+    # frames as bare TCP), so its engine must not invent a 1006: it says the
+    # closes are unknown.  The native engine reads them from the bytes.
+    capture = tmp_path / "ws_from_101.pcap"
+    packets = [("s", ACK | PSH, SWITCH)] + script(tcp_handshake=False, upgrade=False, server_first=True,
+                                                  frames=2, closer="s", codes=(1001, 1000))
+    _write_capture(capture, packets)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    want = {
+        "native": [("http", "101", "server->client", False), ("websocket", "1001", "server->client", False),
+                   ("websocket", "1000", "client->server", False)],
+        "tshark": [("http", "101", "server->client", False)],
+    }
+    for engine in ["native"] + (["tshark"] if shutil.which("tshark") else []):
+        out = tmp_path / engine
+        proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(capture), "-o", str(out), "-q",
+                               "--engine", engine], capture_output=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode()
+        rows = _events_csv(out)
+        got = [(r["protocol"], r["code"], r["direction"] or "server->client",
+                "websocket_protocol_violation" in r["flags"]) for r in rows]
+        assert got == want[engine], engine
+        assert {(r["client_ip"], r["server_ip"]) for r in rows} == {("10.0.0.1", "10.0.0.2")}
+        assert [r["request"] for r in rows if r["protocol"] == "http"] == [""]
+        assert "http_response_without_request" in rows[0]["flags"]
+        with open(out / "connections.csv", newline="", encoding="utf-8") as handle:
+            (conn,) = list(csv.DictReader(handle))
+        outcome = json.loads(conn["outcome"])
+        ws = outcome.get("websocket", outcome)
+        if engine == "native":
+            assert (ws["state"], ws["closed_first_by"], ws["clean"]) == ("closed", "server", True)
+        else:
+            assert (ws["state"], ws["close_code"]) == ("unknown", None)
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            assert "tshark_websocket_not_dissected" in json.dumps(summary)

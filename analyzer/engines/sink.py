@@ -195,8 +195,12 @@ class EventSink:
         """A batch of RAW_COLUMNS, completed with `time` and the catalogue, to every consumer."""
         columns = dict(zip(raw.schema.names, raw.columns))
         columns["time"] = time_column(raw.column("epoch").to_numpy(zero_copy_only=False))
-        annotation = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
+        *annotation, substatus = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
         columns.update(zip(ANNOTATION_COLUMNS, annotation))
+        if not substatus.equals(columns["substatus"]):
+            # The catalogue did not know a claimed sub-status: it is dropped, with its source.
+            columns["substatus_source"] = pc.if_else(pc.equal(substatus, ""), "", columns["substatus_source"])
+            columns["substatus"] = substatus
         batch = pa.RecordBatch.from_arrays([columns[name] for name in EVENT_SCHEMA.names], schema=EVENT_SCHEMA)
         for consumer in self.consumers:
             consumer.write(batch)

@@ -63,7 +63,10 @@ from pathlib import Path
 from analyzer.errors import AnalyzerError, CaptureError, InputError, MissingTool, UsageError
 from analyzer.events import Anomaly, Event, side_label, with_endpoints
 from analyzer.meaning.anomalies import sample
-from analyzer.protocols import get as _protocol
+from analyzer.protocols.ftp.pairing import FtpSession
+from analyzer.protocols.http.pairing import HttpPairing, Request, requested_upgrade, response_event
+from analyzer.protocols.websocket.dissector import close_code_ok
+from analyzer.protocols.websocket.pairing import CloseHandshake, close_flags
 from analyzer.tcp.table import connection_id
 from analyzer.engines.native import FileReport, RunResult, _size, _write_connections, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
@@ -84,13 +87,9 @@ LIVE_FILTER = DISPLAY_FILTER + " || tcp.segment_data"
 DECRYPTED_PROTOCOLS = frozenset({"http", "http2", "websocket"})
 TLS_UNKNOWN = "encrypted - status unknown"
 
-# Requests waiting for a response per connection (as protocols/http/dissector.py).
-MAX_PENDING_REQUESTS = 1000
 # Responses held for a request tshark has not reported yet (its body is still
 # coming); beyond this the oldest is written unpaired.
 MAX_WAITING_RESPONSES = 1000
-# Commands waiting for a reply (Zeek FTP::max_pending_commands, as ftp.py).
-MAX_PENDING_COMMANDS = 20
 # HTTP/2 streams whose request is remembered per connection (nginx's
 # http2_max_concurrent_streams is 128; we keep more, finished streams too).
 MAX_H2_STREAMS = 1000
@@ -109,19 +108,6 @@ MAX_LIVE_FRAME_TIMES = 200_000
 TSHARK_UNREADABLE = frozenset({"bzip2", "xz", "zstd"})
 
 _FTP_REPLY = re.compile(r"([1-6]\d\d)([ -]|$)")
-# FTP: positive replies each command may get (shared with the native
-# dissector when it is installed); anything >= 400 and 202 fit any command.
-GREETING_CODES = frozenset({120, 220, 421})
-UNSOLICITED_CODES = frozenset({421, 221})
-TRANSFER_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"})
-
-
-def _ftp_fits(verb: str, code: int) -> bool:
-    try:
-        from analyzer.protocols.ftp.dissector import fits
-    except ImportError:
-        return True
-    return fits(verb, code)
 
 
 # ------------------------------------------------------------- the tool --
@@ -261,19 +247,6 @@ def _norm_ip(text: str) -> str:
 
 # ----------------------------------------------------- per-connection state --
 
-class _Request:
-    __slots__ = ("method", "uri", "host", "frame", "ts", "upgrade", "shown")
-
-    def __init__(self, method: str, uri: str, host: str, frame: int, ts: float, upgrade: str = "",
-                 shown: int = 0) -> None:
-        self.method, self.uri, self.host, self.frame, self.ts, self.upgrade = method, uri, host, frame, ts, upgrade
-        self.shown = shown   # frame where tshark reported it (what http.request_in points at)
-
-    @property
-    def line(self) -> str:
-        return f"{self.method} {self.uri}" if self.uri else self.method
-
-
 class _Response:
     __slots__ = ("code", "text", "frame", "ts", "sender", "upgrade", "flags", "request_in")
 
@@ -286,8 +259,9 @@ class _Conn:
     """What we track of one tcp.stream."""
 
     def __init__(self, key: int, src: str, sport: int, dst: str, dport: int, ts: float, frame: int,
-                 flags: int, capture: str) -> None:
+                 flags: int, capture: str, anomaly) -> None:
         self.key = key
+        self.anomaly = anomaly                # the session's _anomaly
         self.capture = capture
         if flags & 0x12 == 0x12:  # SYN+ACK first: its receiver is the client
             src, sport, dst, dport = dst, dport, src, sport
@@ -302,33 +276,29 @@ class _Conn:
         self.end: tuple | None = None         # (direction, ts, frame, rst) of the first FIN/RST
         self.proto = ""                       # "http" | "ftp" | "websocket" once content says so
         # HTTP/1.x and HTTP/2
-        self.pending: deque[_Request] = deque()
-        self.waiting: list[_Response] = []
-        self.requests = self.responses = self.unanswered = 0
+        # HTTP/1.x and HTTP/2: pairing as the native dissector's (protocols/http/pairing.py)
+        self.http = HttpPairing(self.note)
+        self.waiting: list[_Response] = []    # responses whose request tshark has not reported yet
         self.h2 = False
-        self.h2_requests: dict[int, _Request] = {}
-        # WebSocket
+        self.h2_requests: dict[int, Request] = {}
+        # WebSocket (protocols/websocket/pairing.py)
         self.ws = False
         self.ws_request = ""
         self.ws_open_ts: float | None = None
-        self.ws_closes: list[Event] = []
-        self.ws_abnormal: Event | None = None
-        # FTP
-        self.commands: deque[tuple[str, str, str]] = deque()   # (verb, request, user)
-        self.greeted = False
+        self.ws_close = CloseHandshake()
+        self.ws_frames = False                # tshark showed a websocket layer
+        # FTP (protocols/ftp/pairing.py)
+        self.ftp = FtpSession(self.note)
         self.open_reply: int | None = None
-        self.desync = False                   # bytes were lost: FIFO pairing is doubtful
         self.last_pdu = [None, None]          # signature of the last PDU per direction
-        self.ftp_user = ""
-        self.ftp_login = "none"
-        self.ftp_failed: list[str] = []
-        self.ftp_logins = 0
-        self.ftp_commands = self.ftp_replies = 0
         # TLS
         self.tls = False
         self.tls_random = ""
         self.tls_sni = ""
         self.decrypted = False
+
+    def note(self, name: str, ts: float, frame: int, detail: str = "") -> None:
+        self.anomaly(self, name, ts, frame, detail)
 
     def direction(self, src: str, sport: int) -> int:
         return 0 if (src, sport) == self.addr[0] else 1
@@ -646,7 +616,8 @@ class TsharkSession:
             self._sweep(ts)
         conn = self.conns.get(key)
         if conn is None:
-            conn = _Conn(key, _norm_ip(src), sport, _norm_ip(dst), dport, ts, number, flags, self.capture)
+            conn = _Conn(key, _norm_ip(src), sport, _norm_ip(dst), dport, ts, number, flags, self.capture,
+                         self._anomaly)
             self.conns[key] = conn
             self.connections_total += 1
         src = _norm_ip(src) if (src, sport) not in conn.addr else src
@@ -670,7 +641,7 @@ class TsharkSession:
             retrans = _find(flags_tree, "tcp.analysis.retransmission") is not None
             if _find(flags_tree, "tcp.analysis.lost_segment") is not None or \
                     _find(flags_tree, "tcp.analysis.ack_lost_segment") is not None:
-                conn.desync = True
+                conn.ftp.lost_bytes()
         self._retrans = retrans
         # PDUs in the order tshark shows them; the first may have begun in an
         # earlier frame (tcp.segments), the others begin here.
@@ -749,23 +720,17 @@ class TsharkSession:
         if method is not None and code is None:
             conn.set_server(1 - d)
             conn.proto = conn.proto or "http"
-            upgrade = ""
-            conn_hdr = _text(_find(layer, "http.connection")).lower()
-            up = _text(_find(layer, "http.upgrade")).lower()
-            if _text(method) == "CONNECT":
-                upgrade = "connect"
-            elif up and "upgrade" in conn_hdr:
-                upgrade = up
-            req = _Request(_text(method), _text(_find(layer, "http.request.uri")), _text(_find(layer, "http.host")),
-                           frame, ts, upgrade, self._last_frame)
+            conn_hdr = _find(layer, "http.connection")
+            upgrade = requested_upgrade(_text(method), _text(_find(layer, "http.upgrade")),
+                                        None if conn_hdr is None else _text(conn_hdr))
+            req = Request(_text(method), _text(_find(layer, "http.request.uri")), _text(_find(layer, "http.host")),
+                          ts, frame, upgrade, shown=self._last_frame)
             if self._duplicate(conn, d, ("request", req.method, req.uri), ts, frame):
                 return
-            conn.requests += 1
-            if len(conn.pending) >= MAX_PENDING_REQUESTS:
-                conn.pending.popleft()
-                conn.unanswered += 1
-                self._anomaly(conn, "http_too_many_pending_requests", ts, frame)
-            self._queue_request(conn, req)
+            # A request tshark reports late (its body came after a 100 Continue
+            # or an early final status) goes before the responses that came after it.
+            conn.http.request(req)
+            self._pair_waiting(conn)
             return
         if code is None:
             return
@@ -782,16 +747,9 @@ class TsharkSession:
         if self._duplicate(conn, d, ("response", raw, phrase), ts, frame):
             return
         resp = _Response(int(raw), phrase, frame, ts, d, up, request_in=int(request_in) if request_in.isdigit() else 0)
-        conn.responses += 1
         conn.waiting.append(resp)
         if len(conn.waiting) > MAX_WAITING_RESPONSES:
             self._pair_waiting(conn, flush=1)
-        self._pair_waiting(conn)
-
-    def _queue_request(self, conn: _Conn, req: _Request) -> None:
-        # A request tshark reports late (its body came after a 100 Continue or
-        # an early final status) goes before the responses that came after it.
-        conn.pending.append(req)
         self._pair_waiting(conn)
 
     def _pair_waiting(self, conn: _Conn, flush: int = 0) -> None:
@@ -802,23 +760,21 @@ class TsharkSession:
         connection).
         """
         waiting = conn.waiting
+        pending = conn.http.pending
         while waiting:
             resp = waiting[0]
-            if resp.request_in and conn.pending:
+            if resp.request_in and pending:
                 self._skip_to(conn, resp)
-            req = conn.pending[0] if conn.pending else None
+            req = pending[0] if pending else None
             if req is not None and req.frame <= resp.frame:
                 waiting.pop(0)
-                interim = 100 <= resp.code < 200 and resp.code != 101
-                if not interim:
-                    conn.pending.popleft()
-                self._emit_response(conn, resp, req)
+                self._emit_response(conn, resp, conn.http.answer(resp.code, resp.ts, resp.frame))
                 continue
             if req is not None or flush:
                 # The oldest request began after this response: nothing before
                 # it will come.  Or we are told to let go.
                 waiting.pop(0)
-                self._emit_response(conn, resp, None)
+                self._emit_response(conn, resp, conn.http.answer(resp.code, resp.ts, resp.frame, unpaired=True))
                 if flush > 0:
                     flush -= 1
                 continue
@@ -831,26 +787,18 @@ class TsharkSession:
         tshark: a body never completed, a segment missing): drop them so that
         FIFO pairing does not shift.  Several requests in that frame
         (pipelining) make the link ambiguous: FIFO decides."""
-        hits = [i for i, r in enumerate(conn.pending) if r.shown == resp.request_in]
+        pending = conn.http.pending
+        hits = [i for i, r in enumerate(pending) if r.shown == resp.request_in]
         if len(hits) != 1 or hits[0] == 0:
             return
-        if sum(1 for r in conn.pending if r.shown == conn.pending[hits[0]].shown) != 1:
+        if sum(1 for r in pending if r.shown == pending[hits[0]].shown) != 1:
             return
         for _ in range(hits[0]):
-            lost = conn.pending.popleft()
-            conn.unanswered += 1
-            self._anomaly(conn, "http_response_not_reported", resp.ts, resp.frame,
-                          f"{lost.line}: tshark reported no response for it")
+            conn.http.response_lost(resp.ts, resp.frame, f"{pending[0].line}: tshark reported no response for it",
+                                    "http_response_not_reported")
 
-    def _emit_response(self, conn: _Conn, resp: _Response, req: _Request | None) -> None:
-        flags: tuple = resp.flags
-        if req is None:
-            flags = flags + ("http_response_without_request",)
-            self._anomaly(conn, "http_response_without_request", resp.ts, resp.frame, str(resp.code))
-        ev = Event(protocol="http", code=resp.code, text=resp.text, request=req.line if req else "",
-                   epoch=resp.ts, frame=resp.frame, sender=resp.sender, host=req.host if req else "",
-                   latency_ms=round((resp.ts - req.ts) * 1000.0, 3) if req else None, flags=flags)
-        self._emit(conn, ev)
+    def _emit_response(self, conn: _Conn, resp: _Response, req: Request | None) -> None:
+        self._emit(conn, response_event(resp.code, resp.text, resp.ts, resp.frame, resp.sender, req, resp.flags))
         if resp.code == 101:
             proto = resp.upgrade or (req.upgrade if req else "")
             if proto == "websocket":
@@ -897,9 +845,9 @@ class TsharkSession:
                 conn.set_server(1 - d)
                 if len(conn.h2_requests) >= MAX_H2_STREAMS:
                     conn.h2_requests.pop(next(iter(conn.h2_requests)))
-                conn.h2_requests[sid] = _Request(headers[":method"], headers.get(":path", ""),
-                                                 headers.get(":authority", ""), frame, ts)
-                conn.requests += 1
+                conn.h2_requests[sid] = Request(headers[":method"], headers.get(":path", ""),
+                                                headers.get(":authority", ""), ts, frame)
+                conn.http.requests += 1
             elif ":status" in headers:
                 status = headers[":status"]
                 if not (status.isdigit() and len(status) == 3):
@@ -907,17 +855,20 @@ class TsharkSession:
                     continue
                 code = int(status)
                 conn.set_server(d)
-                conn.responses += 1
+                # Paired by stream id (RFC 9113 section 8.1), not FIFO.
+                conn.http.responses += 1
                 req = conn.h2_requests.get(sid)
-                interim = 100 <= code < 200
-                if req is not None and not interim:
+                if req is not None and not 100 <= code < 200:
                     del conn.h2_requests[sid]
+                if req is None:
+                    conn.note("http_response_without_request", ts, frame, str(code))
                 self._emit_response(conn, _Response(code, "", frame, ts, d), req)
 
     # -- WebSocket -------------------------------------------------------------------
     def _websocket(self, conn: _Conn, layer, d: int, frame: int, ts: float) -> None:
         if not isinstance(layer, dict):
             return
+        conn.ws_frames = True
         if not conn.ws:
             conn.ws = True
             conn.proto = conn.proto or "websocket"
@@ -934,17 +885,19 @@ class TsharkSession:
         flags: list[str] = []
         if status.isdigit():
             code, inferred = int(status), False
+            if not close_code_ok(code):
+                flags.append("websocket_reserved_close_code")     # RFC 6455 section 7.4
         else:
             # RFC 6455 section 7.1.5: a close frame without a status code is 1005.
             code, inferred = 1005, True
             if length == "1":
                 flags.append("websocket_close_payload_1_byte")
-        if len(conn.ws_closes) >= 1 and any(e.sender == d for e in conn.ws_closes):
+        if conn.ws_close.sent_by(d):
             flags.append("websocket_duplicate_close")
         ev = Event(protocol="websocket", code=code, text=reason, request=conn.ws_request, epoch=ts, frame=frame,
                    sender=d, direction=side_label(d, conn.server if conn.server is not None else 1),
-                   inferred=inferred, flags=tuple(flags))
-        conn.ws_closes.append(ev)
+                   inferred=inferred, flags=tuple(close_flags(flags)))
+        conn.ws_close.add(ev)
         self._emit(conn, ev)
 
     # -- FTP -------------------------------------------------------------------------
@@ -965,18 +918,11 @@ class TsharkSession:
 
     def _ftp_command(self, conn: _Conn, verb: str, arg: str, frame: int, ts: float) -> None:
         verb = verb.upper()
-        conn.ftp_commands += 1
         if verb in ("PASS", "ACCT"):
             request = f"{verb} ****" if arg else verb   # the secret is never stored
         else:
             request = f"{verb} {arg}" if arg else verb
-        user = conn.ftp_user
-        if verb == "USER":
-            user = conn.ftp_user = arg[:128]
-        if len(conn.commands) >= MAX_PENDING_COMMANDS:
-            self._anomaly(conn, "ftp_too_many_pending_commands", ts, frame, request)
-            return
-        conn.commands.append((verb, request, user))
+        conn.ftp.command(verb, request, ts, frame, user=arg if verb == "USER" else None)
 
     def _ftp_reply(self, conn: _Conn, layer: dict, frame: int, ts: float) -> None:
         decoded = None
@@ -992,8 +938,7 @@ class TsharkSession:
             # "99 PASV invalid": tshark decodes no code; like the native
             # dissector, the broken answer still answers the oldest command.
             self._anomaly(conn, "ftp_reply_malformed", ts, frame, lines[0][:40])
-            if conn.commands and conn.greeted:
-                conn.commands.popleft()
+            conn.ftp.malformed()
         if decoded is not None:
             key, value = decoded
             raw = _text(value.get("ftp.response.code"))
@@ -1012,8 +957,7 @@ class TsharkSession:
                 if m is None:
                     # "230_no_space": not an RFC 959 reply; it still answers the oldest command.
                     self._anomaly(conn, "ftp_reply_malformed", ts, frame, line[:40])
-                    if conn.commands and conn.greeted:
-                        conn.commands.popleft()
+                    conn.ftp.malformed()
                 else:
                     code = int(m.group(1))
                     text = _text(value.get("ftp.response.arg"))
@@ -1026,56 +970,11 @@ class TsharkSession:
                 conn.open_reply = None
 
     def _ftp_event(self, conn: _Conn, code: int, text: str, frame: int, ts: float) -> None:
-        conn.ftp_replies += 1
-        cmd = None
-        flags: tuple = ()
-        prelim = code < 200
-        if not conn.greeted and code in GREETING_CODES:
-            conn.greeted = not prelim
-        else:
-            conn.greeted = True
-            index = self._ftp_choose(conn, code) if conn.commands else None
-            if index is not None:
-                for _ in range(index):
-                    lost = conn.commands.popleft()
-                    self._anomaly(conn, "ftp_command_without_reply", ts, frame, lost[1])
-                cmd = conn.commands[0]
-                if not prelim:
-                    conn.commands.popleft()
-            elif conn.commands or code not in UNSOLICITED_CODES:
-                flags = ("ftp_reply_without_command",)
-                self._anomaly(conn, "ftp_reply_without_command", ts, frame, str(code))
-        if cmd is not None and cmd[0] in ("USER", "PASS", "ACCT") and code >= 200:
-            if code in (230, 232) or (code == 202 and cmd[0] != "USER"):
-                conn.ftp_login = "success"
-                conn.ftp_logins += 1
-            elif code == 530:
-                conn.ftp_login = "failed"
-                if len(conn.ftp_failed) < 100:
-                    conn.ftp_failed.append(cmd[2])
-        ev = Event(protocol="ftp", code=code, text=text, request=cmd[1] if cmd else "", epoch=ts, frame=frame,
-                   sender=conn.server if conn.server is not None else 1, flags=flags)
+        flags: list[str] = []
+        cmd = conn.ftp.reply(code, text, ts, frame, flags)
+        ev = Event(protocol="ftp", code=code, text=text, request=cmd.request if cmd else "", epoch=ts, frame=frame,
+                   sender=conn.server if conn.server is not None else 1, flags=tuple(flags))
         self._emit(conn, ev)
-
-    @staticmethod
-    def _ftp_choose(conn: _Conn, code: int) -> int | None:
-        """Index of the waiting command this reply answers (as protocols/ftp/dissector.py):
-        FIFO, except that after lost bytes, or for a transfer/ABOR whose reply
-        may be folded, a command whose replies cannot include this code is
-        skipped; None when after lost bytes none fits (its command was lost)."""
-        commands = conn.commands
-        head = commands[0][0]
-        if _ftp_fits(head, code):
-            if conn.desync and 200 <= code < 400:
-                conn.desync = False
-            return 0
-        if conn.desync or head in TRANSFER_VERBS or head == "ABOR":
-            for index in range(1, len(commands)):
-                if _ftp_fits(commands[index][0], code):
-                    return index
-            if conn.desync:
-                return None
-        return 0
 
     # -- output ----------------------------------------------------------------------
     def _emit(self, conn: _Conn, ev: Event) -> None:
@@ -1094,20 +993,19 @@ class TsharkSession:
         if self.conns.get(conn.key) is conn:
             del self.conns[conn.key]
         self._pair_waiting(conn, flush=-1)
-        conn.unanswered += len(conn.pending)
-        conn.pending.clear()
-        if conn.ws and not conn.ws_closes and conn.end is not None:
-            d, ts, frame, rst = conn.end
-            sd = conn.server if conn.server is not None else 1
-            role = "server" if d == sd else "client"
-            ev = Event(protocol="websocket", code=1006, text="", request=conn.ws_request, epoch=ts, frame=frame,
-                       sender=d, direction=side_label(d, sd), inferred=True,
-                       flags=("websocket_no_close_frame", f"{'rst' if rst else 'fin'}_by_{role}"))
-            conn.ws_abnormal = ev
-            self._emit(conn, ev)
-        for cmd in conn.commands:
-            self._anomaly(conn, "ftp_command_without_reply", conn.last_ts, 0, cmd[1])
-        conn.commands.clear()
+        conn.http.close()
+        if conn.ws and not conn.ws_frames and not conn.ws_request:
+            # tshark switches to WebSocket only after the upgrade request; a
+            # 101 without it leaves the frames undecoded: the closes are
+            # unknown, not missing (no 1006 inferred).
+            self._anomaly(conn, "tshark_websocket_not_dissected", conn.ws_open_ts or conn.first_ts, 0)
+            conn.ws_close.lost_close = True   # outcome "unknown"
+        elif conn.ws and conn.end is not None:
+            conn.ws_close.ended(*conn.end)
+            abnormal = conn.ws_close.infer_abnormal(conn.ws_request, conn.server if conn.server is not None else 1)
+            if abnormal is not None:
+                self._emit(conn, abnormal)
+        conn.ftp.close(conn.last_ts)
         if conn.tls:
             self.result.tls_sessions += 1
             if conn.decrypted:
@@ -1131,16 +1029,13 @@ class TsharkSession:
         proto = conn.proto
         if proto == "http" or (proto == "websocket" and conn.ws_request):
             proto = "http"
-            outcome = {"requests": conn.requests, "responses": conn.responses, "unanswered": conn.unanswered,
-                       "http_version": "2" if conn.h2 else "1.x"}
+            outcome = {**conn.http.outcome(), "http_version": "2" if conn.h2 else "1.x"}
             if conn.ws:
-                outcome["websocket"] = self._ws_outcome(conn)
+                outcome["websocket"] = conn.ws_close.outcome(conn.server if conn.server is not None else 1)
         elif proto == "websocket":
-            outcome = self._ws_outcome(conn)
+            outcome = conn.ws_close.outcome(conn.server if conn.server is not None else 1)
         elif proto == "ftp":
-            outcome = {"user": conn.ftp_user, "login": conn.ftp_login, "failed_logins": list(conn.ftp_failed),
-                       "failed_login_count": len(conn.ftp_failed), "logins": conn.ftp_logins,
-                       "tls": conn.tls, "commands": conn.ftp_commands, "replies": conn.ftp_replies}
+            outcome = {**conn.ftp.outcome(), "tls": conn.tls}
         elif conn.tls:
             proto = "tls"
             outcome = {"status": TLS_UNKNOWN if not conn.decrypted else "decrypted, no HTTP/WebSocket seen"}
@@ -1155,26 +1050,6 @@ class TsharkSession:
             "server_ip": sip, "server_port": sport, "first_epoch": conn.first_ts, "last_epoch": conn.last_ts,
             "bytes_c2s": c2s, "bytes_s2c": s2c, "missed_bytes": 0, "gaps": 0, "state": state,
             "outcome": json.dumps(outcome, sort_keys=True, default=str), "capture": capture,
-        }
-
-    @staticmethod
-    def _ws_outcome(conn: _Conn) -> dict:
-        first = min(conn.ws_closes, key=lambda e: (e.epoch, e.frame)) if conn.ws_closes else conn.ws_abnormal
-        reply = next((e for e in conn.ws_closes if first is not None and e.sender != first.sender), None)
-        sd = conn.server if conn.server is not None else 1
-        if conn.ws_closes:
-            state = "closed"
-        elif conn.ws_abnormal is not None or conn.end is not None:
-            state = "aborted"
-        else:
-            state = "open"
-        return {
-            "state": state,
-            "closed_first_by": ("server" if first.sender == sd else "client") if first is not None else "",
-            "clean": reply is not None and _protocol("websocket").is_normal(first.code),
-            "close_code": first.code if first is not None else None,
-            "reply_code": reply.code if reply is not None else None,
-            "inferred": bool(first.inferred) if first is not None else None,
         }
 
     def _sweep(self, ts: float) -> None:

@@ -135,6 +135,11 @@ _TABLE: dict[str, tuple] = {
                         "密钥日志中没有该 TLS 会话的密钥，状态码未知。"),
     "tshark_retransmission_dissected_twice": (INFO, "tshark reported the same message twice (retransmission).",
                                               "tshark 对同一报文报告了两次（重传）。"),
+    "tshark_websocket_not_dissected": (WARNING, "A 101 to WebSocket whose request is not in the capture: tshark "
+                                       "does not decode the frames after it, so the closes are unknown "
+                                       "(the native engine reads them).",
+                                       "抓包中没有升级请求的 101 WebSocket：tshark 不解析其后的帧，关闭情况未知"
+                                       "（原生引擎可以解析）。"),
 }
 
 POLICIES: dict[str, Policy] = {name: Policy(*row) for name, row in _TABLE.items()}

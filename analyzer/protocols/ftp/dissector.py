@@ -9,18 +9,10 @@
 # Server lines go through the RFC 959 section 4.2 reply grammar: "NNN text"
 # is a reply; "NNN-text" opens a multi-line reply that only "NNN text" with
 # the same code closes, every line in between being text whatever digits it
-# starts with.  Client lines become commands, queued in a FIFO (after Zeek's
-# pending-commands table); a reply answers the oldest waiting command, 1xx
-# replies pair without consuming it, and the greeting (120/220/421 before the
-# first final reply) answers nothing.
-#
-# Pairing is plain FIFO while the stream is intact.  After a gap (bytes lost
-# in either direction) replies may answer commands we never saw, or commands
-# may have had their replies lost; until the pairs line up again we consult a
-# table of which reply codes fit which command (data below, after Zeek's
-# ftp_cmd_reply_code) and skip commands whose reply was evidently lost.  The
-# same table settles the ABOR dance when a server folds 426/226 into one
-# reply.
+# starts with.  Client lines become commands.  Pairing a complete reply with
+# its command, and the login outcome, are pairing.py's (shared with the
+# tshark engine): a FIFO, with a table of which codes fit which command to
+# re-align after a gap (a gap here calls its lost_bytes()).
 #
 # Secrets: the argument of PASS and ACCT is never stored.  The line reader
 # stops buffering a line as soon as it starts with "PASS " / "ACCT ", so the
@@ -45,17 +37,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections import deque
 from enum import IntEnum
 
 from analyzer.events import Event, Expectation
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
+from analyzer.protocols.ftp.pairing import GREETING_CODES, TRANSFER_VERBS, FtpSession
 
 MAX_LINE_BYTES = 8 * 1024          # Python ftplib MAXLINE (8192, taken from vsftpd); Zeek truncates reply_msg at 4096
-MAX_PENDING_COMMANDS = 20          # Zeek FTP::max_pending_commands default
 MAX_REPLY_LINES = 10_000           # our choice: the corpus' longest reply (NetBSD 230) has 37 lines; a lost final line must not swallow a session
-MAX_FAILED_LOGINS_KEPT = 100       # our choice: enough to show a brute force, bounded per connection
-MAX_USER_CHARS = 128               # Zeek FTP::max_user_length
 MAX_DETECT_LINES = 8               # lines of a head after which detect() must have decided
 
 
@@ -197,11 +186,6 @@ class _LineReader:
 _REPLY_RE = re.compile(rb"([1-6][0-9]{2})(?:([ -])|$)")
 _COMMAND_RE = re.compile(rb"[A-Za-z]{3,4}(?:[ \t]|$)")
 
-GREETING_CODES = frozenset({120, 220, 421})
-# Replies a server sends on its own: 421 closing (RFC 959 section 5.4); 221
-# when the client hung up without QUIT (NetBSD ftpd, ProFTPD).
-UNSOLICITED_CODES = frozenset({421, 221})
-
 # Commands RFC 959, 2228, 2389, 2428, 2640, 3659, 7151 and common extensions
 # define; used to recognise a client (detect, role inference, anomalies).
 FTP_COMMANDS = frozenset("""
@@ -224,87 +208,6 @@ FOREIGN_COMMANDS = frozenset("""
 # Reply codes no SMTP/POP/IMAP server sends: a server head with one of these is FTP.
 FTP_ONLY_CODES = frozenset({110, 125, 150, 202, 212, 213, 215, 225, 226, 227, 228, 229,
                             230, 257, 331, 332, 350, 425, 426, 532})
-
-TRANSFER_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE", "LIST", "NLST", "MLSD"})
-
-# Positive replies (1xx-3xx) each command can get (RFC 959 section 5.4 plus
-# the extensions' RFCs and what servers send, after Zeek's
-# ftp_cmd_reply_code).  4xx/5xx/6xx and 202 may answer anything, as may an
-# unknown command.  Used only to re-align pairing (see the header).
-_FITS_TEXT = """
-    USER 230 232 331 332 336
-    PASS 230 202 332
-    ACCT 230 202
-    CWD 250
-    XCWD 250
-    CDUP 200 250
-    XCUP 200 250
-    SMNT 202 250
-    REIN 120 220
-    QUIT 221
-    PORT 200
-    EPRT 200
-    LPRT 200
-    PASV 227
-    EPSV 229 200
-    LPSV 228
-    SPSV 227
-    TYPE 200
-    STRU 200
-    MODE 200
-    RETR 110 125 150 226 250
-    STOR 110 125 150 226 250
-    STOU 110 125 150 226 250
-    APPE 110 125 150 226 250
-    LIST 125 150 226 250
-    NLST 125 150 226 250
-    MLSD 125 150 226 250
-    ALLO 200
-    REST 350
-    RNFR 350
-    RNTO 250
-    ABOR 225 226
-    DELE 250
-    RMD 250
-    XRMD 250
-    MKD 257 250
-    XMKD 257 250
-    PWD 257
-    XPWD 257
-    SYST 215
-    STAT 211 212 213
-    HELP 211 214
-    SITE 200 214 250
-    NOOP 200
-    FEAT 211
-    OPTS 200
-    AUTH 234 334
-    ADAT 235 335
-    PBSZ 200
-    PROT 200
-    CCC 200
-    SIZE 213
-    MDTM 213
-    MFMT 213
-    MLST 250
-    HOST 220 120
-    LANG 200
-    CLNT 200
-    AVBL 213
-"""
-CODE_FITS: dict[str, frozenset[int]] = {
-    parts[0]: frozenset(int(code) for code in parts[1:])
-    for parts in (line.split() for line in _FITS_TEXT.strip().splitlines())
-}
-
-
-def fits(verb: str, code: int) -> bool:
-    """Could `code` be a reply to `verb`?  Errors (4xx-6xx) and 202 fit any command."""
-    if code >= 400 or code == 202:
-        return True
-    allowed = CODE_FITS.get(verb)
-    return allowed is None or code in allowed
-
 
 # --- data channel announcements ------------------------------------------------
 
@@ -365,19 +268,6 @@ def _text(raw: bytes) -> str:
 
 # --- the dissector ---------------------------------------------------------------
 
-class _Command:
-    """One command waiting for (or being answered by) its reply."""
-
-    __slots__ = ("verb", "request", "data_bytes", "prelim", "user")
-
-    def __init__(self, verb: str, request: str, user: str = "") -> None:
-        self.verb = verb
-        self.request = request
-        self.data_bytes: int | None = None   # bytes seen on its data connection
-        self.prelim = False                  # a 1xx already answered it
-        self.user = user                     # USER argument for USER/PASS/ACCT
-
-
 class _OpenReply:
     """A multi-line reply whose final line has not arrived yet."""
 
@@ -407,22 +297,11 @@ class FtpDissector(Dissector):
         self._telnet = (_TelnetFilter(), _TelnetFilter())
         # Both readers mask: until the roles are known either side may be the client.
         self._lines = (_LineReader(True), _LineReader(True))
-        self._pending: deque[_Command] = deque()
+        self.session = FtpSession(self.anomaly)   # pairing and login outcome
         self._reply: _OpenReply | None = None
-        self._greeted = False         # a final reply was seen: the greeting window is over
-        self._desync = False          # a gap made FIFO pairing doubtful
         self._tls = False
         self._auth_sent = False
         self._closed = False
-        self._last_transfer: _Command | None = None
-        # Session meaning (outcome()).
-        self._user = ""
-        self._login = "none"
-        self._failed: list[str] = []
-        self._failed_count = 0
-        self._logins = 0
-        self._commands = 0
-        self._replies = 0
         self._data_total = 0
 
     # --- contract -----------------------------------------------------------
@@ -452,7 +331,7 @@ class FtpDissector(Dissector):
             reader.drop()
         reader.resync = True
         self._telnet[direction].state = _T_DATA
-        self._desync = True
+        self.session.lost_bytes()
         if self._reply is not None and direction == self.server_direction:
             self._reply.gap = True
         self._note("ftp_gap", ts, frame, f"{nbytes} bytes missing from direction {direction}")
@@ -476,33 +355,22 @@ class FtpDissector(Dissector):
             if reply is not None:
                 self._close_reply(reply, events, "ftp_reply_incomplete",
                                   f"multi-line {reply.code} reply has no final line")
-            for cmd in self._pending:
-                self._note("ftp_command_without_reply", ts, 0, cmd.request)
-        self._pending.clear()
+            self.session.close(ts)
+        self.session.clear()
         self._closed = True
         return events
 
     def on_data(self, nbytes: int, ts: float) -> None:
-        target = next((c for c in self._pending if c.verb in TRANSFER_VERBS), None)
+        target = next((c for c in self.session.pending if c.verb in TRANSFER_VERBS), None)
         if target is None:
-            target = self._last_transfer   # late bytes: its event may already be out
+            target = self.session.last_transfer   # late bytes: its event may already be out
         if nbytes > 0:
             self._data_total += nbytes
         if target is not None:
             target.data_bytes = (target.data_bytes or 0) + nbytes
 
     def outcome(self) -> dict:
-        return {
-            "user": self._user,
-            "login": self._login,
-            "failed_logins": list(self._failed),
-            "failed_login_count": self._failed_count,
-            "logins": self._logins,
-            "tls": self._tls,
-            "commands": self._commands,
-            "replies": self._replies,
-            "data_bytes": self._data_total,
-        }
+        return {**self.session.outcome(), "tls": self._tls, "data_bytes": self._data_total}
 
     # --- lines ----------------------------------------------------------------
 
@@ -580,7 +448,7 @@ class FtpDissector(Dissector):
             if line[:1].isdigit():
                 # "230_no_space", "99 PASV invalid": the server's (broken)
                 # answer to the oldest command; not an RFC 959 reply.
-                cmd = self._pending.popleft() if self._pending and self._greeted else None
+                cmd = self.session.malformed()
                 shown = _text(line[:40])
                 self._note("ftp_reply_malformed", ts, frame,
                            f"{shown!r}" + (f" answers {cmd.request}" if cmd else ""))
@@ -605,11 +473,8 @@ class FtpDissector(Dissector):
     def _complete(self, code: int, text: str, lines: int, ts: float, frame: int,
                   flags: list[str]) -> Event:
         """A whole reply: pair it, track the session, build the event."""
-        self._replies += 1
-        cmd = self._pair(code, ts, frame, flags)
+        cmd = self.session.reply(code, text, ts, frame, flags)
         data_bytes = cmd.data_bytes if cmd is not None else None
-        if cmd is not None:
-            self._session(cmd, code, text)
         if code == 227:
             self._expect(parse_host_port(text.encode("utf-8", "replace")), ts, frame)
         elif code == 229:
@@ -625,67 +490,6 @@ class FtpDissector(Dissector):
             epoch=ts, frame=frame, sender=self.server_direction if self.server_direction is not None else 1,
             lines=lines, data_bytes=data_bytes, flags=tuple(dict.fromkeys(flags)),
         )
-
-    def _pair(self, code: int, ts: float, frame: int, flags: list[str]) -> _Command | None:
-        prelim = code < 200
-        if not self._greeted and code in GREETING_CODES:
-            # The greeting answers nothing, even if commands were pipelined before it.
-            self._greeted = not prelim
-            return None
-        self._greeted = True
-        pending = self._pending
-        if not pending:
-            if code not in UNSOLICITED_CODES:
-                flags.append("ftp_reply_without_command")
-                self._note("ftp_reply_without_command", ts, frame, str(code))
-            return None
-        index = self._choose(code)
-        if index is None:
-            flags.append("ftp_reply_without_command")
-            self._note("ftp_reply_without_command", ts, frame, f"{code} answers a command lost in a gap")
-            return None
-        for _ in range(index):
-            lost = pending.popleft()
-            self._note("ftp_command_without_reply", ts, frame, lost.request)
-        cmd = pending[0]
-        if prelim:
-            cmd.prelim = True
-        else:
-            pending.popleft()
-            if cmd.verb in TRANSFER_VERBS:
-                self._last_transfer = cmd
-        return cmd
-
-    def _choose(self, code: int) -> int | None:
-        """Index of the pending command this reply answers; None if it answers an unseen one."""
-        pending = self._pending
-        head = pending[0]
-        if fits(head.verb, code):
-            if self._desync and code >= 200 and code < 400:
-                self._desync = False   # a positive reply fits: back in step
-            return 0
-        # The head does not fit.  Skip it only where a reply may legitimately be
-        # missing: after a gap, or in the ABOR dance (RFC 959 section 4.1.3).
-        skippable = self._desync or head.verb in TRANSFER_VERBS or head.verb == "ABOR"
-        if skippable:
-            for index in range(1, len(pending)):
-                if fits(pending[index].verb, code):
-                    return index
-            if self._desync:
-                return None
-        return 0
-
-    def _session(self, cmd: _Command, code: int, text: str) -> None:
-        if cmd.verb not in ("USER", "PASS", "ACCT") or code < 200:
-            return
-        if code in (230, 232) or (code == 202 and cmd.verb != "USER"):
-            self._login = "success"
-            self._logins += 1
-        elif code == 530:
-            self._login = "failed"
-            self._failed_count += 1
-            if len(self._failed) < MAX_FAILED_LOGINS_KEPT:
-                self._failed.append(cmd.user)
 
     # --- client side -------------------------------------------------------------------
 
@@ -705,21 +509,16 @@ class FtpDissector(Dissector):
                 self._note("ftp_command_too_long", ts, frame, f"{verb}: {len(line) + excess} bytes")
         if verb not in FTP_COMMANDS:
             self._note("ftp_command_unknown", ts, frame, verb)
-        self._commands += 1
-        user = self._user
+        user = None
         if verb == "USER":
-            user = _text(arg.strip())[:MAX_USER_CHARS]
-            self._user = user
+            user = _text(arg.strip())
         elif verb == "PORT":
             self._expect(parse_host_port(arg), ts, frame)
         elif verb == "EPRT":
             self._expect(parse_eprt(arg), ts, frame)
         elif verb == "AUTH":
             self._auth_sent = True
-        if len(self._pending) >= MAX_PENDING_COMMANDS:
-            self._note("ftp_too_many_pending_commands", ts, frame, request)
-            return
-        self._pending.append(_Command(verb, request, user))
+        self.session.command(verb, request, ts, frame, user)
 
     # --- helpers --------------------------------------------------------------------
 
@@ -734,7 +533,7 @@ class FtpDissector(Dissector):
             self._tls = True
             self._note("ftp_tls_started", ts, frame, "control channel encrypted from here")
         self._reply = None
-        self._pending.clear()
+        self.session.clear()
         for reader in self._lines:
             reader.drop()
 

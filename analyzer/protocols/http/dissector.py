@@ -8,10 +8,10 @@
 # counting, never buffered; only heads (bounded) and a bounded body prefix of
 # 4xx/5xx responses (for IIS sub-status pages) are kept.
 #
-# Pairing is a FIFO of requests, as in Zeek: interim 1xx (but 101) answer the
-# oldest request without consuming it, every other status consumes it.
-# Requests are queued as soon as their head is complete, so a `100 Continue`
-# or an early final status sent before the request body pairs correctly.
+# Pairing is pairing.py's (shared with the tshark engine): a FIFO of
+# requests, as in Zeek.  Requests are queued as soon as their head is
+# complete, so a `100 Continue` or an early final status sent before the
+# request body pairs correctly.
 #
 # Framing per RFC 9112 §6.3: HEAD, 1xx, 204, 304 -> no body; 2xx to CONNECT ->
 # tunnel; chunked -> chunked; Content-Length -> length; otherwise a response
@@ -28,10 +28,10 @@
 from __future__ import annotations
 
 import re
-from collections import deque
 
 from analyzer.events import Event
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
+from analyzer.protocols.http.pairing import HttpPairing, Request, interim, requested_upgrade, response_fields
 
 # h11 allows 16 KiB, nginx large_client_header_buffers 4x8 KiB = 32 KiB,
 # Node.js 16 KiB (80 KiB before v11.6); a passive tap must be more lenient
@@ -40,8 +40,6 @@ MAX_HEAD_BYTES = 64 * 1024
 # A request/status line longer than this is not the start of a message we can
 # use (Apache LimitRequestLine 8190; we allow long URIs seen in the wild).
 MAX_START_LINE = 16 * 1024
-# Requests waiting for a response; Zeek's http max_pending_requests is 100.
-MAX_PENDING_REQUESTS = 1000
 # Bytes held from a client that asked to switch protocols (h11 holds without
 # limit; a client rarely sends more than one flight before the 101).
 MAX_HELD_UPGRADE_BYTES = 256 * 1024
@@ -97,26 +95,6 @@ def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool 
 
 
 _NO_EVENTS: list = []  # shared and never appended to: callers only iterate it
-
-
-class _Request:
-    __slots__ = ("method", "uri", "host", "ts", "frame", "upgrade", "lost")
-
-    def __init__(self, method: str, uri: str, host: str, ts: float, frame: int, upgrade: str = "",
-                 lost: bool = False) -> None:
-        self.method = method
-        self.uri = uri
-        self.host = host
-        self.ts = ts
-        self.frame = frame
-        self.upgrade = upgrade
-        self.lost = lost
-
-    @property
-    def line(self) -> str:
-        if not self.method:
-            return ""
-        return f"{self.method} {self.uri}" if self.uri else self.method
 
 
 # The only fields the dissector reads, found by one case-insensitive scan of
@@ -191,11 +169,8 @@ class HttpDissector(Dissector):
         self.server_direction = server_direction
         start = RESYNC if midstream else HEAD
         self.sides = (_Side(start), _Side(start))
-        self.pending: deque[_Request] = deque()
+        self.pairing = HttpPairing(self.anomaly)
         self.upgraded: Dissector | None = None
-        self.requests = 0
-        self.responses = 0
-        self.unanswered = 0
         self.tunnel = ""
         self.midstream = midstream
         self._events: list[Event] = []
@@ -267,12 +242,11 @@ class HttpDissector(Dissector):
             if side.state == HEAD and side.buf:
                 self._salvage_head(d, "http_incomplete_head_at_end")
             self._flush_sniff(d)
-        self.unanswered += len(self.pending)
-        self.pending.clear()
+        self.pairing.close()
         return self._events
 
     def outcome(self) -> dict:
-        out = {"requests": self.requests, "responses": self.responses, "unanswered": self.unanswered}
+        out = self.pairing.outcome()
         if self.tunnel:
             out["tunnel"] = self.tunnel
         if self.upgraded is not None:
@@ -471,18 +445,8 @@ class HttpDissector(Dissector):
         uri = _text(m.group(2) or b"")
         if self.server_direction is None:
             self.server_direction = 1 - d
-        self.requests += 1
-        upgrade = ""
-        if method == "CONNECT":
-            upgrade = "connect"
-        elif "upgrade" in headers and "upgrade" in headers.get("connection", "upgrade").lower():
-            upgrade = headers["upgrade"].strip().lower()
-        req = _Request(method, uri, headers.get("host", ""), side.msg_ts, side.msg_frame, upgrade)
-        if len(self.pending) >= MAX_PENDING_REQUESTS:
-            self.anomaly("http_too_many_pending_requests", side.msg_ts, side.msg_frame)
-            self.pending.popleft()
-            self.unanswered += 1
-        self.pending.append(req)
+        upgrade = requested_upgrade(method, headers.get("upgrade"), headers.get("connection"))
+        self.pairing.request(Request(method, uri, headers.get("host", ""), side.msg_ts, side.msg_frame, upgrade))
         state, length = framing(False, method, 0, headers)
         side.state, side.remaining, side.chunk = state, length, CHUNK_SIZE
         if upgrade and state == HEAD:
@@ -495,28 +459,13 @@ class HttpDissector(Dissector):
         reason = _text(m.group(4) or b"").rstrip("\r")
         if self.server_direction is None:
             self.server_direction = d
-        self.responses += 1
-        interim = 100 <= code < 200 and code != 101
-        req = self.pending[0] if self.pending else None
-        if req is not None and not interim:
-            self.pending.popleft()
-        flags: tuple[str, ...] = ()
-        if req is not None and req.lost:
-            flags = ("http_request_lost",)
-        elif req is None:
-            flags = ("http_response_without_request",)
-            self.anomaly("http_response_without_request", side.msg_ts, side.msg_frame, str(code))
-        elif side.after_gap:
-            flags = ("http_after_gap",)
+        req = self.pairing.answer(code, side.msg_ts, side.msg_frame)
+        flags = extra_flags
+        if side.after_gap and req is not None and not req.lost:
+            flags = ("http_after_gap",) + flags
         side.after_gap = False
-        flags += extra_flags
         method = req.method if req else ""
-        fields = dict(
-            protocol="http", code=code, text=reason, request=req.line if req else "",
-            epoch=side.msg_ts, frame=side.msg_frame, sender=d, host=req.host if req else "",
-            latency_ms=round((side.msg_ts - req.ts) * 1000.0, 3) if req and not req.lost else None,
-            flags=flags,
-        )
+        fields = response_fields(code, reason, side.msg_ts, side.msg_frame, d, req, flags)
         state, length = framing(True, method, code, headers)
         if code == 101 or (state == TUNNEL):
             self._events.append(Event(**fields))
@@ -527,11 +476,11 @@ class HttpDissector(Dissector):
             side.sniff = [fields, bytearray(), headers.get("content-encoding", "")]
         else:
             self._events.append(Event(**fields))
-        if req is not None and req.upgrade and not interim:
+        if req is not None and req.upgrade and not interim(code):
             # The server declined the switch: the client's held bytes are HTTP.
             self._release_hold(1 - d)
 
-    def _switch(self, d: int, req: _Request | None, code: int, headers: dict[str, str]) -> None:
+    def _switch(self, d: int, req: Request | None, code: int, headers: dict[str, str]) -> None:
         proto = headers.get("upgrade", "").strip().lower()
         if code == 101 and proto == "websocket":
             from analyzer.protocols.websocket.dissector import WebSocketDissector  # imported on first use
@@ -559,13 +508,9 @@ class HttpDissector(Dissector):
         if self.server_direction is None:
             return
         if d == self.server_direction:
-            if self.pending:
-                self.pending.popleft()
-                self.unanswered += 1
-                self.anomaly("http_response_lost", ts, frame)
-        elif len(self.pending) < MAX_PENDING_REQUESTS:
-            self.pending.append(_Request("", "", "", ts, frame, lost=True))
-            self.anomaly("http_request_lost", ts, frame)
+            self.pairing.response_lost(ts, frame)
+        else:
+            self.pairing.request_lost(ts, frame)
 
     def _start_upgraded(self, d: int, rest: bytes, ts: float, frame: int) -> None:
         """Hand the bytes that followed the 101 (and the client's held ones) over."""

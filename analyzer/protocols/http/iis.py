@@ -10,10 +10,11 @@
 #
 # Strategy: only for 4xx/5xx; decode at most MAX_DECODED_BYTES of the body
 # prefix (identity, gzip, x-gzip or deflate; anything else gives up); look for
-# those markers; accept a value only if every marker found agrees, its major
-# code equals the status code on the wire, and the catalogue lists it.  So a
-# page that merely mentions another code, or a made-up sub-status, yields
-# None: we never invent one.
+# those markers; accept a value only if every marker found agrees and its
+# major code equals the status code on the wire, so a page that merely
+# mentions another code yields None.  Whether the value is a real IIS
+# sub-status is a question of meaning: the annotation (meaning/annotate.py)
+# keeps only those the catalogue lists, so a made-up one is never reported.
 #
 # Limits: brotli/zstd bodies are not decoded (IIS does not compress its own
 # error pages with them by default); a marker split past the decoded budget
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import re
 import zlib
-
-from analyzer.meaning import catalog
 
 # IIS detailed error pages are 4-6 KiB; the markers sit in the first 1 KiB.
 # 64 KiB of output bounds the work a hostile compressed body can cause
@@ -62,7 +61,7 @@ def _decode(body: bytes, content_encoding: str) -> bytes | None:
 
 
 def find_substatus(code: int, body_prefix: bytes, content_encoding: str = "") -> str | None:
-    """The IIS sub-status ("403.14") a 4xx/5xx error page shows, else None."""
+    """The IIS sub-status ("403.14") a 4xx/5xx error page claims, else None."""
     if not isinstance(code, int) or not 400 <= code <= 599 or not body_prefix:
         return None
     text = _decode(bytes(body_prefix), content_encoding or "")
@@ -80,7 +79,4 @@ def find_substatus(code: int, body_prefix: bytes, content_encoding: str = "") ->
     major, minor = found.pop()
     if major != code:
         return None
-    value = f"{major}.{minor}"
-    if catalog.lookup("http", value).level != "exact":
-        return None
-    return value
+    return f"{major}.{minor}"

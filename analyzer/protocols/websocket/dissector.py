@@ -37,7 +37,7 @@ from enum import IntEnum
 
 from analyzer.events import Event, side_label
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
-from analyzer.protocols.websocket import SPEC as _SPEC
+from analyzer.protocols.websocket.pairing import CloseHandshake, close_flags
 
 
 class Opcode(IntEnum):
@@ -104,11 +104,6 @@ DETECT_MIN_FRAMES = 3
 # Largest frame detect() believes in: node `ws` maxPayload default (100 MiB);
 # websockets' max_size default is 1 MiB, so this is generous.
 DETECT_MAX_FRAME = 100 * 1024 * 1024
-# Codes that end a connection cleanly when the close handshake completed.
-# 1005 counts: a close frame without a status code reports no error (Jupyter
-# closes every kernel channel that way).
-# Decided once, in the websocket spec (analyzer/protocols/websocket/__init__.py).
-CLEAN_CODES = _SPEC.normal_codes
 
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
@@ -488,10 +483,7 @@ class WebSocketDissector(Dissector):
             1 - server_direction: _Side("client", FrameDecoder(True, self.rsv1)),
             server_direction: _Side("server", FrameDecoder(False, self.rsv1)),
         }
-        self._closes: list[Event] = []      # one per close frame on the wire
-        self._abnormal: Event | None = None  # the inferred 1006, if any
-        self._lost_close = False            # a close frame whose status code was lost
-        self._first_end: tuple[int, float, int, bool] | None = None
+        self.handshake = CloseHandshake()   # close frames, first FIN/RST, outcome (pairing.py)
         self._first_ts: float | None = None
         self._finished = False
         self.anomaly_counts: dict[str, int] = {}
@@ -527,8 +519,7 @@ class WebSocketDissector(Dissector):
             return []
         side.ended = (ts, frame, rst)
         side.partial_at_end = side.decoder.partial_bytes
-        if self._first_end is None:
-            self._first_end = (direction, ts, frame, rst)
+        self.handshake.ended(direction, ts, frame, rst)
         events: list[Event] = []
         self._note_unfinished(direction, side)
         for decoded in side.decoder.flush():
@@ -547,53 +538,28 @@ class WebSocketDissector(Dissector):
                 for decoded in side.decoder.flush():
                     self._on_frame(direction, side, decoded, events)
         # Decided only now: after the first FIN the peer may still close.
-        if self._first_end is not None and not self._closes and not self._lost_close:
-            self._abnormal = self._abnormal_closure()
-            events.append(self._abnormal)
+        if self.handshake.first_end is not None:
+            abnormal = self.handshake.infer_abnormal(self.request, self.server_direction, self._end_evidence(),
+                                                     self.midstream)
+            if abnormal is not None:
+                events.append(abnormal)
         return events
 
     def outcome(self) -> dict:
-        """Per-connection summary for the statistics.
-
-        state: "closed" (a close frame was seen), "aborted" (FIN/RST without
-        any close frame), "unknown" (ended, but lost bytes may have held the
-        close frame, or its status code was lost), "open" (never ended).
-        clean: both sides sent a close frame, the first one carried 1000,
-        1001 or no status (1005), and no close frame broke a rule.
-        closed_first_by: sender of the first close frame, else of the first
-        FIN/RST.  duration_s: handshake (or first byte seen) to that moment.
-        """
+        """Per-connection summary for the statistics: the close handshake's
+        outcome (pairing.py: state, clean, who closed first, codes) plus
+        duration (handshake, or first byte seen, to the first close or
+        FIN/RST), frame/message/ping counts and anomalies."""
         client, server = self._side("client"), self._side("server")
         gap = any(side.decoder.lost_sync for side in self._sides.values())
-        first = min(self._closes, key=lambda e: (e.epoch, e.frame)) if self._closes else self._abnormal
-        if self._closes:
-            state = "closed"
-        elif self._lost_close or (self._abnormal is not None and gap):
-            state = "unknown"
-        elif self._abnormal is not None or self._first_end is not None:
-            state = "aborted"
-        else:
-            state = "open"
-        reply = None
-        if self._closes:
-            reply = next((e for e in self._closes if e.sender != first.sender), None)
-        clean = (reply is not None and first.code in CLEAN_CODES and not self._lost_close
-                 and not any("websocket_protocol_violation" in e.flags for e in self._closes))
+        out = self.handshake.outcome(self.server_direction, gap)
+        hs = self.handshake
+        first = min(hs.closes, key=lambda e: (e.epoch, e.frame)) if hs.closes else hs.abnormal
         start = self.opened_ts if self.opened_ts is not None else self._first_ts
         duration = None
         if first is not None and start is not None:
             duration = max(0.0, first.epoch - start)
-        ended_by = ""
-        if self._first_end is not None:
-            direction, _, _, rst = self._first_end
-            ended_by = f"{'rst' if rst else 'fin'}_by_{self._sides[direction].role}"
-        return {
-            "state": state,
-            "closed_first_by": self._sides[first.sender].role if first is not None else "",
-            "clean": clean,
-            "close_code": first.code if first is not None else None,
-            "reply_code": reply.code if reply is not None else None,
-            "ended_by": ended_by,
+        out.update({
             "duration_s": duration,
             "frames": {"client": client.decoder.frames, "server": server.decoder.frames},
             "messages": {"client": client.messages, "server": server.messages},
@@ -602,7 +568,8 @@ class WebSocketDissector(Dissector):
             "gap": gap,
             "midstream": self.midstream,
             "anomalies": dict(self.anomaly_counts),
-        }
+        })
+        return out
 
     # -- frames ----------------------------------------------------------
     def _on_frame(self, direction: int, side: _Side, f: DecodedFrame, events: list[Event]) -> None:
@@ -632,7 +599,7 @@ class WebSocketDissector(Dissector):
             side.closes += 1
             event = self._close_event(direction, side, f, violations)
             if event is not None:
-                self._closes.append(event)
+                self.handshake.add(event)
                 events.append(event)
 
     def _close_event(self, direction: int, side: _Side, f: DecodedFrame,
@@ -658,7 +625,7 @@ class WebSocketDissector(Dissector):
             # The status code itself was lost (gap, or the stream ended in
             # it): a close frame was sent, its code is unknown.  No event
             # rather than a guessed code; the outcome says "unknown".
-            self._lost_close = True
+            self.handshake.lost_close = True
             self._note("websocket_close_code_lost", direction, f.ts, f.frame)
             return None
         else:
@@ -671,11 +638,7 @@ class WebSocketDissector(Dissector):
                 flags.append("websocket_invalid_utf8_reason")     # Section 5.5.1
             if not close_code_ok(code):
                 flags.append("websocket_reserved_close_code")     # Section 7.4
-        broken = {"websocket_close_payload_1_byte", "websocket_reserved_close_code",
-                  "websocket_invalid_utf8_reason", "websocket_oversized_close",
-                  "websocket_duplicate_close"}
-        if violations or broken.intersection(flags):
-            flags.insert(0, "websocket_protocol_violation")
+        close_flags(flags, bool(violations))
         if f.after_gap:
             flags.append("websocket_after_gap")
         if self.midstream:
@@ -730,11 +693,12 @@ class WebSocketDissector(Dissector):
         return h.opcode in DATA_OPCODES       # permessage-deflate: first frame only
 
     # -- the close that never came ------------------------------------------
-    def _abnormal_closure(self) -> Event:
-        direction, ts, frame, rst = self._first_end
+    def _end_evidence(self) -> tuple[str, ...]:
+        """Flags of an inferred 1006 after its first two: bytes left in frames,
+        the peer's end, lost framing."""
+        direction = self.handshake.first_end[0]
         side, peer = self._sides[direction], self._sides[1 - direction]
-        flags = ["websocket_no_close_frame", f"{'rst' if rst else 'fin'}_by_{side.role}",
-                 f"bytes_after_last_frame={side.partial_at_end}"]
+        flags = [f"bytes_after_last_frame={side.partial_at_end}"]
         if peer.partial_at_end:
             flags.append(f"peer_bytes_after_last_frame={peer.partial_at_end}")
         if peer.ended is not None:
@@ -742,16 +706,8 @@ class WebSocketDissector(Dissector):
         lost = [s for s in self._sides.values() if s.decoder.lost_sync]
         if lost:
             flags.append("websocket_gap_before_end")
-            unparsed = sum(s.decoder.unparsed_bytes for s in lost)
-            flags.append(f"unparsed_bytes={unparsed}")
-        if self.midstream:
-            flags.append("websocket_midstream")
-        return Event(
-            protocol=self.protocol, code=int(CloseReason.ABNORMAL_CLOSURE), text="",
-            request=self.request, epoch=ts, frame=frame, sender=direction,
-            direction=side_label(direction, self.server_direction),
-            inferred=True, flags=tuple(flags),
-        )
+            flags.append(f"unparsed_bytes={sum(s.decoder.unparsed_bytes for s in lost)}")
+        return tuple(flags)
 
     def _side(self, role: str) -> _Side:
         return next(s for s in self._sides.values() if s.role == role)
