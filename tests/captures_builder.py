@@ -87,3 +87,27 @@ def nrb(order: str) -> bytes:
 
 def isb(order: str, ifid: int = 0) -> bytes:
     return block(order, 5, struct.pack(order + "III", ifid, 0, 0))
+
+
+def ether_tcp(src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int, flags: int,
+              payload: bytes) -> bytes:
+    """One Ethernet/IPv4/TCP frame (checksums zero: readers must not need them)."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dst) + tcp
+    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ip
+
+
+def conversation(packets, client: bytes, cport: int, server: bytes, sport: int,
+                 start: int = 1_700_000_000, step: int = 1) -> bytes:
+    """A pcap of one TCP connection from (sender "c"/"s", flags, payload)
+    triples, sequence numbers following the payloads; one packet per
+    `step` seconds."""
+    syn, fin = 0x02, 0x01
+    seq = {"c": 1000, "s": 5000}
+    out = []
+    for i, (side, flags, payload) in enumerate(packets):
+        peer = "s" if side == "c" else "c"
+        ends = (client, cport, server, sport) if side == "c" else (server, sport, client, cport)
+        out.append(((start + i * step, 0), ether_tcp(*ends, seq[side], seq[peer], flags, payload)))
+        seq[side] += len(payload) + bool(flags & (syn | fin))
+    return pcap(out)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzer.tcp.table import ACK, FIN, SYN, FlowTable
-from tests.captures_builder import pcap
+from tests.captures_builder import conversation
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT, SERVER = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
@@ -98,22 +98,8 @@ def test_roles_and_close_codes_do_not_depend_on_where_the_capture_starts(
 
 # ------------------------------------------------- a close without a code --
 
-def _ether(src: bytes, sport: int, dst: bytes, dport: int, seq: int, ack: int, flags: int,
-           payload: bytes) -> bytes:
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dst) + tcp
-    return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ip
-
-
 def _write_capture(path: Path, packets) -> None:
-    seq = {"c": 1000, "s": 5000}
-    out = []
-    for i, (side, flags, payload) in enumerate(packets):
-        peer = "s" if side == "c" else "c"
-        ends = (CLIENT, CPORT, SERVER, SPORT) if side == "c" else (SERVER, SPORT, CLIENT, CPORT)
-        out.append(((1_700_000_000 + i, 0), _ether(*ends, seq[side], seq[peer], flags, payload)))
-        seq[side] += len(payload) + bool(flags & (SYN | FIN))
-    path.write_bytes(pcap(out))
+    path.write_bytes(conversation(packets, CLIENT, CPORT, SERVER, SPORT))
 
 
 def test_close_without_status_code_after_handshake_is_clean_everywhere(tmp_path):
