@@ -25,6 +25,10 @@ from analyzer.events import CONNECTION_COLUMNS, Event, with_endpoints
 from analyzer.outputs.csvfile import CsvWriter
 from analyzer.tcp.table import FlowTable
 
+# A packet this much older than the newest one before it is a step back in
+# time, not the reordering of a merged multi-interface capture.
+BACKWARDS_SECONDS = 1.0
+
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
 
 
@@ -170,12 +174,17 @@ class Session:
             others = _other_share(*partition)
         frame = 0
         ts = None
+        newest = float("-inf")
         try:
             with open_capture(path) as reader:
                 report.format, report.compression = reader.format, reader.compression
                 next_tick = 1
                 for ts, linktype, data, wirelen in reader:
                     frame += 1
+                    if ts > newest:
+                        newest = ts
+                    elif ts < newest - BACKWARDS_SECONDS:
+                        newest = self._went_backwards(ts, newest, frame)
                     if others is not None and linktype == 1 and others(data):
                         self.elsewhere += 1  # another process dissects it
                         continue
@@ -198,6 +207,13 @@ class Session:
             result.packets += frame
             self.frame = frame
 
+    def _went_backwards(self, ts: float, newest: float, frame: int) -> float:
+        """A packet much older than the newest so far: two captures pasted
+        together, or a clock step.  Named once per jump; the jump's start is
+        the new reference."""
+        self.table.note(None, "capture_time_went_backwards", ts, frame, f"{newest - ts:.6f} s before frame time seen")
+        return ts
+
     def interim(self) -> None:
         """Every event so far into events.csv and the statistics (live capture)."""
         self.events.flush()
@@ -215,7 +231,7 @@ class Session:
         result.anomalies = table.anomaly_counts
         result.limits = table.limits
         result.tcp_segments = self.decoder.decoded + self.elsewhere
-        result.connections_total = table.count
+        result.connections_total = table.count - table.duplicates
         result.connections_with_gaps = table.connections_with_gaps
         result.missed_bytes = table.missed_bytes
         result.seconds = time.perf_counter() - self.started

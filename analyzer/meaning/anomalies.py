@@ -130,6 +130,16 @@ _TABLE: dict[str, tuple] = {
                                   "关闭帧的状态码落在抓包缺口中。"),
     "websocket_gap_lost_framing": (WARNING, "A capture gap broke the frame boundaries; later frames unread.",
                                    "抓包缺口破坏了帧边界，其后的帧无法解析。"),
+    # -- capture and TCP -------------------------------------------------------------
+    "capture_time_went_backwards": (WARNING, "A packet is much older than the ones before it: two captures "
+                                    "pasted together, or the clock stepped back.",
+                                    "数据包时间明显早于之前的包：可能拼接了两份抓包，或时钟回拨。"),
+    "duplicate_connection": (WARNING, "A connection that starts with the same packet as an earlier one: a copy, "
+                             "counted once.",
+                             "连接的首个数据包与之前的连接完全相同：是重复副本，只统计一次。"),
+    "tcp_rst_out_of_window": (WARNING, "A reset far outside its sender's sequence space; the receiver would "
+                              "drop it, so it ends nothing.",
+                              "复位报文的序列号远在发送方序列空间之外，接收方会丢弃它，连接不因此结束。"),
     # -- TLS / tshark engine ---------------------------------------------------------
     "tls_undecrypted": (INFO, "A TLS session with no key in the key log: status codes unknown.",
                         "密钥日志中没有该 TLS 会话的密钥，状态码未知。"),

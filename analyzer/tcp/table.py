@@ -28,6 +28,21 @@
 # for by activity since the previous one, so eviction and sweeping cost
 # O(log n) per connection instead of O(table).  Finalised connections wait
 # for CLOSE_LINGER in a queue, in the order they closed.
+#
+# Copies.  A capture may hold the same connection twice (two copies of a
+# file concatenated or merged; the copy may even start earlier in time).  A
+# connection is known by its first packet: 4-tuple, flags and sequence number
+# (the ISN when it starts with a SYN).  The last MAX_SIGNATURES of them are
+# remembered, so a second connection that begins with the same packet is the
+# copy: its packets are dropped and counted (duplicate_connection), whatever
+# the table did with the first one meanwhile.
+#
+# Resets.  A RST ends its sender's stream at once, but the peer may still
+# have bytes in flight (a server answering the request a browser just
+# aborted): the other direction keeps being dissected for RESET_LINGER of
+# capture time (or until it ends itself), while its bytes fit its stream.
+# A RST whose sequence number lies far outside its sender's stream would be
+# dropped by the receiver (RFC 5961 section 3): it ends nothing.
 from __future__ import annotations
 
 import base64
@@ -39,6 +54,7 @@ from dataclasses import replace
 from functools import partial
 
 from analyzer.decode.packets import addr_to_str
+from analyzer.events import Anomaly
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
 from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
@@ -64,6 +80,16 @@ MAX_CONNECTIONS = 131_072
 MAX_EXPECTATIONS = 10_000
 # How often (capture seconds) idle connections are looked for.
 SWEEP_INTERVAL = 10.0
+# First packets of connections remembered to recognise a copy of one (a
+# hash each, ~100 bytes with the set and queue entries: 13 MB at most).
+MAX_SIGNATURES = MAX_CONNECTIONS
+# After a RST, how long (capture seconds) the peer's late bytes are still
+# dissected; Zeek's tcp_reset_delay is 5 s.
+RESET_LINGER = 5.0
+# A RST more than this far from its sender's next sequence number is outside
+# any window the receiver would accept (RFC 7323 allows 1 GiB windows, real
+# ones are a few MiB).
+RST_WINDOW = 1 << 24
 
 MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
 _NO_HEADS = (b"", b"")
@@ -91,6 +117,11 @@ def connection_id(orig_ip: str, orig_port: int, resp_ip: str, resp_port: int, fi
     return "C" + base64.b32encode(digest).decode().rstrip("=").lower()[:15]
 
 
+def _signature(src: bytes, sport: int, dst: bytes, dport: int, seq: int, flags: int) -> int:
+    """What identifies a connection by its first packet (see Copies above)."""
+    return hash((src, sport, dst, dport, seq, flags & (SYN | ACK | FIN | RST)))
+
+
 def _peer_ack(other: Stream, ack: int, seglen: int, ts: float, frame: int) -> None:
     """What an ACK tells about the other direction's stream."""
     if not other.synced:
@@ -106,7 +137,7 @@ class Connection:
     __slots__ = (
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
-        "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq",
+        "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq", "reset_at",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -138,6 +169,7 @@ class Connection:
         self.ends = None
         self.queued = ts                # last_ts when put in FlowTable.order
         self.serial = table.count       # creation order
+        self.reset_at = None            # (ts, direction) of a RST whose peer may still send
 
     def open_streams(self) -> tuple:
         """The two reassembly streams, made at the first packet that is not a bare SYN."""
@@ -295,6 +327,10 @@ class FlowTable:
         self.live = 0
         self.order: list = []           # heap of (queued, serial, conn): least recently active first, lazily
         self.lingering: deque = deque() # finalised connections, in the order they closed
+        self.resetting: deque = deque() # reset connections whose peer may still send, in reset order
+        self.signatures: set = set()    # hashes of recent connections' first packets (copies)
+        self.signature_order: deque = deque()
+        self.duplicates = 0             # connections that were copies of earlier ones
 
     @staticmethod
     def port_hints(ports: tuple[int, int]) -> frozenset[str]:
@@ -330,12 +366,14 @@ class FlowTable:
         if entry is None:
             if flags & RST and not seglen:
                 return  # a lone reset for a connection we never saw
-            conn, d = self._new(src, sport, dst, dport, flags, ts)
+            conn, d = self._new(src, sport, dst, dport, flags, ts, seq, frame)
         else:
             conn, d = entry[0], entry[1]
             if conn.mode == MODE_CLOSED:
-                if flags & SYN and not flags & ACK and ts - conn.closed_at > 0.0:
-                    conn, d = self._new(src, sport, dst, dport, flags, ts)
+                if flags & SYN and not flags & ACK and (ts - conn.closed_at > 0.0 or
+                                                        _signature(src, sport, dst, dport, seq, flags)
+                                                        in self.signatures):
+                    conn, d = self._new(src, sport, dst, dport, flags, ts, seq, frame)
                 else:
                     return  # late retransmission or duplicate after the end
             elif flags & SYN and not flags & ACK and conn.syn_seen and d == 0 and conn.streams is not None and \
@@ -343,7 +381,7 @@ class FlowTable:
                     (conn.fin[0] or conn.fin[1] or conn.streams[0].delivered):
                 # Same 4-tuple, new initial sequence number: port reuse.
                 self._finalise(conn, ts, frame, "closed")
-                conn, d = self._new(src, sport, dst, dport, flags, ts)
+                conn, d = self._new(src, sport, dst, dport, flags, ts, seq, frame)
         conn.last_ts = ts
         if ts >= self.next_sweep:
             self._sweep(ts)
@@ -379,14 +417,35 @@ class FlowTable:
         if seglen or flags & FIN:
             if flags & FIN:
                 conn.fin[d] = True
-            streams[d].segment(seq, payload, seglen, bool(flags & FIN), ts, frame)
+            # Data on a SYN (TCP Fast Open, RFC 7413) starts at ISN + 1.
+            streams[d].segment((seq + 1) & 0xFFFFFFFF if flags & SYN else seq, payload, seglen,
+                               bool(flags & FIN), ts, frame)
         if flags & RST:
-            conn.rst = True
-            self._finalise(conn, ts, frame, "reset", rst_dir=d)
+            self._reset(conn, d, seq, ts, frame)
         elif conn.fin[0] and conn.fin[1] and streams[0].ended and streams[1].ended:
             self._finalise(conn, ts, frame, "closed")
+        elif conn.reset_at is not None and streams[1 - conn.reset_at[1]].ended:
+            self._finalise(conn, ts, frame, "reset")   # the peer of the reset side is done too
 
-    def _new(self, src, sport, dst, dport, flags, ts):
+    def _reset(self, conn: Connection, d: int, seq: int, ts: float, frame: int) -> None:
+        stream = conn.streams[d]
+        if stream.synced and not stream.ended and abs(seq_diff(seq, stream.next_seq)) > RST_WINDOW:
+            # Far outside the sender's stream: the receiver drops it (RFC 5961 section 3).
+            self.note(conn, "tcp_rst_out_of_window", ts, frame,
+                      f"sequence {seq} is {seq_diff(seq, stream.next_seq)} from {stream.next_seq}")
+            return
+        conn.rst = True
+        other = conn.streams[1 - d]
+        if conn.reset_at is not None or other.ended or conn.mode != MODE_DISSECT:
+            self._finalise(conn, ts, frame, "reset", rst_dir=d)
+            return
+        # The peer may still have bytes in flight: its direction stays open a while.
+        stream.finish(ts, frame, rst=True)
+        conn.reset_at = (ts, d)
+        self.resetting.append(conn)
+
+    def _new(self, src, sport, dst, dport, flags, ts, seq=0, frame=0):
+        signature = _signature(src, sport, dst, dport, seq, flags)
         if flags & SYN and flags & ACK:
             # We missed the SYN: the receiver of this SYN+ACK is the client.
             src, sport, dst, dport = dst, dport, src, sport
@@ -400,6 +459,14 @@ class FlowTable:
         conn = Connection(self, src, sport, dst, dport, ts, self.capture)
         if flags & SYN:
             conn.syn_seen = True
+        if signature in self.signatures:
+            # The same first packet as an earlier connection: a copy of it.
+            conn.mode = MODE_IGNORE
+            self.duplicates += 1
+            self.note(conn, "duplicate_connection", ts, frame,
+                      f"{addr_to_str(src)}:{sport} > {addr_to_str(dst)}:{dport} seq {seq}")
+        else:
+            self._remember(signature)
         order = self.order
         heapq.heappush(order, (ts, conn.serial, conn))
         if len(order) > 2 * self.live + 1024:
@@ -416,6 +483,19 @@ class FlowTable:
         if self.expectations:
             self._match_expectation(conn)
         return conn, d
+
+    def _remember(self, signature: int) -> None:
+        self.signatures.add(signature)
+        order = self.signature_order
+        order.append(signature)
+        if len(order) > MAX_SIGNATURES:
+            self.signatures.discard(order.popleft())
+
+    def note(self, conn: Connection | None, name: str, ts: float, frame: int, detail: str = "") -> None:
+        """An anomaly of the table itself: counted, its row sampled by the policy."""
+        n = self.anomaly_counts[name] = self.anomaly_counts[name] + 1
+        if sample(name, n):
+            self.on_anomaly(Anomaly(name, ts, frame, detail, conn.ident() if conn is not None else ""))
 
     # -- FTP data channels -------------------------------------------------------------
     def expect(self, conn: Connection, exp) -> None:
@@ -507,6 +587,8 @@ class FlowTable:
                 if conn.mode == MODE_DISSECT:
                     self.connections_with_gaps += 1
                 self.missed_bytes += s0.missed + s1.missed
+        if conn.reset_at is not None and state in ("open", "timeout"):
+            state = "reset"
         conn.state = state
         if self.on_connection is not None and (conn.dissector is not None or conn.mode == MODE_DATA):
             self.on_connection(conn.row())
@@ -532,6 +614,11 @@ class FlowTable:
         lingering = self.lingering
         while lingering and ts - lingering[0].closed_at > CLOSE_LINGER:
             self._forget(lingering.popleft())
+        resetting = self.resetting
+        while resetting and (resetting[0].mode == MODE_CLOSED or ts - resetting[0].reset_at[0] > RESET_LINGER):
+            conn = resetting.popleft()
+            if conn.mode != MODE_CLOSED:
+                self._finalise(conn, conn.last_ts, 0, "reset")
         # Idle connections: only the top of the heap can be idle.
         order, idle = self.order, []
         while order and ts - order[0][0] > IDLE_TIMEOUT:
@@ -573,3 +660,4 @@ class FlowTable:
         self.table.clear()
         self.order.clear()
         self.lingering.clear()
+        self.resetting.clear()
