@@ -325,3 +325,39 @@ def test_response_after_a_real_reset_across_a_slow_link(tmp_path):
     assert ("rst", False) in order and order.index(("data", True)) > order.index(("rst", False)), order
     _, events, _ = analyse(capture, tmp_path / "out")
     assert [(e["code"], e["request"]) for e in events] == [("200", "GET /index.php")]
+
+
+# -- 7. a lone FTP reply ------------------------------------------------------------------
+
+def _ftp_flow(f: Flows, cport: int, sport_packets, server_port: int):
+    """Packets of one connection to SERVER:server_port, without a handshake."""
+    seq = {"c": 1000 + cport, "s": 7000 + cport}
+    for side, payload in sport_packets:
+        peer = "s" if side == "c" else "c"
+        f.frame += 1
+        src, sp, dst, dp = (CLIENT, cport, SERVER, server_port) if side == "c" else \
+            (SERVER, server_port, CLIENT, cport)
+        f.table.packet((src, dst, sp, dp, seq[side], seq[peer], ACK | PSH, payload, len(payload)),
+                       float(f.frame), f.frame)
+        seq[side] += len(payload)
+
+
+def test_a_lone_reply_on_port_21_is_ftp():
+    # The capture began after the client's PASS: one reply, then the end.
+    f = Flows()
+    _ftp_flow(f, 40100, [("s", b"530 Login incorrect.\r\n")], 21)
+    f.table.finish()
+    assert [(e.protocol, e.code, e.request) for e in f.events] == [("ftp", 530, "")]
+
+
+def test_a_lone_greeting_from_a_server_known_to_be_ftp_is_ftp():
+    # On a non-standard port, a "421 Too many users" greeting alone proves
+    # nothing; the same server endpoint's earlier FTP session does.
+    f = Flows()
+    _ftp_flow(f, 40200, [("s", b"220 (vsFTPd 3.0.3)\r\n"), ("c", b"USER anonymous\r\n"),
+                         ("s", b"331 Please specify the password.\r\n"), ("c", b"PASS x\r\n"),
+                         ("s", b"230 Login successful.\r\n")], 2121)
+    _ftp_flow(f, 40201, [("s", b"421 There are too many connected users, please try later.\r\n")], 2121)
+    _ftp_flow(f, 40202, [("s", b"421 Service not available.\r\n")], 2122)   # another endpoint: unknown
+    f.table.finish()
+    assert [(e.protocol, e.code) for e in f.events] == [("ftp", 220), ("ftp", 331), ("ftp", 230), ("ftp", 421)]

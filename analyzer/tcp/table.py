@@ -83,6 +83,8 @@ SWEEP_INTERVAL = 10.0
 # First packets of connections remembered to recognise a copy of one (a
 # hash each, ~100 bytes with the set and queue entries: 13 MB at most).
 MAX_SIGNATURES = MAX_CONNECTIONS
+# Server endpoints remembered with the protocol their content proved.
+MAX_SERVERS = 65_536
 # After a RST, how long (capture seconds) the peer's late bytes are still
 # dissected; Zeek's tcp_reset_delay is 5 s.
 RESET_LINGER = 5.0
@@ -202,6 +204,9 @@ class Connection:
             else:
                 ends = (addr_to_str(b), self.ports[1], addr_to_str(a), self.ports[0])
             self.ends = (sd, ends + (self.ident(), self.table.capture))
+            if self.name:
+                # Its first event proves what this endpoint serves.
+                self.table.known_server(self.addr[sd], self.ports[sd], self.name)
         return self.ends[1]
 
     def server_direction(self) -> int:
@@ -239,6 +244,9 @@ class Connection:
         hint = self.ports
         verdicts = []
         hints = table.port_hints(hint)
+        if table.servers:
+            a, b = self.addr
+            hints = hints | {table.servers.get((a, hint[0]), ""), table.servers.get((b, hint[1]), "")}
         for spec in table.detectors:
             name = spec.name
             if name in self.rejected:
@@ -331,6 +339,7 @@ class FlowTable:
         self.signatures: set = set()    # hashes of recent connections' first packets (copies)
         self.signature_order: deque = deque()
         self.duplicates = 0             # connections that were copies of earlier ones
+        self.servers: dict = {}         # (ip, port) -> protocol its content proved, the last MAX_SERVERS
 
     @staticmethod
     def port_hints(ports: tuple[int, int]) -> frozenset[str]:
@@ -483,6 +492,14 @@ class FlowTable:
         if self.expectations:
             self._match_expectation(conn)
         return conn, d
+
+    def known_server(self, ip: bytes, port: int, name: str) -> None:
+        """An endpoint that served `name`: a hint for its later connections
+        (a lone reply on a non-standard port from a known FTP server)."""
+        servers = self.servers
+        if (ip, port) not in servers and len(servers) >= MAX_SERVERS:
+            servers.pop(next(iter(servers)))
+        servers[(ip, port)] = name
 
     def _remember(self, signature: int) -> None:
         self.signatures.add(signature)

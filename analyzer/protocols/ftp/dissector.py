@@ -599,9 +599,11 @@ def detect(head0: bytes, head1: bytes, port_hint: bool, midstream: bool = False)
     """DETECTED / REJECTED / NEED_MORE for a flow whose directions begin with head0 / head1.
 
     FTP if a server greets (120/220/421) and either port 21 is involved or
-    the greeting says FTP; or replies carry a code only FTP uses; or FTP
-    commands are answered by well-formed replies; or, one-sided, the client
-    uses a command only FTP has.
+    the greeting says FTP; or well-formed replies come from port 21 (or from
+    an endpoint the capture already showed to be FTP: `port_hint`); or
+    replies carry a code only FTP uses; or FTP commands are answered by
+    well-formed replies; or, one-sided, the client uses a command only FTP
+    has.
     """
     shape0, lines0, skipped0 = _shape(head0)
     shape1, lines1, skipped1 = _shape(head1)
@@ -621,6 +623,11 @@ def detect(head0: bytes, head1: bytes, port_hint: bool, midstream: bool = False)
         if _FOREIGN_GREETING_RE.search(first) and not _FTP_WORD_RE.search(first):
             return REJECTED                          # "220 mail ESMTP Postfix"
         if int(first[:3]) in GREETING_CODES and (port_hint or _FTP_WORD_RE.search(first)):
+            return DETECTED
+        if port_hint:
+            # Port 21 (or an endpoint already proven FTP in this capture) and
+            # RFC 959 replies: a session caught mid-way, e.g. one "530 Login
+            # incorrect." before the capture ends.
             return DETECTED
         codes = _reply_codes(server)
         # After a skipped fragment one "150 people" line of some text is no proof.
