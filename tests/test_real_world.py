@@ -361,3 +361,68 @@ def test_a_lone_greeting_from_a_server_known_to_be_ftp_is_ftp():
     _ftp_flow(f, 40202, [("s", b"421 Service not available.\r\n")], 2122)   # another endpoint: unknown
     f.table.finish()
     assert [(e.protocol, e.code) for e in f.events] == [("ftp", 220), ("ftp", 331), ("ftp", 230), ("ftp", 421)]
+
+
+# -- 4. line protocols that look like FTP ---------------------------------------------------
+
+# Transcripts as the servers send them (INN 2.7, Postfix, Dovecot POP3/IMAP/
+# LMTP/ManageSieve): three-digit replies and four-letter verbs, not FTP.
+LOOK_ALIKES = {
+    "nntp-inn": (119, [("s", b"200 news.example.org InterNetNews NNRP server INN 2.7.1 ready (posting ok)\r\n"),
+                       ("c", b"MODE READER\r\n"), ("s", b"200 news.example.org InterNetNews NNRP server ready\r\n"),
+                       ("c", b"GROUP local.test\r\n"), ("s", b"211 3 1 3 local.test\r\n"),
+                       ("c", b"ARTICLE 1\r\n"), ("s", b"220 1 <a@example.org> article\r\nPath: x\r\n\r\nhi\r\n.\r\n"),
+                       ("c", b"QUIT\r\n"), ("s", b"205 Bye!\r\n")]),
+    "nntp-midstream-list": (119, [("c", b"LIST ACTIVE\r\n"), ("s", b"215 Newsgroups in form \"group high low status\"\r\n"
+                                                                  b"local.test 3 1 y\r\n.\r\n"),
+                                  ("c", b"LIST NEWSGROUPS\r\n"), ("s", b"215 Descriptions in form \"group description\"\r\n"
+                                                                     b"local.test Testing\r\n.\r\n")]),
+    "smtp": (2525, [("s", b"220 mail.example.org ESMTP Postfix (Debian/GNU)\r\n"), ("c", b"EHLO client\r\n"),
+                    ("s", b"250-mail.example.org\r\n250-PIPELINING\r\n250 8BITMIME\r\n"), ("c", b"QUIT\r\n"),
+                    ("s", b"221 2.0.0 Bye\r\n")]),
+    "lmtp": (24, [("s", b"220 mail.example.org Dovecot ready.\r\n"), ("c", b"LHLO client\r\n"),
+                  ("s", b"250-mail.example.org\r\n250 PIPELINING\r\n")]),
+    "pop3": (110, [("s", b"+OK Dovecot (Debian) ready.\r\n"), ("c", b"USER alice\r\n"), ("s", b"+OK\r\n")]),
+    "imap": (143, [("s", b"* OK [CAPABILITY IMAP4rev1 LITERAL+] Dovecot (Debian) ready.\r\n"),
+                   ("c", b"a1 LOGIN alice secret\r\n"), ("s", b"a1 OK Logged in\r\n")]),
+    "managesieve": (4190, [("s", b"\"IMPLEMENTATION\" \"Dovecot Pigeonhole\"\r\n\"SIEVE\" \"fileinto\"\r\nOK \"ready.\"\r\n"),
+                           ("c", b"AUTHENTICATE \"PLAIN\" \"AGFsaWNlAHNlY3JldA==\"\r\n"), ("s", b"OK \"Logged in.\"\r\n"),
+                           ("c", b"LISTSCRIPTS\r\n"), ("s", b"\"main\" ACTIVE\r\nOK \"Listscripts completed.\"\r\n")]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOOK_ALIKES))
+@pytest.mark.parametrize("handshake", [True, False], ids=["syn", "midstream"])
+def test_line_protocols_that_look_like_ftp_are_not_ftp(name, handshake):
+    port, lines = LOOK_ALIKES[name]
+    f = Flows()
+    if handshake:
+        f.send("c", 100, 0, SYN, cport=40300)
+        f.table.packet((SERVER, CLIENT, port, 40300, 900, 101, SYN | ACK, b"", 0), 2.0, 2)
+        f.table.packet((CLIENT, SERVER, 40300, port, 101, 901, ACK, b"", 0), 3.0, 3)
+        cseq, sseq = 101, 901
+        for side, payload in lines:
+            f.frame += 1
+            if side == "c":
+                f.table.packet((CLIENT, SERVER, 40300, port, cseq, sseq, ACK | PSH, payload, len(payload)),
+                               float(f.frame), f.frame)
+                cseq += len(payload)
+            else:
+                f.table.packet((SERVER, CLIENT, port, 40300, sseq, cseq, ACK | PSH, payload, len(payload)),
+                               float(f.frame), f.frame)
+                sseq += len(payload)
+    else:
+        _ftp_flow(f, 40300, lines, port)
+    f.table.finish()
+    assert [e for e in f.events if e.protocol == "ftp"] == []
+
+
+def test_ftp_with_the_same_shapes_is_still_ftp():
+    # The FTP side of the same rules: a midstream session listing files.
+    f = Flows()
+    _ftp_flow(f, 40400, [("c", b"TYPE I\r\n"), ("s", b"200 Switching to Binary mode.\r\n"),
+                         ("c", b"PASV\r\n"), ("s", b"227 Entering Passive Mode (127,0,0,1,156,64).\r\n"),
+                         ("c", b"LIST\r\n"), ("s", b"150 Here comes the directory listing.\r\n"),
+                         ("s", b"226 Directory send OK.\r\n")], 2121)
+    f.table.finish()
+    assert [e.code for e in f.events if e.protocol == "ftp"] == [200, 227, 150, 226]

@@ -41,7 +41,7 @@ from enum import IntEnum
 
 from analyzer.events import Event, Expectation
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
-from analyzer.protocols.ftp.pairing import GREETING_CODES, TRANSFER_VERBS, FtpSession
+from analyzer.protocols.ftp.pairing import CODE_FITS, GREETING_CODES, TRANSFER_VERBS, FtpSession, fits
 
 MAX_LINE_BYTES = 8 * 1024          # Python ftplib MAXLINE (8192, taken from vsftpd); Zeek truncates reply_msg at 4096
 MAX_REPLY_LINES = 10_000           # our choice: the corpus' longest reply (NetBSD 230) has 37 lines; a lost final line must not swallow a session
@@ -204,7 +204,17 @@ FOREIGN_COMMANDS = frozenset("""
     CAPA STLS APOP UIDL TOP
     GET POST HEAD PUT DELETE OPTIONS CONNECT TRACE PATCH PROPFIND PRI
     NICK JOIN PING SSH-2.0 SSH-1.99
+    GROUP ARTICLE NEWGROUPS NEWNEWS XOVER OVER AUTHINFO CAPABILITIES LISTGROUP XHDR HDR IHAVE TAKETHIS
+    XPAT XGTITLE
+    AUTHENTICATE LOGOUT CAPABILITY HAVESPACE PUTSCRIPT LISTSCRIPTS SETACTIVE GETSCRIPT DELETESCRIPT
 """.split())
+# Lines 3-4 (RFC 3977 NNTP, RFC 5804 ManageSieve) above; an NNTP client's
+# "MODE READER" / "MODE STREAM" uses FTP's MODE verb with an argument FTP
+# never has (S, B, C, Z).
+_NNTP_MODE_RE = re.compile(rb"MODE[ \t]+(?:READER|STREAM)\b", re.IGNORECASE)
+# Greetings a line protocol other than FTP opens with: NNTP's 200/201
+# ("posting allowed / not"); FTP greets with 120, 220 or 421 only.
+FOREIGN_GREETING_CODES = frozenset({200, 201})
 # Reply codes no SMTP/POP/IMAP server sends: a server head with one of these is FTP.
 FTP_ONLY_CODES = frozenset({110, 125, 150, 202, 212, 213, 215, 225, 226, 227, 228, 229,
                             230, 257, 331, 332, 350, 425, 426, 532})
@@ -545,7 +555,7 @@ class FtpDissector(Dissector):
 
 _HTTP_RE = re.compile(rb"(?:HTTP/\d|[A-Z]+ \S+ HTTP/\d|PRI \* HTTP/2)")
 _FOREIGN_BANNERS = (b"SSH-", b"+OK", b"-ERR", b"* OK", b"* PREAUTH", b"* BYE")
-_FOREIGN_GREETING_RE = re.compile(rb"E?SMTP|POP3|IMAP|LMTP", re.IGNORECASE)
+_FOREIGN_GREETING_RE = re.compile(rb"E?SMTP|POP3|IMAP|LMTP|NNTP|NNRP|InterNetNews|Sieve", re.IGNORECASE)
 _FTP_WORD_RE = re.compile(rb"FTP", re.IGNORECASE)
 # Bytes no line protocol sends (TAB, LF, CR allowed; 0xFF is Telnet, filtered first).
 _CONTROL_BYTES = bytes([b for b in range(0x20) if b not in (0x09, 0x0A, 0x0D)] + [0x7F])
@@ -615,13 +625,19 @@ def detect(head0: bytes, head1: bytes, port_hint: bool, midstream: bool = False)
     skipped = skipped0 if shape0 == _REPLIES else skipped1
     client = lines0 if shape0 == _COMMANDS else lines1 if shape1 == _COMMANDS else None
     verbs = [_verb(line) for line in client or () if _COMMAND_RE.match(line)]
-    if any(verb in FOREIGN_COMMANDS for verb in verbs):
+    if any(verb in FOREIGN_COMMANDS for verb in verbs) or any(_NNTP_MODE_RE.match(line) for line in client or ()):
         return REJECTED
     verbs = [verb for verb in verbs if verb in FTP_COMMANDS]
     if server is not None:
         first = server[0]
         if _FOREIGN_GREETING_RE.search(first) and not _FTP_WORD_RE.search(first):
             return REJECTED                          # "220 mail ESMTP Postfix"
+        if not midstream and not skipped and int(first[:3]) in FOREIGN_GREETING_CODES:
+            return REJECTED                          # "200 news.example InterNetNews NNRP server ready"
+        if b"." in server[1:]:
+            return REJECTED                          # a dot-terminated block (NNTP, POP3, SMTP): FTP has none
+        if _misfits(verbs, _final_codes(server)):
+            return REJECTED                          # commands answered with codes that do not fit FTP
         if int(first[:3]) in GREETING_CODES and (port_hint or _FTP_WORD_RE.search(first)):
             return DETECTED
         if port_hint:
@@ -644,6 +660,36 @@ def detect(head0: bytes, head1: bytes, port_hint: bool, midstream: bool = False)
         if len(client) >= MAX_DETECT_LINES:
             return REJECTED
     return NEED_MORE
+
+
+def _misfits(verbs: list[str], codes: list[int]) -> bool:
+    """Commands and replies in order mostly do not fit FTP (the code-fit
+    table): the exchange is some other line protocol.  Only positive replies
+    to known verbs count; the greeting is skipped; two pairs at least."""
+    if codes and codes[0] in GREETING_CODES and len(codes) > len(verbs):
+        codes = codes[1:]
+    pairs = [(v, c) for v, c in zip(verbs, codes) if c < 400 and v in CODE_FITS]
+    bad = sum(1 for v, c in pairs if not fits(v, c))
+    return len(pairs) >= 2 and bad * 2 > len(pairs)
+
+
+def _final_codes(lines: list[bytes]) -> list[int]:
+    """The code of each complete reply, a multi-line reply once (RFC 959 section 4.2)."""
+    out, open_code = [], None
+    for line in lines:
+        if open_code is not None:
+            if line[:3] == open_code and line[3:4] in (b" ", b""):
+                out.append(int(open_code))
+                open_code = None
+            continue
+        m = _REPLY_RE.match(line)
+        if m is None:
+            continue
+        if m.group(2) == b"-":
+            open_code = m.group(1)
+        else:
+            out.append(int(m.group(1)))
+    return out
 
 
 def _reply_codes(lines: list[bytes]) -> list[int]:
