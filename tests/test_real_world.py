@@ -426,3 +426,189 @@ def test_ftp_with_the_same_shapes_is_still_ftp():
                          ("s", b"226 Directory send OK.\r\n")], 2121)
     f.table.finish()
     assert [e.code for e in f.events if e.protocol == "ftp"] == [200, 227, 150, 226]
+
+
+# -- 2. HTTP through a SOCKS or CONNECT proxy ---------------------------------------------
+
+def _proxy_server(sock: socket.socket) -> threading.Thread:
+    """A small SOCKS 4/4a/5 (no auth, or RFC 1929 user/password) and HTTP
+    CONNECT proxy: what curl talks to in the tests below."""
+    def relay(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def recv_exact(c: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = c.recv(n - len(data))
+            if not chunk:
+                raise OSError("closed")
+            data += chunk
+        return data
+
+    def handle(c: socket.socket) -> None:
+        with c, contextlib.suppress(OSError):
+            first = recv_exact(c, 1)
+            if first == b"\x05":
+                n = recv_exact(c, 1)[0]
+                methods = recv_exact(c, n)
+                if 2 in methods:
+                    c.sendall(b"\x05\x02")
+                    recv_exact(c, 1)
+                    user = recv_exact(c, recv_exact(c, 1)[0])
+                    recv_exact(c, recv_exact(c, 1)[0])
+                    c.sendall(b"\x01\x00" if user != b"bad" else b"\x01\x01")
+                    if user == b"bad":
+                        return
+                else:
+                    c.sendall(b"\x05\x00")
+                _, cmd, _, atyp = recv_exact(c, 4)
+                host = (socket.inet_ntoa(recv_exact(c, 4)) if atyp == 1 else
+                        recv_exact(c, recv_exact(c, 1)[0]).decode())
+                port = struct.unpack("!H", recv_exact(c, 2))[0]
+                if port == 9:   # nothing there: refuse, as a real proxy does
+                    c.sendall(b"\x05\x05\x00\x01\0\0\0\0\0\0")
+                    return
+                up = socket.create_connection((host, port))
+                c.sendall(b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack("!H", 0))
+            elif first == b"\x04":
+                head = recv_exact(c, 7)
+                port, ip = struct.unpack("!H", head[1:3])[0], head[3:7]
+                data = b""
+                while data.count(b"\0") < (2 if ip[:3] == b"\0\0\0" else 1):
+                    data += recv_exact(c, 1)
+                host = data.split(b"\0")[1].decode() if ip[:3] == b"\0\0\0" else socket.inet_ntoa(ip)
+                up = socket.create_connection((host, port))
+                c.sendall(b"\x00\x5a" + b"\0" * 6)
+            else:
+                data = first
+                while b"\r\n\r\n" not in data:
+                    data += recv_exact(c, 1)
+                target = data.split(b" ")[1].decode()
+                host, port = target.rsplit(":", 1)
+                up = socket.create_connection((host, int(port)))
+                c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            with up:
+                t = threading.Thread(target=relay, args=(up, c), daemon=True)
+                t.start()
+                relay(c, up)
+                t.join(5)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+PROXIES = {
+    "socks5": ["--socks5", "127.0.0.1:{p}"],
+    "socks5-hostname": ["--socks5-hostname", "127.0.0.1:{p}"],
+    "socks5-userpass": ["--socks5", "alice:s3cret-pw@127.0.0.1:{p}"],
+    "socks4": ["--socks4", "127.0.0.1:{p}"],
+    "socks4a": ["--socks4a", "127.0.0.1:{p}"],
+    "http-connect": ["-p", "-x", "http://127.0.0.1:{p}"],
+}
+
+
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("tcpdump") or not shutil.which("curl"),
+                    reason="needs root, tcpdump and curl")
+def test_http_through_real_proxies_is_dissected(tmp_path):
+    from samples.capture import tcpdump
+
+    http_port, proxy_port = 19903, 19904
+    web = socket.socket()
+    web.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    web.bind(("127.0.0.1", http_port))
+    web.listen(16)
+    _http_server(web)
+    proxy = socket.socket()
+    proxy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    proxy.bind(("127.0.0.1", proxy_port))
+    proxy.listen(16)
+    _proxy_server(proxy)
+    capture = tmp_path / "proxies.pcap"
+    try:
+        # Only the client's side of the proxy is captured, as on a client's machine.
+        with tcpdump(capture, f"tcp port {proxy_port}"):
+            for name, args in PROXIES.items():
+                host = "localhost" if name in ("socks5-hostname", "socks4a") else "127.0.0.1"
+                subprocess.run(["curl", "-s", "-o", "/dev/null", *[a.format(p=proxy_port) for a in args],
+                                f"http://{host}:{http_port}/via/{name}"], check=True, timeout=30)
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "--socks5", f"127.0.0.1:{proxy_port}",
+                            "http://127.0.0.1:9/refused"], timeout=30)
+    finally:
+        web.close()
+        proxy.close()
+    out = tmp_path / "out"
+    proc, events, summary = analyse(capture, out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = sorted(e["request"] for e in events if e["protocol"] == "http" and e["code"] == "200")
+    want = sorted([f"GET /via/{name}" for name in PROXIES] + ["CONNECT 127.0.0.1:%d" % http_port])
+    assert got == want
+    with open(out / "connections.csv", newline="", encoding="utf-8") as handle:
+        conns = list(csv.DictReader(handle))
+    outcomes = [(c["protocol"], json.loads(c["outcome"])) for c in conns]
+    tunnels = sorted(o["tunnel"]["protocol"] for _, o in outcomes if "tunnel" in o)
+    assert tunnels == sorted(["socks5"] * 3 + ["socks4", "socks4a", "http-connect"])
+    assert {p for p, o in outcomes if "tunnel" in o} == {"http"}        # the tunnels' content
+    targets = {o["tunnel"]["target"] for _, o in outcomes if "tunnel" in o}
+    assert f"localhost:{http_port}" in targets and f"127.0.0.1:{http_port}" in targets
+    # The refused one: a SOCKS connection with the proxy's answer.
+    assert [(p, o["target"], o["reply"]) for p, o in outcomes if "tunnel" not in o] == \
+        [("socks", "127.0.0.1:9", "5 connection refused")]
+    named = anomalies(summary)
+    assert (named.get("socks_tunnel"), named.get("http_tunnel"), named.get("socks_request_failed")) == (5, 1, 1)
+    for path in out.iterdir():
+        assert b"s3cret-pw" not in path.read_bytes(), path.name
+
+
+def _socks5_transcript(user: bytes = b"", password: bytes = b"", reply: int = 0) -> list[tuple[str, bytes]]:
+    methods = b"\x05\x02\x00\x02" if user else b"\x05\x01\x00"
+    out = [("c", methods), ("s", b"\x05\x02" if user else b"\x05\x00")]
+    if user:
+        out += [("c", b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password), ("s", b"\x01\x00")]
+    out += [("c", b"\x05\x01\x00\x03\x0bexample.org\x00\x50"),
+            ("s", bytes([5, reply, 0, 1, 10, 0, 0, 2, 0x1f, 0x90]))]
+    return out
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_socks5_handshake_split_anywhere_gives_the_same_tunnel(cut):
+    from analyzer.protocols.socks.dissector import SocksDissector
+
+    lines = _socks5_transcript(b"alice", b"hunter2") + [("c", REQ), ("s", RESP)]
+    d = SocksDissector(server_direction=1)
+    for side, payload in lines:
+        direction = 0 if side == "c" else 1
+        for piece in (payload[:cut], payload[cut:]):
+            if piece:
+                d.feed(piece, direction, 1.0, 1)
+    assert d.handover is not None
+    assert d.handover.info == {"protocol": "socks5", "target": "example.org:80", "user": "alice"}
+    assert b"".join(v for direction, kind, v, *_ in d.handover.items if direction == 0) == REQ
+    assert b"".join(v for direction, kind, v, *_ in d.handover.items if direction == 1) == RESP
+    assert "hunter2" not in repr(vars(d)) and "hunter2" not in repr(d.outcome())
+
+
+def test_socks_detection_needs_the_proxys_answer():
+    from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
+    from analyzer.protocols.socks.dissector import detect
+
+    assert detect(b"\x05\x01\x00", b"") == NEED_MORE
+    assert detect(b"\x05\x01\x00", b"\x05\x00") == DETECTED
+    assert detect(b"\x04\x01\x00\x50\x0a\x00\x00\x02bob\x00", b"\x00\x5a" + b"\0" * 6) == DETECTED
+    assert detect(b"\x05\x01\x00", b"HTTP/1.1 200 OK\r\n") == REJECTED
+    assert detect(b"GET / HTTP/1.1\r\n", b"") == REJECTED
+    assert detect(b"\x05\x01\x00", b"\x05\x00", midstream=True) == REJECTED

@@ -140,6 +140,19 @@ _TABLE: dict[str, tuple] = {
     "tcp_rst_out_of_window": (WARNING, "A reset far outside its sender's sequence space; the receiver would "
                               "drop it, so it ends nothing.",
                               "复位报文的序列号远在发送方序列空间之外，接收方会丢弃它，连接不因此结束。"),
+    # -- SOCKS --------------------------------------------------------------------------
+    "socks_tunnel": (INFO, "A SOCKS proxy connected the client to a target; what follows is dissected.",
+                     "SOCKS 代理已将客户端连接到目标；其后的内容继续解析。"),
+    "socks_request_failed": (WARNING, "The SOCKS proxy refused or failed the client's request.",
+                             "SOCKS 代理拒绝或未能完成客户端的请求。"),
+    "socks_no_acceptable_method": (WARNING, "The SOCKS proxy accepted none of the client's methods.",
+                                   "SOCKS 代理不接受客户端提供的任何认证方式。"),
+    "socks_auth_failed": (WARNING, "SOCKS username/password authentication failed.",
+                          "SOCKS 用户名/密码认证失败。"),
+    "socks_handshake_malformed": (ERROR, "A SOCKS handshake message does not parse.",
+                                  "SOCKS 握手报文无法解析。"),
+    "socks_handshake_too_long": (WARNING, "More bytes than any SOCKS handshake holds, without one completing.",
+                                 "字节数超过任何 SOCKS 握手的长度，且握手未完成。"),
     # -- TLS / tshark engine ---------------------------------------------------------
     "tls_undecrypted": (INFO, "A TLS session with no key in the key log: status codes unknown.",
                         "密钥日志中没有该 TLS 会话的密钥，状态码未知。"),

@@ -16,6 +16,7 @@ _PACKAGES = (
     "http",
     "ftp",
     "tls",
+    "socks",
     "websocket",
 )
 

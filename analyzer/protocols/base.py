@@ -24,6 +24,12 @@
 # head1, port_hint)` function returning DETECTED, REJECTED or NEED_MORE given
 # the first bytes of each direction.  The flow table calls it until one
 # dissector accepts or all reject.  A flow is never decided from one byte.
+#
+# Tunnels: a dissector whose connection turns into a tunnel (a SOCKS
+# CONNECT, an HTTP CONNECT answered 2xx) sets `self.handover` to a Handover
+# holding what the tunnel is and the bytes that followed, and emits an
+# anomaly naming it (so the table drains it); the table then detects the
+# inner protocol afresh on the rest of the connection, as for a new one.
 from __future__ import annotations
 
 from analyzer.events import Anomaly, Event, Expectation
@@ -35,6 +41,7 @@ class Dissector:
     """Base class: shared anomaly/expectation bookkeeping, no-op hooks."""
 
     protocol = ""
+    handover: "Handover | None" = None   # set when the connection became a tunnel
 
     def __init__(self) -> None:
         self.anomalies: list[Anomaly] = []
@@ -65,3 +72,31 @@ class Dissector:
     # login outcome, WebSocket close outcome); read after close().
     def outcome(self) -> dict:
         return {}
+
+
+class Handover(Dissector):
+    """The rest of a connection that became a tunnel: its bytes, in order,
+    kept for the flow table to detect the inner protocol on.  `info` says
+    what the tunnel is (JSON-ready: {"protocol": "socks5", "target": "h:80"})."""
+
+    MAX_BYTES = 64 * 1024   # the table takes over after the call that made it
+
+    def __init__(self, info: dict) -> None:
+        super().__init__()
+        self.info = info
+        self.items: list[tuple] = []   # (direction, kind, value, ts, frame) as the table delivers them
+        self.size = 0
+
+    def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
+        if data and self.size < self.MAX_BYTES:
+            self.items.append((direction, "data", data, ts, frame))
+            self.size += len(data)
+        return []
+
+    def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
+        self.items.append((direction, "gap", nbytes, ts, frame))
+        return []
+
+    def end(self, direction: int, ts: float, frame: int, rst: bool) -> list[Event]:
+        self.items.append((direction, "end", rst, ts, frame))
+        return []

@@ -57,7 +57,7 @@ from analyzer.decode.packets import addr_to_str
 from analyzer.events import Anomaly
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
+from analyzer.tcp.stream import DATA, END, GAP, HeldBudget, Stream, seq_diff
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -140,6 +140,7 @@ class Connection:
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
         "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq", "reset_at",
+        "tunnel",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -172,6 +173,7 @@ class Connection:
         self.queued = ts                # last_ts when put in FlowTable.order
         self.serial = table.count       # creation order
         self.reset_at = None            # (ts, direction) of a RST whose peer may still send
+        self.tunnel = None              # what the connection became a tunnel of (Handover.info + outcome)
 
     def open_streams(self) -> tuple:
         """The two reassembly streams, made at the first packet that is not a bare SYN."""
@@ -292,8 +294,12 @@ class Connection:
         sent = [self.bytes[0] + s0.pos, self.bytes[1] + s1.pos]
         c2s, s2c = (sent[0], sent[1]) if sd == 1 else (sent[1], sent[0])
         outcome = self.dissector.outcome() if self.dissector is not None else {}
+        name = self.name or ("ftp-data" if self.mode == MODE_DATA else "")
+        if self.tunnel is not None:
+            outcome = {**outcome, "tunnel": self.tunnel}
+            name = name or self.tunnel["protocol"]
         return {
-            "connection": self.ident(), "protocol": self.name or ("ftp-data" if self.mode == MODE_DATA else ""),
+            "connection": self.ident(), "protocol": name,
             "client_ip": addr_to_str(client), "client_port": cport,
             "server_ip": addr_to_str(server), "server_port": sport,
             "first_epoch": self.first_ts, "last_epoch": self.last_ts,
@@ -560,6 +566,22 @@ class FlowTable:
                 self._finalise(conn, ts, frame, "closed")
 
     # -- events --------------------------------------------------------------------
+    def _hand_over(self, conn: Connection) -> None:
+        """The connection became a tunnel: detect the inner protocol afresh on
+        what follows (see protocols/base.py), keeping what the tunnel was."""
+        outer = conn.dissector
+        hand = outer.handover
+        conn.tunnel = {**outer.outcome(), **hand.info}   # e.g. protocol, target, reply
+        conn.dissector = None
+        conn.name = ""
+        conn.mode = MODE_DETECT
+        conn.heads = [b"", b""]
+        conn.replay = []
+        conn.rejected = set()
+        kinds = {"data": DATA, "gap": GAP, "end": END}
+        for direction, kind, value, ts, frame in hand.items:
+            conn._deliver(direction, kinds[kind], value, ts, frame)
+
     def drain(self, conn: Connection, events) -> None:
         d = conn.dissector
         if d.expectations:
@@ -579,6 +601,8 @@ class FlowTable:
             ends = conn.endpoints()
             for ev in events:
                 self.on_event(ev, ends)
+        if d.handover is not None and conn.dissector is d:
+            self._hand_over(conn)
 
     # -- lifetime ----------------------------------------------------------------------
     def _finalise(self, conn: Connection, ts: float, frame: int, state: str, rst_dir: int | None = None) -> None:
@@ -607,7 +631,8 @@ class FlowTable:
         if conn.reset_at is not None and state in ("open", "timeout"):
             state = "reset"
         conn.state = state
-        if self.on_connection is not None and (conn.dissector is not None or conn.mode == MODE_DATA):
+        if self.on_connection is not None and (conn.dissector is not None or conn.mode == MODE_DATA or
+                                               conn.tunnel is not None):
             self.on_connection(conn.row())
         conn.mode = MODE_CLOSED
         conn.closed_at = ts

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 
 from analyzer.events import Event
-from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector
+from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector, Handover
 from analyzer.protocols.http.pairing import HttpPairing, Request, interim, requested_upgrade, response_fields
 
 # h11 allows 16 KiB, nginx large_client_header_buffers 4x8 KiB = 32 KiB,
@@ -249,7 +249,7 @@ class HttpDissector(Dissector):
         out = self.pairing.outcome()
         if self.tunnel:
             out["tunnel"] = self.tunnel
-        if self.upgraded is not None:
+        if self.upgraded is not None and self.handover is None:
             out["websocket"] = self.upgraded.outcome()
         return out
 
@@ -490,6 +490,12 @@ class HttpDissector(Dissector):
                 extensions=headers.get("sec-websocket-extensions", ""), opened_ts=self.sides[d].msg_ts,
             )
             self.upgraded = ws
+        elif req is not None and req.method == "CONNECT" and code != 101:
+            # A proxy tunnel: what goes through it is detected afresh (plain
+            # HTTP to the target, TLS, anything) by the flow table.
+            self.tunnel = "connect"
+            self.upgraded = self.handover = Handover({"protocol": "http-connect", "target": req.uri})
+            self.anomaly("http_tunnel", self.sides[d].msg_ts, self.sides[d].msg_frame, f"connect {req.uri}")
         else:
             self.tunnel = proto or ("connect" if req and req.method == "CONNECT" else "unknown")
             self.anomaly("http_tunnel", self.sides[d].msg_ts, self.sides[d].msg_frame, self.tunnel)
