@@ -30,9 +30,13 @@
 # MPLS, 802.3 + LLC/SNAP), Linux SLL/SLL2, raw IP, BSD null/loop, PPP and
 # Cisco HDLC, 802.11 (plain, radiotap, PPI) data frames; IPv4 (options,
 # fragments), IPv6 (extension headers, fragments), tunnels IP-in-IP,
-# IPv6-in-IPv4, GRE (incl. PPTP's enhanced GRE, ERSPAN), VXLAN (UDP 4789).
-# Limits (XX): 802.11 fragments and A-MSDUs, MPLS pseudowires, Geneve/GTP/
-# Teredo tunnels are counted as skips, not decoded.
+# IPv6-in-IPv4, GRE (incl. PPTP's enhanced GRE, ERSPAN), and over UDP:
+# VXLAN (4789, Linux's 8472, and on any port when its header is exact),
+# Geneve (6081), GTP-U (2152), GRE-in-UDP (4754), Teredo (3544), AYIYA
+# (5072); Linux NFLOG (linktype 239, `tcpdump -i nflog:N`).
+# Limits (XX): 802.11 fragments and A-MSDUs, MPLS pseudowires, L2TP are
+# counted as skips, not decoded; a tunnel on a port other than its own is
+# found only for VXLAN.
 from __future__ import annotations
 
 import socket
@@ -68,6 +72,7 @@ LINKTYPE_IEEE802_11_RADIOTAP = 127
 LINKTYPE_PPI = 192
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
+LINKTYPE_NFLOG = 239
 LINKTYPE_LINUX_SLL2 = 276
 
 VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
@@ -110,6 +115,16 @@ _ETH_IP4_TCP = struct.Struct("!2xHHHxB2x4s4sHHIIBB").unpack_from
 _UNKNOWN_CUT = 1 << 32
 
 _VXLAN_PORT = 4789   # IANA; also what tshark dissects by default
+# UDP ports of the tunnels decoded (IANA, except Linux's pre-IANA VXLAN 8472).
+_VXLAN_PORTS = frozenset((4789, 8472))
+_GENEVE_PORT = 6081
+_GTPU_PORT = 2152
+_GRE_UDP_PORT = 4754
+_TEREDO_PORT = 3544
+_AYIYA_PORT = 5072
+_TUNNEL_PORTS = _VXLAN_PORTS | {_GENEVE_PORT, _GTPU_PORT, _GRE_UDP_PORT, _TEREDO_PORT, _AYIYA_PORT}
+# NFLOG (linux/netfilter/nfnetlink_log.h): TLV type of the packet itself.
+_NFULA_PAYLOAD = 9
 
 
 def addr_to_str(b: bytes) -> str:
@@ -147,6 +162,7 @@ class Decoder:
             LINKTYPE_PPP_HDLC: self._ppp_link,
             LINKTYPE_PPP_ETHER: self._ppp_ether,
             LINKTYPE_C_HDLC: self._chdlc,
+            LINKTYPE_NFLOG: self._nflog,
         }
 
     # -- public ----------------------------------------------------------
@@ -617,13 +633,122 @@ class Decoder:
         return (src, dst, sport, dport, seq, ack, flags, data[p:avail], end - p)
 
     def _udp(self, data: bytes, start: int, end: int, ts: float, depth: int):
-        if min(len(data), end) - start >= 16 \
-                and ((data[start + 2] << 8) | data[start + 3]) == _VXLAN_PORT \
-                and data[start + 8] & 0x08:
-            if depth >= MAX_ENCAPSULATION_DEPTH:
-                return self._skip("encapsulation-too-deep")
-            return self._ethernet(data, start + 16, ts, depth + 1)
-        return self._skip("udp")
+        avail = min(len(data), end)
+        if avail - start < 8:
+            return self._skip("udp")
+        sport = (data[start] << 8) | data[start + 1]
+        dport = (data[start + 2] << 8) | data[start + 3]
+        p = start + 8
+        port = dport if dport in _TUNNEL_PORTS else sport if sport in _TUNNEL_PORTS else 0
+        if port == 0:
+            # VXLAN behind ERSPAN or on a port of its own choosing: only an
+            # exact header (RFC 7348: flags 0x08, reserved bytes zero) with
+            # an IP or VLAN frame inside.
+            if avail - p >= 22 and data[p] == 0x08 and data[p + 1:p + 4] == b"\0\0\0" and data[p + 7] == 0 \
+                    and data[p + 20:p + 22] in (b"\x08\x00", b"\x86\xdd", b"\x81\x00"):
+                port = _VXLAN_PORT
+            else:
+                return self._skip("udp")
+        if depth >= MAX_ENCAPSULATION_DEPTH:
+            return self._skip("encapsulation-too-deep")
+        depth += 1
+        if port in _VXLAN_PORTS or port == _VXLAN_PORT:
+            if avail - p < 8 or not data[p] & 0x08:
+                return self._skip("vxlan-malformed")
+            return self._ethernet(data, p + 8, ts, depth)
+        if port == _GENEVE_PORT:
+            # RFC 8926 section 3.4: Ver(2) OptLen(6) O C Rsvd(6) Protocol(16) VNI(24) Rsvd(8), options.
+            if avail - p < 8 or data[p] >> 6:
+                return self._skip("geneve-malformed")
+            proto = (data[p + 2] << 8) | data[p + 3]
+            return self._ethertype(proto, data, p + 8 + ((data[p] & 0x3F) << 2), ts, depth)
+        if port == _GTPU_PORT:
+            return self._gtpu(data, p, avail, ts, depth)
+        if port == _GRE_UDP_PORT:
+            return self._gre(data, p, end, ts, depth)          # RFC 8086
+        if port == _TEREDO_PORT:
+            return self._teredo(data, p, avail, ts, depth)
+        return self._ayiya(data, p, avail, ts, depth)
+
+    def _gtpu(self, data: bytes, p: int, avail: int, ts: float, depth: int):
+        """3GPP TS 29.281 section 5: a G-PDU carries one user IP packet."""
+        if avail - p < 8:
+            return self._skip("truncated-gtp-u")
+        flags, mtype = data[p], data[p + 1]
+        if flags >> 5 != 1 or not flags & 0x10:
+            return self._skip("gtp-u-malformed")
+        if mtype != 0xFF:
+            return self._skip("gtp-u-signalling")   # echo, error indication, end marker
+        q = p + 8
+        if flags & 0x07:                             # E, S or PN: 4 more bytes
+            if avail - q < 4:
+                return self._skip("truncated-gtp-u")
+            nxt = data[q + 3]
+            q += 4
+            hops = 0
+            while flags & 0x04 and nxt:              # extension headers, each length x 4 bytes
+                if avail - q < 4 or hops >= MAX_ENCAPSULATION_DEPTH:
+                    return self._skip("truncated-gtp-u")
+                length = data[q] << 2
+                if length == 0 or avail - q < length:
+                    return self._skip("gtp-u-malformed")
+                nxt = data[q + length - 1]
+                q += length
+                hops += 1
+        return self._ip_any(data, q, ts, depth, "gtp-u-non-ip")
+
+    def _teredo(self, data: bytes, p: int, avail: int, ts: float, depth: int):
+        """RFC 4380 section 5.1.1: IPv6 in UDP, after optional authentication
+        (0x0001) and origin indication (0x0000) headers."""
+        if avail - p >= 4 and data[p] == 0 and data[p + 1] == 1:      # authentication
+            p += 13 + data[p + 2] + data[p + 3]
+        if avail - p >= 8 and data[p] == 0 and data[p + 1] == 0:      # origin indication
+            p += 8
+        if avail - p < 40 or data[p] >> 4 != 6:
+            return self._skip("teredo-non-ipv6")    # bubbles and qualification packets
+        return self._ip6(data, p, ts, depth)
+
+    def _ayiya(self, data: bytes, p: int, avail: int, ts: float, depth: int):
+        """AYIYA (draft-massar-v6ops-ayiya): a header of 8 bytes + identity +
+        signature, then the packet its next-header field names."""
+        if avail - p < 8:
+            return self._skip("truncated-ayiya")
+        q = p + 8 + (1 << (data[p] >> 4)) + ((data[p + 1] >> 4) << 2)
+        nh = data[p + 3]
+        if nh == 41:
+            return self._ip6(data, q, ts, depth)
+        if nh == 4:
+            return self._ip4(data, q, ts, depth)
+        return self._skip("ayiya-non-ip")
+
+    def _ip_any(self, data: bytes, p: int, ts: float, depth: int, reason: str):
+        if len(data) - p < 1:
+            return self._skip(reason)
+        version = data[p] >> 4
+        if version == 4:
+            return self._ip4(data, p, ts, depth)
+        if version == 6:
+            return self._ip6(data, p, ts, depth)
+        return self._skip(reason)
+
+    def _nflog(self, data: bytes, ts: float):
+        """Linux NFLOG: family, version, resource id, then TLVs (length and
+        type in host byte order, little-endian on every host we meet; padded
+        to 4 bytes) of which NFULA_PAYLOAD is the IP packet."""
+        n = len(data)
+        if n < 4:
+            return self._skip("truncated-nflog")
+        p = 4
+        while n - p >= 4:
+            length = data[p] | (data[p + 1] << 8)
+            kind = (data[p + 2] | (data[p + 3] << 8)) & 0x7FFF
+            if length < 4:
+                return self._skip("nflog-malformed")
+            if kind == _NFULA_PAYLOAD:
+                body = data[p + 4:p + length]
+                return self._ip_any(body, 0, ts, 0, "nflog-non-ip")
+            p += (length + 3) & ~3
+        return self._skip("nflog-no-payload")
 
     def _gre(self, data: bytes, start: int, end: int, ts: float, depth: int):
         avail = min(len(data), end)
