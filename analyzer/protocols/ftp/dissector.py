@@ -528,11 +528,19 @@ class FtpDissector(Dissector):
                     return
             self._reply_line(line, excess, ts, frame, events)
         else:
-            if reader.resync:
+            if reader.resync and not secret:
+                # The start of this line may be what the gap lost ("PASS V" of
+                # "PASS VERY SECRET"): never record it verbatim.  A known verb
+                # is kept, without its argument; anything else is dropped.
                 reader.resync = False
-                if not (secret or _COMMAND_RE.match(line)):
-                    self._note("ftp_gap_fragment", ts, frame, "command fragment after a gap dropped")
+                verb = line.strip().partition(b" ")[0]
+                if not _COMMAND_RE.match(line) or _verb(verb) not in FTP_COMMANDS:
+                    self._note("ftp_gap_fragment", ts, frame,
+                               f"{len(line)}-byte command fragment after a gap dropped")
                     return
+                self._note("ftp_gap_fragment", ts, frame, f"{_verb(verb)} after a gap: argument not recorded")
+                line, excess = verb, 0
+            reader.resync = False
             self._command_line(line, excess, ts, frame, secret)
 
     def _flush_partial(self, direction: int, events: list[Event]) -> None:
