@@ -81,3 +81,19 @@ def write_pcap(path, frames) -> None:
         packets.append(((sec, int(round((ts - sec) * 1e6))), data))
     with open(path, "wb") as handle:
         handle.write(pcap(packets))
+
+
+def many_http_connections(path, connections: int, body: int = 1200, t0: float = 1_700_000_000.0) -> None:
+    """A pcap of `connections` HTTP exchanges (one request, one response of
+    `body` bytes each, some of them errors), for runs that take a while."""
+    packets = []
+    for i in range(connections):
+        client = (f"10.{1 + i // 60000 % 200}.{i // 250 % 240}.{1 + i % 250}", 1024 + i % 60000)
+        code = (200, 404, 500, 302)[i % 4]
+        response = (b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (code, body)) + b"x" * body
+        for ts, data in conversation([("c", b"GET /item/%d HTTP/1.1\r\nHost: example.test\r\n\r\n" % i),
+                                      ("s", response)], client=client, t0=t0 + i * 0.01, step=0.001):
+            sec = int(ts)
+            packets.append(((sec, int(round((ts - sec) * 1e6))), data))
+    with open(path, "wb") as handle:
+        handle.write(pcap(packets))

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,7 @@ from analyzer.outputs.csvfile import CsvWriter
 # Below this much input one process finishes before N could start.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 PART_EVENTS = "events.arrows"
+PARENT_POLL_SECONDS = 0.5  # how soon a worker notices that its parent is gone
 
 
 def default_jobs() -> int:
@@ -63,11 +65,19 @@ def _die_with_parent(parent: int) -> None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os._exit(1)
+    # PDEATHSIG is not delivered everywhere (measured: one worker of two
+    # survived a SIGKILLed parent on this kernel), so a watchdog thread also
+    # checks twice a second whether the worker has been re-parented.
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # nothing of ours may outlive the run; its staging folder is the parent's to remove
 
 
 def _report_progress(done: int, total: int) -> None:

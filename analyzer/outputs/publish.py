@@ -22,6 +22,9 @@
 #     new files are moved in one by one and summary.json, the manifest that
 #     lists the set (`outputs`), goes last.
 #
+# A staging folder is named after the process that made it; one whose process
+# is gone (killed by SIGKILL) is removed by the next run into the same OUTDIR.
+#
 # Live capture does not stage: it rewrites its reports in place every
 # interval (each file atomically, outputs/csvfile.py).
 from __future__ import annotations
@@ -112,6 +115,30 @@ def output_error(exc: OSError, target: Path) -> OutputError | None:
     return OutputError(f"{target}: cannot write the outputs ({reason}); the previous outputs are unchanged")
 
 
+def _sweep(home: Path, prefix: str) -> None:
+    """Remove staging folders of runs that were killed (SIGKILL, power loss) before they could."""
+    for entry in os.scandir(home):
+        if not entry.name.startswith(prefix) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid = entry.name[len(prefix):].partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
 class Staging:
     """A run's outputs, written into `path` and swapped into `target` by publish()."""
 
@@ -120,10 +147,11 @@ class Staging:
         check_target(self.target)
         self.inside = self.target.is_dir() and (os.path.ismount(self.target) or not is_ours(self.target))
         home = self.target if self.inside else self.target.parent
+        prefix = (STAGING_PREFIX if self.inside else f".{self.target.name}{STAGING_PREFIX}")
         try:
             home.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX if self.inside
-                                              else f".{self.target.name}{STAGING_PREFIX}", dir=home))
+            _sweep(home, prefix)
+            self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=home))
         except OSError as exc:
             raise OutputError(f"{self.target}: cannot create the output folder "
                               f"({exc.strerror or exc})") from None
