@@ -61,7 +61,7 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
             status = ExitStatus.THRESHOLD
     where = visible(f"{Path(outdir).resolve()}/")
     if stats is None:
-        print(f"analyzer: no input could be read; nothing written ({where} left as it was)", file=sys.stderr)
+        print(f"analyzer: no input could be read; nothing written to {where}", file=sys.stderr)
     elif result.interrupted:
         print(f"analyzer: interrupted ({signal.Signals(interrupt.exit_signal()).name}); "
               f"what was read is written to {where}, marked partial", file=sys.stderr)
