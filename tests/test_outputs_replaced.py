@@ -314,3 +314,26 @@ def test_workers_die_with_a_killed_parent_and_the_next_run_sweeps_up(large_captu
     assert leftovers(tmp_path) != []  # its staging folder, which the next run removes
     assert analyzer("analyze", HTTP, "-o", out, "-q").returncode == 0
     assert leftovers(tmp_path) == []
+
+
+# --- documented ------------------------------------------------------------------------------------
+
+
+def test_readme_lists_every_exit_status():
+    import re
+
+    from analyzer.errors import ExitStatus
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Exit codes", 1)[1].split("\n\n", 2)[1]
+    assert [int(n) for n in re.findall(r"^\| (\d+) \|", table, re.M)] == sorted(int(s) for s in ExitStatus)
+
+
+def test_pyarrow_is_a_dependency_so_parquet_needs_no_extra(tmp_path):
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(dep.replace(" ", "").startswith("pyarrow>=") for dep in project["dependencies"])
+    proc = analyzer("analyze", HTTP, "-o", tmp_path / "out", "-q", "--parquet")
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert (tmp_path / "out" / "events.parquet").stat().st_size > 0
