@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 
 from analyzer.events import EVENT_COLUMNS, EVENT_TYPES
 from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, AtomicWriter, DirectFile
-from analyzer.outputs.visible import UNSAFE_RE2, json_text, visible
+from analyzer.outputs.visible import UNSAFE_RE2, json_text, may_hold_unsafe, visible
 
 EVENT_SCHEMA = pa.schema([(name, pa.type_for_alias(EVENT_TYPES[name])) for name in EVENT_COLUMNS])
 STRING_COLUMNS = tuple(name for name in EVENT_COLUMNS if EVENT_TYPES[name] == "string")
@@ -37,8 +37,8 @@ def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     columns = []
     for name, column in zip(batch.schema.names, batch.columns):
         if name in STRING_COLUMNS:
-            unsafe = pc.match_substring_regex(column, UNSAFE_RE2)
-            if pc.any(unsafe).as_py():  # rare: only those cells go through Python
+            if may_hold_unsafe(column) and pc.any(pc.match_substring_regex(column, UNSAFE_RE2)).as_py():
+                # rare: only then do the cells go through Python
                 column = pa.array([visible(v) if v is not None else None for v in column.to_pylist()],
                                   type=column.type)
             risky = pc.match_substring_regex(column, _DANGEROUS)
