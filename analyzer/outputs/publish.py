@@ -17,7 +17,8 @@
 #     old set is deleted; where the exchange is not available, two renames
 #     (for a moment OUTDIR is absent, never mixed);
 #   * a folder holding anything else (`-o .`, a folder shared with the
-#     captures) or a mount point: nothing of the user's is touched; the
+#     captures), a mount point or the working directory: nothing of the
+#     user's is touched; the
 #     staging folder is made inside OUTDIR, our stale files are removed, the
 #     new files are moved in one by one and summary.json, the manifest that
 #     lists the set (`outputs`), goes last.
@@ -115,6 +116,15 @@ def output_error(exc: OSError, target: Path) -> OutputError | None:
     return OutputError(f"{target}: cannot write the outputs ({reason}); the previous outputs are unchanged")
 
 
+def _holds_cwd(folder: Path) -> bool:
+    """True when the working directory is `folder` or below it: swapping it would strand the shell."""
+    try:
+        here = Path(os.getcwd())
+    except OSError:
+        return False
+    return here == folder or folder in here.parents
+
+
 def _sweep(home: Path, prefix: str) -> None:
     """Remove staging folders of runs that were killed (SIGKILL, power loss) before they could."""
     for entry in os.scandir(home):
@@ -143,9 +153,13 @@ class Staging:
     """A run's outputs, written into `path` and swapped into `target` by publish()."""
 
     def __init__(self, target: str | os.PathLike) -> None:
-        self.target = Path(target)
-        check_target(self.target)
-        self.inside = self.target.is_dir() and (os.path.ismount(self.target) or not is_ours(self.target))
+        check_target(Path(target))
+        # The folder itself: `-o link` replaces what the link points to, and
+        # `-o .` has a name and a parent.
+        self.shown = Path(target)  # as the user wrote it, for messages
+        self.target = Path(os.path.realpath(target))
+        self.inside = self.target.is_dir() and (os.path.ismount(self.target) or not is_ours(self.target)
+                                                or _holds_cwd(self.target))
         home = self.target if self.inside else self.target.parent
         prefix = (STAGING_PREFIX if self.inside else f".{self.target.name}{STAGING_PREFIX}")
         try:
@@ -153,7 +167,7 @@ class Staging:
             _sweep(home, prefix)
             self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=home))
         except OSError as exc:
-            raise OutputError(f"{self.target}: cannot create the output folder "
+            raise OutputError(f"{self.shown}: cannot create the output folder "
                               f"({exc.strerror or exc})") from None
         umask = os.umask(0)
         os.umask(umask)
