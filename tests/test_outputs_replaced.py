@@ -78,6 +78,20 @@ def test_a_folder_holding_other_files_keeps_them(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["outputs"] == sorted(SET)
 
 
+def test_o_dot_and_a_symlink_stay_where_they_are(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    inode = work.stat().st_ino
+    for _ in range(2):  # the second run finds a folder of outputs: still not swapped from under the shell
+        assert analyzer("analyze", HTTP, "-o", ".", "-q", cwd=work).returncode == 0
+    assert work.stat().st_ino == inode and set(os.listdir(work)) == SET
+    link = tmp_path / "link"
+    link.symlink_to(work)
+    assert analyzer("analyze", HTTP, "-o", link, "-q", "--jsonl").returncode == 0
+    assert link.is_symlink() and set(os.listdir(work)) == SET | {"events.jsonl"}
+    assert leftovers(tmp_path) == []
+
+
 def test_a_reader_holding_the_folder_sees_one_run(tmp_path):
     """summary.json and events.csv read through one folder handle always agree."""
     out = tmp_path / "out"
