@@ -93,6 +93,8 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
     `paths` is a path or a list of them (files, directories, "-").  Reports
     are written to `outdir` (a new temporary directory when None).  Damaged
     inputs do not raise: `Analysis.run.errors` lists them, as the CLI would.
+    When no input could be read at all the first InputError is raised and
+    nothing is written; OutputError when the reports cannot be written.
     """
     import os
     import tempfile

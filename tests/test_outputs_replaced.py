@@ -351,3 +351,12 @@ def test_pyarrow_is_a_dependency_so_parquet_needs_no_extra(tmp_path):
     proc = analyzer("analyze", HTTP, "-o", tmp_path / "out", "-q", "--parquet")
     assert (proc.returncode, proc.stderr) == (0, b"")
     assert (tmp_path / "out" / "events.parquet").stat().st_size > 0
+
+
+def test_the_api_raises_for_no_readable_input_and_writes_nothing(tmp_path):
+    import analyzer
+    from analyzer.errors import InputError
+
+    with pytest.raises(InputError, match="no such file"):
+        analyzer.analyze(tmp_path / "missing.pcap", tmp_path / "out")
+    assert os.listdir(tmp_path) == []
