@@ -372,6 +372,7 @@ def test_events_equal_the_generated_traffic_exactly(tmp_path, live_runs, http_se
     assert summary["protocols"]["ftp"]["failed_logins"] == 1
     assert summary["protocols"]["ftp"]["successful_logins"] == 1
     assert "0 packets dropped by kernel" in run.stderr and "interrupted (SIGINT)" in run.stderr
+    assert live["stopped_by"] == "SIGINT" and summary["partial"] is False  # all it captured is in
 
     # -w saved every packet: analysing the pcap gives the same per-code counts.
     again = analyzer("analyze", tmp_path / "run.pcap", "-o", tmp_path / "again", "-q")

@@ -497,6 +497,7 @@ def _coverage(coverage: dict, source, received: int, dropped: int, outcome) -> d
         "packets_not_analysed": outcome.unanalysed, "loopback_duplicates_ignored": source.duplicates,
         "packets_truncated": source.truncated,
         "kernel_packets_received": received, "kernel_packets_dropped": dropped,
+        "stopped_by": outcome.stopped_by,  # duration, count, SIGINT, SIGTERM, stop_event, error
     }
     return coverage
 
