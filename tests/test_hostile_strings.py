@@ -194,3 +194,48 @@ def test_no_secret_in_any_output_or_terminal_line(tmp_path, jobs):
     assert [e["request"] for e in events if e["protocol"] == "ftp"] == [
         "", "USER bob", "", "QUIT", "", "USER amy", ""]
 
+
+
+# --- the same, at the dissectors (sans-IO) ----------------------------------------------------------
+
+C, S = 0, 1
+
+
+@pytest.mark.parametrize("lost, after", [
+    (b"PASS V", b"ERY GAPSECRET staple\r\n"),    # the verb lost: the rest looks like a command
+    (b"-", b"LIST GAPSECRET\r\n"),               # the gap cut a PASS line; its tail starts like a verb
+])
+def test_ftp_line_after_a_gap_is_never_recorded_verbatim(lost, after):
+    from analyzer.protocols.ftp.dissector import FtpDissector
+
+    d = FtpDissector(S)
+    events = d.feed(b"220 ready\r\n", S, 1, 1) + d.feed(b"USER bob\r\n", C, 2, 2)
+    events += d.feed(b"331 Password required\r\n", S, 3, 3)
+    if lost == b"-":
+        d.feed(b"PASS top", C, 4, 4)
+    events += d.gap(len(lost), C, 5, 5) + d.feed(after, C, 5, 5) + d.feed(b"230 Logged in\r\n", S, 6, 6)
+    events += d.feed(b"LIST\r\n", C, 7, 7) + d.feed(b"150 Here\r\n", S, 8, 8)  # in step again
+    assert not [e for e in events if "GAPSECRET" in e.request]
+    assert not [a for a in d.anomalies if "GAPSECRET" in a.detail]
+    assert (events[-1].code, events[-1].request) == (150, "LIST")
+    assert f"{len(after) - 2}-byte command fragment after a gap dropped" in [a.detail for a in d.anomalies]
+
+
+def test_ftp_whole_command_after_a_gap_is_kept():
+    from analyzer.protocols.ftp.dissector import FtpDissector
+
+    d = FtpDissector(S)
+    events = d.feed(b"220 ready\r\n", S, 1, 1) + d.gap(8, C, 2, 2) + d.feed(b"RETR f.gz\r\n", C, 3, 3)
+    events += d.feed(b"150 Opening\r\n", S, 4, 4)
+    assert (events[-1].code, events[-1].request) == (150, "RETR f.gz")
+
+
+def test_http_unparsable_lines_are_described_not_quoted():
+    from analyzer.protocols.http.dissector import HttpDissector
+
+    d = HttpDissector(server_direction=S)
+    d.feed(b"Authorization: Basic c2VjcmV0QmFzaWM=\r\n\r\n", C, 1.0, 1)
+    d.feed(b"Set-Cookie: sid=SRVSECRET\r\n\r\n", S, 1.1, 2)
+    details = [a.detail for a in d.anomalies]
+    assert "37-byte client line (not recorded)" in details and "Set-Cookie: …" in details
+    assert not [x for x in details if "SECRET" in x or "c2VjcmV0" in x]

@@ -122,7 +122,7 @@ def test_a_reader_holding_the_folder_sees_one_run(tmp_path):
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        for capture in (CODES, HTTP, CODES, HTTP):
+        for capture in (CODES, HTTP):
             assert analyzer("analyze", capture, "-o", out, "-q").returncode == 0
     finally:
         done.set()
