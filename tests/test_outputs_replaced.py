@@ -281,25 +281,17 @@ def _assert_partial(out: Path, proc: subprocess.Popen, name: str, status: int, c
     assert leftovers(out.parent) == []
 
 
-def test_sigterm_stops_a_parallel_run_and_every_worker(large_capture, tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_parent_stops_a_parallel_run_and_every_worker(large_capture, tmp_path, sig, status):
+    # `kill PID` / `kill -INT PID` (not a terminal's Ctrl-C to the whole
+    # group): the parent passes the stop on, it does not wait for the
+    # workers to read everything, and no worker goes on after it.
     out = tmp_path / "out"
     proc = start("analyze", large_capture, "-o", out, "-q", "-j", "2")
     workers = _reading(proc, tmp_path, workers=2)
-    proc.send_signal(signal.SIGTERM)
+    os.kill(proc.pid, sig)
     proc.wait(timeout=120)
-    _assert_partial(out, proc, "SIGTERM", 143, 15000)
-    assert not any(_running(w) for w in workers)
-
-
-def test_sigint_to_the_parent_alone_stops_a_parallel_run(large_capture, tmp_path):
-    # `kill -INT PID` (not a terminal's Ctrl-C to the whole group): the
-    # parent forwards the stop, it does not wait for the workers to finish.
-    out = tmp_path / "out"
-    proc = start("analyze", large_capture, "-o", out, "-q", "-j", "2")
-    workers = _reading(proc, tmp_path, workers=2)
-    os.kill(proc.pid, signal.SIGINT)
-    proc.wait(timeout=120)
-    _assert_partial(out, proc, "SIGINT", 130, 15000)
+    _assert_partial(out, proc, sig.name, status, 15000)
     assert not any(_running(w) for w in workers)
 
 
