@@ -352,3 +352,18 @@ def test_the_api_raises_for_no_readable_input_and_writes_nothing(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         analyzer.analyze(tmp_path / "missing.pcap", tmp_path / "out")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_second_signal_while_finishing_abandons_the_run(large_capture, tmp_path):
+    out = tmp_path / "out"
+    assert analyzer("analyze", HTTP, "-o", out, "-q").returncode == 0
+    before = snapshot(out)
+    proc = start("analyze", large_capture, "-o", out, "-q", "-j", "2")
+    workers = _reading(proc, tmp_path, workers=2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # finishing a partial run of this size takes seconds
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert (proc.returncode, proc.stderr.read()) == (143, b"analyzer: interrupted; nothing written\n")
+    assert snapshot(out) == before and leftovers(tmp_path) == []
+    assert not any(_running(w) for w in workers)
