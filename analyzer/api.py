@@ -69,7 +69,7 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
         stage.publish()
     except OSError as exc:
         stage.discard()
-        error = output_error(exc, Path(outdir))
+        error = output_error(exc, Path(outdir), stage.path)
         if error is None:
             raise
         raise error from None

@@ -102,8 +102,16 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def output_error(exc: OSError, target: Path) -> OutputError | None:
-    """The OutputError an OSError from writing stands for, or None when it is not one."""
+def output_error(exc: OSError, target: Path, staging: Path | None = None) -> OutputError | None:
+    """The OutputError an OSError from writing stands for, or None when it is not one.
+
+    An error naming a file elsewhere (a key log, a policy file) is not one.
+    """
+    name = exc.filename
+    if name is not None and staging is not None:
+        where = Path(os.path.realpath(os.fsdecode(name)))
+        if not any(p == where or p in where.parents for p in (staging, Path(os.path.realpath(target)))):
+            return None
     code = exc.errno
     if code is None:  # pyarrow's IO errors carry the errno in their text only
         text = str(exc)
