@@ -16,7 +16,9 @@ class ExitStatus(IntEnum):
     THRESHOLD = 5         # --fail-on threshold crossed
     PERMISSION = 6        # live capture without privilege
     MISSING_TOOL = 7      # tshark (or another external tool) is not installed
-    INTERRUPTED = 130     # stopped by Ctrl-C before the run could finish cleanly
+    OUTPUT = 8            # the outputs cannot be written (-o is a file, no permission, disk full)
+    INTERRUPTED = 130     # SIGINT (Ctrl-C): what was read is written, marked partial (128 + 2)
+    TERMINATED = 143      # SIGTERM: the same, for the other stop signal (128 + 15)
 
 
 class AnalyzerError(Exception):
@@ -49,3 +51,9 @@ class PermissionDenied(AnalyzerError):
 
 class MissingTool(AnalyzerError):
     exit_status = ExitStatus.MISSING_TOOL
+
+
+class OutputError(AnalyzerError):
+    """The output folder cannot be made or written; the previous outputs are left as they were."""
+
+    exit_status = ExitStatus.OUTPUT

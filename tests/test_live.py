@@ -351,7 +351,7 @@ def test_events_equal_the_generated_traffic_exactly(tmp_path, live_runs, http_se
                "--interval", 0.5, "-w", tmp_path / "run.pcap")
     live_runs.append(run)
     expected = http_traffic(hp) + ftp_traffic(fp) + ws_traffic(wp)
-    assert run.stop(signal.SIGINT) == 0, run.stderr
+    assert run.stop(signal.SIGINT) == 130, run.stderr  # 128 + SIGINT, after every report
 
     rows = read_events(out)
     assert Counter(observed(rows)) == Counter(expected), run.stderr
@@ -372,6 +372,7 @@ def test_events_equal_the_generated_traffic_exactly(tmp_path, live_runs, http_se
     assert summary["protocols"]["ftp"]["failed_logins"] == 1
     assert summary["protocols"]["ftp"]["successful_logins"] == 1
     assert "0 packets dropped by kernel" in run.stderr and "interrupted (SIGINT)" in run.stderr
+    assert live["stopped_by"] == "SIGINT" and summary["partial"] is False  # all it captured is in
 
     # -w saved every packet: analysing the pcap gives the same per-code counts.
     again = analyzer("analyze", tmp_path / "run.pcap", "-o", tmp_path / "again", "-q")
@@ -399,7 +400,7 @@ def test_signal_mid_capture_finalises_open_connections_and_writes_every_report(
         pending.request("GET", "/slow")                             # answered only after the stop
         try:
             # No pause before the signal: what the kernel already holds must still be analysed.
-            assert run.stop(sig, settle=0) == 0, run.stderr
+            assert run.stop(sig, settle=0) == 128 + sig, run.stderr
         finally:
             http_server.release.set()
             pending.close()
@@ -425,7 +426,7 @@ def test_tshark_engine_reports_the_same_events(tmp_path, live_runs, http_server)
     run = Live(tmp_path, f"tcp port {hp}", "--engine", "tshark", "-o", out, "--interval", 0.5)
     live_runs.append(run)
     expected = http_traffic(hp)
-    assert run.stop(signal.SIGTERM) == 0, run.stderr
+    assert run.stop(signal.SIGTERM) == 143, run.stderr
     assert Counter(observed(read_events(out))) == Counter(expected), run.stderr
     assert_reports_parse(out)
 
@@ -517,7 +518,7 @@ def test_reports_are_replaced_atomically_while_a_reader_reads_them(tmp_path, liv
     start = time.monotonic()
     while time.monotonic() < start + 2.5 or (len(seen["inodes"]) < 3 and time.monotonic() < start + 20):
         http_traffic(hp, (("GET", 200), ("GET", 404), ("GET", 500)))
-    assert run.stop(signal.SIGTERM) == 0, run.stderr
+    assert run.stop(signal.SIGTERM) == 143, run.stderr
     stop.set()
     thread.join(5)
     assert not seen["bad"], seen["bad"][:3]

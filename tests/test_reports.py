@@ -133,16 +133,17 @@ def test_csv_injection_neutralised(written):
 
 def test_bare_carriage_return_stays_in_its_cell(tmp_path):
     # A wire string holding a bare CR must neither split the CSV row (readers
-    # and spreadsheets treat CR as a line break) nor start a formula.
+    # and spreadsheets treat CR as a line break) nor start a formula: it is
+    # shown as \x0d (outputs/visible.py), and what follows cannot start one.
     events = events_frame([dict(epoch=1.0, protocol="http", client_ip="10.0.0.2", server_ip="192.0.2.1", code=404,
                                 request="GET / HTTP/1.1", host="\rCR=1+1", name="\r=2+2", meaning="a\rb")])
     stats = compute(events)
     write_reports(tmp_path, stats, {}, html=False)
     hosts = read_csv_cells(tmp_path / "hosts.csv")
     assert len(hosts) == 1 + len(stats.hosts)
-    assert hosts[1][HOST_COLUMNS.index("hosts_seen")] == "'\rCR=1+1"
+    assert hosts[1][HOST_COLUMNS.index("hosts_seen")] == "\\x0dCR=1+1"
     codes = read_csv_cells(tmp_path / "codes.csv")
-    assert codes[1] == ["192.0.2.1", "http", "404", "1", "4xx", "'\r=2+2", "a\rb"]
+    assert codes[1] == ["192.0.2.1", "http", "404", "1", "4xx", "\\x0d=2+2", "a\\x0db"]
 
 
 def test_summary_json(written):

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from analyzer._version import __version__
 from analyzer.cli.options import engine_options
 from analyzer.errors import AnalyzerError, ExitStatus
+from analyzer.outputs.visible import visible
 
 EPILOG_ANALYZE = """examples:
   analyzer analyze capture.pcapng -o out/
@@ -98,19 +100,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except AnalyzerError as exc:
-        print(f"analyzer: error: {exc}", file=sys.stderr)
+        _say(f"analyzer: error: {visible(str(exc))}")
         return int(exc.exit_status)
     except KeyboardInterrupt:
-        print("analyzer: interrupted", file=sys.stderr)
-        return int(ExitStatus.INTERRUPTED)
+        from analyzer import interrupt
+
+        # A second stop signal while finishing: the run is abandoned, OUTDIR unchanged.
+        _say("analyzer: interrupted; nothing written")
+        return int(ExitStatus.TERMINATED if interrupt.exit_signal() == signal.SIGTERM
+                   else ExitStatus.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitStatus.OK)
     except Exception as exc:  # a bug: say so in one line, keep the trace for developers
         if os.environ.get("ANALYZER_DEBUG"):
             raise
-        print(f"analyzer: internal error: {type(exc).__name__}: {exc} "
-              f"(set ANALYZER_DEBUG=1 for a traceback, and please report it)", file=sys.stderr)
+        _say(f"analyzer: internal error: {type(exc).__name__}: {visible(str(exc))} "
+             f"(set ANALYZER_DEBUG=1 for a traceback, and please report it)")
         return int(ExitStatus.ERROR)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr (it may have been closed)."""
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 # the outcome into a documented exit status.
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
+from analyzer import interrupt
 from analyzer.api import resolve_lang, run_analysis
 from analyzer.engines.native import _size, expand_inputs
 from analyzer.errors import CaptureError, ExitStatus, InputError
+from analyzer.outputs.visible import visible
 
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
@@ -26,17 +29,24 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
                    engine=engine, keylog=keylog, decode_as=decode_as)
-    if quiet:
-        result, stats = run_analysis(paths, outdir, **options)
-    else:
-        from analyzer.cli.terminal import print_summary, progress
+    # SIGINT/SIGTERM stop the reading; what was read is written, marked partial.
+    interrupt.install()
+    try:
+        if quiet:
+            result, stats = run_analysis(paths, outdir, **options)
+        else:
+            from analyzer.cli.terminal import print_summary, progress
 
-        with progress(sum(_size(p) for p in paths)) as bar:
-            result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done), **options)
-        print_summary(stats, result.coverage())
+            with progress(sum(_size(p) for p in paths)) as bar:
+                result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done),
+                                             **options)
+            if stats is not None:
+                print_summary(stats, result.coverage())
+    finally:
+        interrupt.uninstall()
     status = ExitStatus.OK
     for exc in result.errors:
-        print(f"analyzer: error: {exc}", file=sys.stderr)
+        print(f"analyzer: error: {visible(str(exc))}", file=sys.stderr)
     if any(isinstance(e, CaptureError) for e in result.errors):
         status = ExitStatus.DAMAGED
     elif any(isinstance(e, InputError) for e in result.errors):
@@ -46,12 +56,22 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 
         reasons = evaluate(rules, stats)
         for reason in reasons:
-            print(f"analyzer: threshold crossed: {reason}", file=sys.stderr)
+            print(f"analyzer: threshold crossed: {visible(str(reason))}", file=sys.stderr)
         if reasons and status == ExitStatus.OK:
             status = ExitStatus.THRESHOLD
-    if not quiet:
-        print(f"outputs written to {Path(outdir).resolve()}/", file=sys.stderr)
+    where = visible(f"{Path(outdir).resolve()}/")
+    if stats is None:
+        print(f"analyzer: no input could be read; nothing written to {where}", file=sys.stderr)
+    elif result.interrupted:
+        print(f"analyzer: interrupted ({signal.Signals(interrupt.exit_signal()).name}); "
+              f"what was read is written to {where}, marked partial", file=sys.stderr)
+    elif not quiet:
+        print(f"outputs written to {where}", file=sys.stderr)
     if result.interrupted:
-        return int(ExitStatus.INTERRUPTED)
+        return interrupted_status()
     return int(status)
 
+
+def interrupted_status() -> int:
+    """130 for SIGINT (Ctrl-C), 143 for SIGTERM: 128 + the signal, as shells report it."""
+    return int(ExitStatus.TERMINATED if interrupt.exit_signal() == signal.SIGTERM else ExitStatus.INTERRUPTED)

@@ -423,7 +423,10 @@ def cmd_crosscheck(args) -> int:
 
     cc = crosscheck(args.captures, outdir=args.outdir, keylog=args.tls_keylog,
                     decode_as=parse_decode_as(args.decode_as), known_files=args.known)
-    print(format_report(cc, args.show))
+    from analyzer.outputs.visible import visible
+
+    # Requests and reasons in the report are wire strings: controls shown escaped, line by line.
+    print("\n".join(visible(line) for line in format_report(cc, args.show).split("\n")))
     if args.outdir:
         print(f"outputs written to {Path(args.outdir).resolve()}/", file=sys.stderr)
     return int(ExitStatus.OK if cc.ok else ExitStatus.THRESHOLD)

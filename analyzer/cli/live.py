@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analyzer.errors import ExitStatus, UsageError
+from analyzer.outputs.visible import visible
 
 # Default seconds between running reports; report.html takes ~0.1 s to render.
 DEFAULT_INTERVAL = 5.0
@@ -64,10 +65,11 @@ EPILOG = """examples:
 
 Stops at --duration, --count, Ctrl-C or SIGTERM; each ends cleanly (open
 connections finalised, final reports written, kernel drops printed).
-Exit status: 0 done, 2 bad option / unknown interface / invalid filter,
-3 the interface went away or -w cannot be written, 5 a --fail-on threshold
-was crossed, 6 no capture privilege (root or CAP_NET_RAW), 7 libpcap
-missing, 130 interrupted again while writing the final reports.
+Exit status: 0 done (--duration, --count), 2 bad option / unknown interface /
+invalid filter, 3 the interface went away or -w cannot be written, 5 a
+--fail-on threshold was crossed, 6 no capture privilege (root or CAP_NET_RAW),
+7 libpcap missing, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM
+(in both cases after writing every report).
 """
 
 
@@ -375,7 +377,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
         _closing_lines(outcome, source, iface, err)
         outcome.errors += result.errors
         for exc in outcome.errors:
-            print(f"analyzer: error: {exc}", file=err)
+            print(f"analyzer: error: {visible(str(exc))}", file=err)
         if outcome.errors:
             outcome.status = ExitStatus.INPUT
         if rules:
@@ -388,6 +390,10 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
                 outcome.status = ExitStatus.THRESHOLD
         if outdir is not None and not quiet:
             print(f"outputs written to {Path(outdir).resolve()}/", file=err)
+        # Stopped by a signal: every report is final, yet the exit says so
+        # (128 + the signal), as `analyze` and shells do.
+        if outcome.stopped_by in ("SIGINT", "SIGTERM"):
+            outcome.status = ExitStatus.INTERRUPTED if outcome.stopped_by == "SIGINT" else ExitStatus.TERMINATED
         return outcome
     finally:
         stopper.uninstall()
@@ -491,6 +497,7 @@ def _coverage(coverage: dict, source, received: int, dropped: int, outcome) -> d
         "packets_not_analysed": outcome.unanalysed, "loopback_duplicates_ignored": source.duplicates,
         "packets_truncated": source.truncated,
         "kernel_packets_received": received, "kernel_packets_dropped": dropped,
+        "stopped_by": outcome.stopped_by,  # duration, count, SIGINT, SIGTERM, stop_event, error
     }
     return coverage
 

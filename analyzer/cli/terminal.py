@@ -1,8 +1,9 @@
 # What `analyze` prints when it ends, and the progress bar while it reads.
 #
 # rich renders the tables; wire strings go through rich.markup.escape and
-# control characters are replaced, so a Host header cannot restyle or move
-# the terminal (no ANSI from the capture ever reaches the tty).  Tables are
+# control and bidi characters are shown as \xNN / \uNNNN (outputs/visible.py),
+# so a Host header cannot restyle or move the terminal (no ANSI from the
+# capture ever reaches the tty).  Tables are
 # kept short (TOP_ROWS): the files hold everything.
 #
 # The progress bar goes to stderr, only when stderr is a terminal and the
@@ -11,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 
 from rich import box
@@ -20,13 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from analyzer.outputs.visible import visible
+
 TOP_ROWS = 10
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024  # ~0.3 s of reading: below that a bar only flickers
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def clean(value, limit: int = 60) -> str:
-    text = _CONTROL.sub("\ufffd", str(value))
+    text = visible(str(value))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return escape(text)

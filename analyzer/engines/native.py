@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyzer import interrupt
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
@@ -309,12 +310,15 @@ def read_all(session, paths: list[str], progress=None) -> RunResult:
     total = sum(_size(p) for p in paths)
     done = 0
     try:
-        for path in paths:
-            session.read_file(path, progress, done, total)
-            done += _size(path)
+        with interrupt.reading():
+            for path in paths:
+                session.read_file(path, progress, done, total)
+                done += _size(path)
     except KeyboardInterrupt:
         session.result.interrupted = True
-    return session.finish()
+    result = session.finish()
+    result.interrupted = result.interrupted or interrupt.stop_requested()  # a stop while finishing
+    return result
 
 
 def _write_connections(out: Path, rows: list[dict]) -> None:

@@ -16,6 +16,8 @@ import csv
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyzer import interrupt
 from analyzer.engines.native import RunResult, Session, _size, _write_connections
 from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, open_consumers
 from analyzer.outputs.csvfile import CsvWriter
@@ -32,6 +35,7 @@ from analyzer.outputs.csvfile import CsvWriter
 # Below this much input one process finishes before N could start.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 PART_EVENTS = "events.arrows"
+PARENT_POLL_SECONDS = 0.5  # how soon a worker notices that its parent is gone
 
 
 def default_jobs() -> int:
@@ -45,9 +49,35 @@ def worth_it(paths: list[str], jobs: int) -> bool:
 _progress_value = None
 
 
-def _init(value) -> None:
+def _init(value, parent: int) -> None:
     global _progress_value
     _progress_value = value
+    # A worker never outlives its parent: the kernel kills it when the parent
+    # dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG).
+    _die_with_parent(parent)
+    # Stop signals end this worker's reading only (the parent forwards its
+    # stop; a terminal's Ctrl-C reaches the worker too: never escalate).
+    interrupt.install(escalate=False)
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    # PDEATHSIG is not delivered everywhere (measured: one worker of two
+    # survived a SIGKILLed parent on this kernel), so a watchdog thread also
+    # checks twice a second whether the worker has been re-parented.
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # nothing of ours may outlive the run; its staging folder is the parent's to remove
 
 
 def _report_progress(done: int, total: int) -> None:
@@ -62,12 +92,14 @@ def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> 
     progress = _report_progress if share == 0 and _progress_value is not None else None
     done = 0
     try:
-        for path in paths:
-            session.read_file(path, progress, done, 0, partition=(share, shares))
-            done += _size(path)
+        with interrupt.reading():
+            for path in paths:
+                session.read_file(path, progress, done, 0, partition=(share, shares))
+                done += _size(path)
     except KeyboardInterrupt:
         session.result.interrupted = True
     result = session.finish()
+    result.interrupted = result.interrupted or interrupt.stop_requested()
     result.outdir = Path(outdir)
     return result
 
@@ -82,27 +114,51 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
     ctx = multiprocessing.get_context("fork")
     value = ctx.Value("q", 0)
     interrupted = False
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value, os.getpid()))
+    finished = False
     try:
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value,)) as pool:
-            futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
-            results = []
-            for future in futures:
-                while True:
-                    try:
-                        results.append(future.result(timeout=0.2))
-                        break
-                    except TimeoutError:
-                        if progress is not None:
-                            progress(value.value, total)
-                    except KeyboardInterrupt:
-                        interrupted = True  # workers finish what they read; keep waiting for them
+        futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
+        results = []
+        try:
+            with interrupt.reading():
+                for future in futures:
+                    results.append(_wait(future, progress, value, total))
+        except KeyboardInterrupt:
+            # Stop every worker's reading (a `kill -INT` reached this process
+            # only); each finishes what it read, and the parts are merged.
+            interrupted = True
+            _signal_workers(pool, signal.SIGINT)
+            for future in futures[len(results):]:
+                results.append(_wait(future, None, value, total))
+        pool.shutdown(wait=True)
+        finished = True
         merged = _merge(results, out, lang, outputs or EventOutputs())
     finally:
+        if not finished:  # an error or a second signal: no worker may go on without us
+            _signal_workers(pool, signal.SIGKILL)
+            pool.shutdown(wait=False, cancel_futures=True)
         for part in parts:
             shutil.rmtree(part, ignore_errors=True)
-    merged.interrupted = interrupted or any(r.interrupted for r in results)
+    merged.interrupted = interrupted or any(r.interrupted for r in results) or interrupt.stop_requested()
     merged.seconds = time.perf_counter() - started
     return merged
+
+
+def _wait(future, progress, value, total: int):
+    while True:
+        try:
+            return future.result(timeout=0.2)
+        except TimeoutError:
+            if progress is not None:
+                progress(value.value, total)
+
+
+def _signal_workers(pool: ProcessPoolExecutor, signum: int) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            os.kill(process.pid, signum)
+        except (ProcessLookupError, TypeError):
+            pass
 
 
 def _batches(path: Path):

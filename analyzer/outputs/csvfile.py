@@ -19,12 +19,17 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from analyzer.outputs.visible import visible
+
 DANGEROUS_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 def neutralise(value):
-    if isinstance(value, str) and value.startswith(DANGEROUS_PREFIXES):
-        return "'" + value
+    """A cell as a spreadsheet and a terminal may show it: controls visible, no formula."""
+    if isinstance(value, str):
+        value = visible(value)
+        if value.startswith(DANGEROUS_PREFIXES):
+            return "'" + value
     return value
 
 

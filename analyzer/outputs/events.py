@@ -3,6 +3,7 @@
 #   events.csv      pyarrow's CSV writer; the only place wire strings are
 #                   neutralised for spreadsheets (vectorised, per batch)
 #   events.jsonl    one JSON object per line, values exactly as on the wire
+#                   (control and bidi characters as JSON \u escapes)
 #   events.parquet  pyarrow's Parquet writer, one row group per batch
 #
 # Each writer is a consumer of batches: write(batch) any number of times,
@@ -13,7 +14,6 @@
 # same batches (events_frame) before they are neutralised.
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pyarrow.csv as pacsv
 
 from analyzer.events import EVENT_COLUMNS, EVENT_TYPES
 from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, AtomicWriter, DirectFile
+from analyzer.outputs.visible import UNSAFE_RE2, json_text, may_hold_unsafe, visible
 
 EVENT_SCHEMA = pa.schema([(name, pa.type_for_alias(EVENT_TYPES[name])) for name in EVENT_COLUMNS])
 STRING_COLUMNS = tuple(name for name in EVENT_COLUMNS if EVENT_TYPES[name] == "string")
@@ -31,10 +32,15 @@ _DANGEROUS = "^[" + "".join("\\" + c if c in "-\\]^" else c for c in DANGEROUS_P
 
 
 def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The batch with every string cell that could start a formula prefixed by an apostrophe."""
+    """The batch as events.csv shows it: control and bidi characters as \\xNN / \\uNNNN
+    (outputs/visible.py), then every cell that could start a formula prefixed by an apostrophe."""
     columns = []
     for name, column in zip(batch.schema.names, batch.columns):
         if name in STRING_COLUMNS:
+            if may_hold_unsafe(column) and pc.any(pc.match_substring_regex(column, UNSAFE_RE2)).as_py():
+                # rare: only then do the cells go through Python
+                column = pa.array([visible(v) if v is not None else None for v in column.to_pylist()],
+                                  type=column.type)
             risky = pc.match_substring_regex(column, _DANGEROUS)
             if pc.any(risky).as_py():
                 column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
@@ -92,7 +98,7 @@ class EventsJsonl(_EventFile):
     def write(self, batch: pa.RecordBatch) -> None:
         write, names = self._file.handle.write, batch.schema.names
         for row in zip(*(column.to_pylist() for column in batch.columns)):
-            write(json.dumps(dict(zip(names, map(_json_value, row))), ensure_ascii=False, allow_nan=False))
+            write(json_text(dict(zip(names, map(_json_value, row)))))
             write("\n")
         self.rows += batch.num_rows
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from analyzer.outputs.visible import visible_html
 from analyzer.protocols import get as _protocol
 from analyzer.stats.hosts import PROTOCOLS, class_label, iso
 
@@ -46,6 +47,8 @@ PROTO_LABEL = {"http": "HTTP", "ftp": "FTP", "websocket": "WebSocket"}
 # UI strings: key -> (English, 中文).
 TEXT = {
     "title": ("Network status report", "网络状态分析报告"),
+    "partial": ("Partial: the run was interrupted; these figures cover what was read before the stop.",
+                "部分结果：运行被中断，以下数字只包括中断前读取的数据。"),
     "events": ("Events", "事件"),
     "errors": ("Errors", "错误"),
     "errors_l": ("errors", "个错误"),
@@ -668,11 +671,20 @@ def _bytecode_cache():
     return FileSystemBytecodeCache(folder) if os.access(folder, os.W_OK) else None
 
 
+def _visible_value(value):
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return visible_html(value)
+    return value
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
+    # finalize: every value printed by the template shows control and bidi
+    # characters as \xNN / \uNNNN (outputs/visible.py) before it is escaped,
+    # so a U+202E in a URI cannot reorder the page; our own Markup is left as is.
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-                      bytecode_cache=_bytecode_cache())
+                      bytecode_cache=_bytecode_cache(), finalize=_visible_value)
     env.globals["TEXT"] = TEXT
     return env
 
@@ -710,4 +722,5 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
         coverage=_coverage(stats, coverage), glossary=_glossary(stats, names), policy=policy,
         bilingual=bilingual, max_rows=MAX_TABLE_ROWS, fmt_count=fmt_count,
         step=_step_label(int(s.get("bucket_seconds") or 1)), class_label=class_label,
+        partial=bool(coverage.get("partial")),
     )

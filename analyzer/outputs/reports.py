@@ -3,7 +3,8 @@
 #   hosts.csv       one row per host x role x protocol (stats.HOST_COLUMNS)
 #   codes.csv       server_ip, protocol, code, count, class, name, meaning
 #   report.html     the self-contained page (outputs/html.py)
-#   summary.json    totals, coverage, policy (outputs/summary.py)
+#   summary.json    totals, coverage, policy (outputs/summary.py); written last,
+#                   it lists the set of files (`outputs`) and says `partial`
 #
 # (events.csv, events.jsonl and events.parquet are written during the run,
 # from the engine's batches: outputs/events.py.)
@@ -24,6 +25,7 @@ import pandas as pd
 
 from analyzer.outputs.csvfile import write_atomic, write_dataframe
 from analyzer.outputs.html import render_html
+from analyzer.outputs.publish import OUTPUT_NAMES
 from analyzer.outputs.summary import write_summary
 from analyzer.stats.hosts import StatsAccumulator, connections_frame
 
@@ -66,14 +68,16 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
     write_dataframe(path, csv_ready(stats.codes))
     written.append(path)
 
-    path = outdir / "summary.json"
-    write_summary(path, stats, coverage, lang=lang)
-    written.append(path)
-
     if html:
         path = outdir / "report.html"
         write_atomic(path, render_html(stats, coverage, lang))
         written.append(path)
+
+    # Last: summary.json lists the set of files (the manifest, outputs/publish.py).
+    path = outdir / "summary.json"
+    present = sorted(p.name for p in outdir.iterdir() if p.name in OUTPUT_NAMES and p.is_file())
+    write_summary(path, stats, coverage, lang=lang, outputs=sorted(set(present) | {path.name}))
+    written.append(path)
     return written
 
 
@@ -94,6 +98,7 @@ def build_and_write(result, *, lang: str = "en"):
     if result.stats is None:
         raise ValueError("this run kept no statistics (EventOutputs.stats was off)")
     coverage = result.coverage()
+    coverage["partial"] = bool(result.interrupted)  # stopped by a signal: what was read
     stats = finish_stats(result.stats.accumulator, result.connections, coverage)
     write_reports(result.outdir, stats, coverage, lang=lang)
     return stats

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.outputs.csvfile import write_atomic
+from analyzer.outputs.visible import json_text
 
 
 def json_safe(value):
@@ -32,11 +33,16 @@ def json_safe(value):
     return value
 
 
-def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", top: int = 10) -> dict:
+def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", top: int = 10,
+                     outputs: list[str] | None = None) -> dict:
     doc = {"language": lang}
     if coverage:
         doc["version"] = coverage.get("version", "")
         doc["engine"] = coverage.get("engine", "")
+    # An interrupted run wrote what it had read: its numbers cover part of the input.
+    doc["partial"] = bool((coverage or {}).get("partial"))
+    if outputs is not None:
+        doc["outputs"] = list(outputs)  # the files of this run's set
     doc.update(stats.summary)
     hosts = stats.hosts
     if len(hosts):
@@ -51,6 +57,7 @@ def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", t
     return json_safe(doc)
 
 
-def write_summary(path: str | Path, stats, coverage: dict | None = None, *, lang: str = "en") -> None:
-    text = json.dumps(summary_document(stats, coverage, lang=lang), ensure_ascii=False, indent=2, allow_nan=False)
-    write_atomic(path, text + "\n")
+def write_summary(path: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
+                  outputs: list[str] | None = None) -> None:
+    doc = summary_document(stats, coverage, lang=lang, outputs=outputs)
+    write_atomic(path, json_text(doc, indent=2) + "\n")

@@ -119,7 +119,7 @@ _SECRET_LOOKAHEAD = 64   # leading blanks tolerated before a PASS/ACCT verb
 class _LineReader:
     """Bounded LF-delimited lines of one direction, with the packet of each line's first byte."""
 
-    __slots__ = ("buf", "excess", "ts", "frame", "secret", "resync", "mask")
+    __slots__ = ("buf", "excess", "ts", "frame", "secret", "resync", "cut_secret", "mask")
 
     def __init__(self, mask_secrets: bool) -> None:
         self.buf = bytearray()
@@ -128,6 +128,7 @@ class _LineReader:
         self.frame = 0
         self.secret = False        # current line is PASS/ACCT: its argument is not kept
         self.resync = False        # a gap cut the stream: the next line may be a fragment
+        self.cut_secret = False    # ... and it cut a PASS/ACCT line: that fragment is secret
         self.mask = mask_secrets
 
     def pending(self) -> bool:
@@ -337,6 +338,7 @@ class FtpDissector(Dissector):
         if self._tls or self._closed:
             return []
         reader = self._lines[direction]
+        reader.cut_secret = reader.cut_secret or reader.secret  # the gap cut a PASS line
         if reader.pending():
             reader.drop()
         reader.resync = True
@@ -407,9 +409,16 @@ class FtpDissector(Dissector):
             self._reply_line(line, excess, ts, frame, events)
         else:
             if reader.resync:
-                reader.resync = False
-                if not (secret or _COMMAND_RE.match(line)):
-                    self._note("ftp_gap_fragment", ts, frame, "command fragment after a gap dropped")
+                # The start of this line may be what the gap lost ("PASS V" of
+                # "PASS VERY GAPSECRET"): it is kept only when it begins with
+                # a known verb (a whole segment was lost: the usual case) and
+                # the gap did not cut a PASS/ACCT line; otherwise it is dropped
+                # and not one of its bytes is recorded.
+                cut_secret, reader.resync, reader.cut_secret = reader.cut_secret, False, False
+                if not secret and (cut_secret or not _COMMAND_RE.match(line)
+                                   or _verb(line) not in FTP_COMMANDS):
+                    self._note("ftp_gap_fragment", ts, frame,
+                               f"{len(line)}-byte command fragment after a gap dropped")
                     return
             self._command_line(line, excess, ts, frame, secret)
 

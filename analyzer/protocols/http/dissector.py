@@ -112,7 +112,7 @@ def _headers(head: bytes, start: int = 0) -> dict[str, str]:
     out: dict[str, str] = {}
     for m in _WANTED.finditer(head, start):
         name = m.group(1).decode("latin-1").lower()
-        value = m.group(2).strip().decode("latin-1")
+        value = _text(m.group(2).strip())  # UTF-8 (IDN hosts), \xNN for bytes that are not
         out[name] = out[name] + "," + value if name in out else value
     return out
 
@@ -138,7 +138,28 @@ def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) 
 
 
 def _text(raw: bytes) -> str:
+    """Wire text as UTF-8; a byte that is not part of valid UTF-8 becomes \\xNN (README "Outputs")."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def _shown(line: bytes, client: bool) -> str:
+    """An unparsable line as an anomaly detail, without secrets.
+
+    A client line may be the rest of an Authorization, Cookie or
+    Proxy-Authorization field or a form body whose start was lost: none of
+    its bytes are kept, only its length.  A server line keeps a field's
+    name only (Set-Cookie values stay out), else its first 80 bytes.
+    """
+    line = line.rstrip(b"\r\n")
+    if client:
+        return f"{len(line)}-byte client line (not recorded)"
+    name, colon, _ = line.partition(b":")
+    if colon and _FIELD_NAME.fullmatch(name):
+        return f"{_text(name)}: …"
+    return _text(line[:80])
 
 
 class _Side:
@@ -434,7 +455,7 @@ class HttpDissector(Dissector):
         name = "http_bad_status_line" if server else "http_bad_request_line"
         if server and not is_resp:
             name = "http_response_without_status_line"
-        self.anomaly(name, side.msg_ts, side.msg_frame, _text(line[:80]))
+        self.anomaly(name, side.msg_ts, side.msg_frame, _shown(line, client=not server))
         side.buf.clear()
         side.state = RESYNC
         return rest
@@ -586,7 +607,8 @@ class HttpDissector(Dissector):
                 except ValueError:
                     length = -1
                 if length < 0 or not size:
-                    self.anomaly("http_bad_chunk", side.msg_ts, side.msg_frame, _text(line[:40]))
+                    self.anomaly("http_bad_chunk", side.msg_ts, side.msg_frame,
+                                 _shown(line, client=d != self.server_direction))
                     self._abandon(d)
                     return pos
                 if length == 0:
