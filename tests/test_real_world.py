@@ -22,7 +22,7 @@ import pytest
 from analyzer.capture import open_capture
 from analyzer.tcp import table as flows
 from analyzer.tcp.table import ACK, FIN, RST, SYN, FlowTable
-from tests.captures_builder import conversation, pcap
+from tests.captures_builder import pcap
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "captures"

@@ -5,7 +5,6 @@
 # the engine's batches: outputs/events.py.)
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
