@@ -36,13 +36,17 @@ def resolve_lang(lang: str | None) -> str:
 
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
-                 keylog=None, decode_as=None, progress=None):
-    """Run `engine` and write every report; returns (RunResult, StatsResult)."""
+                 keylog=None, decode_as=None, progress=None, also=()):
+    """Run `engine` and write every report; returns (RunResult, StatsResult).
+
+    `also`: further consumers of the event batches (e.g. outputs.metrics.EventMetrics).
+    """
     from analyzer.engines import run as engine_run
 
     if jobs < 0:
         raise UsageError("--jobs takes a number of processes (0 = all cores)")
-    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect))
+    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect),
+                           also=tuple(also))
     result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
                         progress=progress, outputs=outputs)
     # pandas comes in only now: during the run it would sit beside the connection table.
