@@ -51,8 +51,12 @@ def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
-                  html: bool = True) -> list[Path]:
-    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths."""
+                  html: bool = True, live: dict | None = None) -> list[Path]:
+    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths.
+
+    `live` (a live capture's reports): {"running": bool, "as_of": epoch, "refresh": seconds};
+    summary.json then says whether the capture still runs, report.html shows it and reloads.
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     coverage = dict(coverage or {})
@@ -67,12 +71,12 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
     written.append(path)
 
     path = outdir / "summary.json"
-    write_summary(path, stats, coverage, lang=lang)
+    write_summary(path, stats, coverage, lang=lang, live=live)
     written.append(path)
 
     if html:
         path = outdir / "report.html"
-        write_atomic(path, render_html(stats, coverage, lang))
+        write_atomic(path, render_html(stats, coverage, lang, live=live))
         written.append(path)
     return written
 

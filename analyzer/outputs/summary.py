@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,14 @@ def json_safe(value):
     return value
 
 
-def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", top: int = 10) -> dict:
+def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", top: int = 10,
+                     live: dict | None = None) -> dict:
     doc = {"language": lang}
+    if live is not None:
+        # A live capture rewrites this file every interval: `running` is true
+        # until the final write, `as_of` says when these numbers were taken.
+        doc["running"] = bool(live.get("running"))
+        doc["as_of"] = datetime.fromtimestamp(live["as_of"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if coverage:
         doc["version"] = coverage.get("version", "")
         doc["engine"] = coverage.get("engine", "")
@@ -51,6 +58,7 @@ def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", t
     return json_safe(doc)
 
 
-def write_summary(path: str | Path, stats, coverage: dict | None = None, *, lang: str = "en") -> None:
-    text = json.dumps(summary_document(stats, coverage, lang=lang), ensure_ascii=False, indent=2, allow_nan=False)
+def write_summary(path: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
+                  live: dict | None = None) -> None:
+    text = json.dumps(summary_document(stats, coverage, lang=lang, live=live), ensure_ascii=False, indent=2, allow_nan=False)
     write_atomic(path, text + "\n")
