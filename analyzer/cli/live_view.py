@@ -71,7 +71,10 @@ def render(snap, iface: str, packets: int, packet_rate: float, dropped: int, ela
                     expand=False)
     for name, justify in (("server", "left"), ("protocol", "left"), ("events", "right"), ("errors", "right"),
                           ("error rate", "right"), ("top codes", "left"), ("top failing requests", "left")):
-        failing.add_column(name, justify=justify, no_wrap=True, max_width=60 if name.startswith("top f") else None)
+        # On a narrow terminal the two "top" columns give way first; the numbers keep their width.
+        fixed = name in ("protocol", "events", "errors", "error rate")
+        failing.add_column(name, justify=justify, no_wrap=True, min_width=len(name) if fixed else None,
+                           max_width=60 if name.startswith("top f") else None)
     for s in snap.failing[:FAILING_ROWS]:
         codes = "  ".join(f"{c}×{n:,}" for c, n in _top(s.codes, TOP_CODES))
         requests = "  ".join(f"{clean(str(r), 40)} ×{n:,}" for r, n in _top(s.requests, TOP_REQUESTS))
@@ -83,7 +86,8 @@ def render(snap, iface: str, packets: int, packet_rate: float, dropped: int, ela
 
     feed = Table(title="recent errors", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("time (UTC)", "protocol", "server", "code", "name", "request"):
-        feed.add_column(name, no_wrap=True, max_width=50 if name == "request" else None)
+        feed.add_column(name, no_wrap=True, max_width=50 if name == "request" else None,
+                        min_width=12 if name == "time (UTC)" else (len(name) if name in ("protocol", "code") else None))
     for row in reversed(snap.feed[-FEED_SHOWN:]):
         stamp = time.strftime("%H:%M:%S", time.gmtime(row["epoch"])) + f".{int(row['epoch'] % 1 * 1000):03d}"
         feed.add_row(stamp, row["protocol"], clean(row["server"], 45), Text(str(row["code"]), style="red"),

@@ -48,6 +48,8 @@ MAX_SERVERS = 50
 # replies, WebSocket ~15 close codes; 100 leaves room for private ones.
 MAX_CODES = 100
 OTHER = "other"
+# The Grafana dashboard for these metrics (shipped with the package; README "Metrics").
+DASHBOARD = Path(__file__).with_name("grafana") / "analyzer-dashboard.json"
 # HTTP latency buckets, seconds: 1 ms (loopback) to 30 s (a proxy's timeout),
 # roughly 1-2.5-5 per decade like prometheus_client's defaults.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
