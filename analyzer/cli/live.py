@@ -558,16 +558,17 @@ def _loop(source, session, reports, pcap, stopper, view, watch, outcome, *, dura
             # every --interval: the statistics and the report files too.
             received, dropped = source.kernel_stats()
             report = now >= next_report
+            coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
+            # Packet figures first, events after: a scrape in between never
+            # shows events without the packets that carried them.
+            watch.capture_figures(coverage, session)
             if report:
                 if pcap is not None:
                     pcap.flush()
-                coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
                 stats = reports.update(session, coverage, interval)
                 watch.gate(stats, now - started)
             else:
                 session.interim()
-                coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
-            watch.capture_figures(coverage, session)
             seen = state["seen"]
             rate = (seen - last_packets) / max(now - last_tick, 1e-9)
             last_packets, last_tick = seen, now
