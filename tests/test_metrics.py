@@ -254,3 +254,58 @@ def test_metrics_port_in_use_is_a_usage_error():
             _serve_metrics(("127.0.0.1", 19499), None, Policy.default(), "native", Source())
     finally:
         taken.close()
+
+
+def _frame(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int, payload: bytes = b"") -> bytes:
+    """Ethernet + IPv4 + TCP by struct (scapy takes ~10 s for these 12 000 packets)."""
+    import struct
+
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 0, 0x4000, 64, 6, 0, src, dst)
+    words = sum(struct.unpack("!10H", ip))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    ip = ip[:10] + struct.pack("!H", ~words & 0xFFFF) + ip[12:]
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp + payload
+
+
+def _scan_capture(path: Path, ports: range) -> None:
+    """HTTP answered on every port of `ports`, one connection each (SYN, SYN-ACK, request, response)."""
+    from captures_builder import pcap
+
+    client, server = bytes([10, 1, 0, 1]), bytes([10, 2, 0, 1])
+    syn, synack, psh = 0x02, 0x12, 0x18
+    packets, t = [], 1_700_000_000
+    for i, port in enumerate(ports):
+        cport = 40000 + i % 20000
+        code = (200, 404, 503)[i % 3]
+        req = f"GET /p{port} HTTP/1.1\r\nHost: scan\r\n\r\n".encode()
+        resp = f"HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n".encode()
+        for n, data in enumerate([
+                _frame(client, server, cport, port, syn, 100, 0),
+                _frame(server, client, port, cport, synack, 900, 101),
+                _frame(client, server, cport, port, psh, 101, 901, req),
+                _frame(server, client, port, cport, psh, 901, 101 + len(req), resp)]):
+            packets.append(((t + i // 1000, (i % 1000) * 1000 + n), data))
+    path.write_bytes(pcap(packets))
+
+
+def test_a_scan_of_thousands_of_server_ports_adds_one_series_not_thousands(tmp_path):
+    ports = range(30000, 33000)
+    capture = tmp_path / "scan.pcap"
+    _scan_capture(capture, ports)
+    prom = tmp_path / "scan.prom"
+    proc = analyzer("analyze", capture, "-o", tmp_path / "out", "-q", "-j", "1", "--metrics-file", prom,
+                    "--metrics-servers", "25")
+    assert proc.returncode == 0, proc.stderr.decode()
+    samples = parse(prom.read_text())
+    events = series(samples, "analyzer_events_total")
+    servers = {dict(k)["server"] for k in events}
+    assert len(servers) == 26 and "other" in servers
+    assert sum(events.values()) == len(ports)
+    by_code = Counter()
+    for k, v in events.items():
+        by_code[dict(k)["code"]] += v
+    assert by_code == {"200": 1000, "404": 1000, "503": 1000}
+    assert sum(series(samples, "analyzer_errors_total").values()) == 2000
+    assert len(samples) < 26 * 3 + 26 * 17 + 40  # events + errors + latency series + the fixed ones

@@ -40,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyzer.events import endpoint_label
+
 # Servers with a label of their own; ntopng's default top-talkers view and
 # the usual Prometheus advice (series per target in the low hundreds) agree
 # that tens, not thousands, stay readable.
@@ -57,9 +59,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 LOGIN_VERBS = ("USER", "PASS", "ACCT")
 
 
-def server_label(ip: str, port: int) -> str:
-    """"ip:port", with an IPv6 address in brackets as in a URL."""
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+server_label = endpoint_label  # the `server` label: "ip:port", "[v6]:port"
 
 
 @dataclass

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyzer.events import endpoint_label
+
 MAX_SERVERS = 10_000
 MAX_KEYS = 50
 FEED_ROWS = 12
@@ -67,10 +69,6 @@ def _add(table: dict, key, n: int, limit: int) -> None:
         table[OTHER_KEY] = table.get(OTHER_KEY, 0) + n
 
 
-def _label(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 class RecentActivity:
     """A batch consumer (write/flush/commit/abort); `snapshot()` once a tick."""
 
@@ -87,7 +85,7 @@ class RecentActivity:
         self._run_lat = np.zeros(_LAT_BUCKETS, dtype=np.int64)
 
     def _server(self, ip: str, port: int, protocol: str) -> ServerActivity:
-        label = _label(ip, port)
+        label = endpoint_label(ip, port)
         entry = self.servers.get((label, protocol))
         if entry is None:
             if len(self.servers) >= MAX_SERVERS:
@@ -133,7 +131,7 @@ class RecentActivity:
             ["epoch", "protocol", "server_ip", "server_port", "code", "name", "request"]).to_pylist()
         for row in last:
             self.feed.append({"epoch": row["epoch"], "protocol": row["protocol"],
-                              "server": _label(row["server_ip"], row["server_port"]), "code": row["code"],
+                              "server": endpoint_label(row["server_ip"], row["server_port"]), "code": row["code"],
                               "name": row["name"] or "", "request": row["request"] or ""})
 
     def _latency(self, t: pa.Table) -> None:
