@@ -309,3 +309,33 @@ def test_a_scan_of_thousands_of_server_ports_adds_one_series_not_thousands(tmp_p
     assert by_code == {"200": 1000, "404": 1000, "503": 1000}
     assert sum(series(samples, "analyzer_errors_total").values()) == 2000
     assert len(samples) < 26 * 3 + 26 * 17 + 40  # events + errors + latency series + the fixed ones
+
+
+def test_grafana_dashboard_asks_only_for_metrics_we_expose_and_ships_in_the_wheel():
+    import fnmatch
+    import json
+    import re
+    import tomllib
+
+    from analyzer.meaning.severity import Policy
+    from analyzer.outputs.metrics import DASHBOARD, EventMetrics
+
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exposition = EventMetrics(Policy.default()).exposition()
+    declared = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
+        declared |= {name + s for s in ("_bucket", "_count", "_sum")} if kind == "histogram" else {name}
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used = set(re.findall(r"\b(analyzer_[a-z_]+)", target["expr"]))
+            assert used and used <= declared, (panel["title"], used - declared)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "instance", "server"}
+    # The dashboard is package data: pyproject's patterns for analyzer.outputs match it.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["analyzer.outputs"]
+    relative = DASHBOARD.relative_to(ROOT / "analyzer" / "outputs").as_posix()
+    assert any(fnmatch.fnmatch(relative, p) for p in patterns), patterns
