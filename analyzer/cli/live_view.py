@@ -73,7 +73,9 @@ def render(snap, iface: str, packets: int, packet_rate: float, dropped: int, ela
                           ("error rate", "right"), ("top codes", "left"), ("top failing requests", "left")):
         # On a narrow terminal the two "top" columns give way first; the numbers keep their width.
         fixed = name in ("protocol", "events", "errors", "error rate")
-        failing.add_column(name, justify=justify, no_wrap=True, min_width=len(name) if fixed else None,
+        widest = max((len(s.server) for s in snap.failing[:FAILING_ROWS]), default=6)
+        failing.add_column(name, justify=justify, no_wrap=True,
+                           min_width=len(name) if fixed else (min(widest, 45) if name == "server" else None),
                            max_width=60 if name.startswith("top f") else None)
     for s in snap.failing[:FAILING_ROWS]:
         codes = "  ".join(f"{c}×{n:,}" for c, n in _top(s.codes, TOP_CODES))
