@@ -266,13 +266,18 @@ def dashboard_queries_run_against(names: set[str]) -> None:
 @needs_capture
 def test_exit_on_fail_stops_the_capture_at_the_first_crossing(tmp_path, live_runs, nginx):
     out = tmp_path / "out"
+    prom = tmp_path / "live.prom"
     run = Live(tmp_path, f"tcp port {NGINX_PORTS[0]}", "--fail-on", "http.5xx>=2", "--exit-on-fail",
-               "--interval", "0.5", "--duration", "120", "-o", out)
+               "--interval", "0.5", "--duration", "120", "-o", out, "--metrics-file", prom)
     live_runs.append(run)
     assert curl(NGINX_PORTS[0], ["/ok", "/boom"]) == [200, 500]
     time.sleep(1.5)
     assert run.proc.poll() is None, run.stderr  # one 5xx: below the threshold, still running
     assert json.loads((out / "summary.json").read_text())["running"] is True
+    from test_metrics import parse, series
+
+    interim = series(parse(prom.read_text()), "analyzer_events_total")  # rewritten every interval
+    assert sorted((dict(k)["code"], v) for k, v in interim.items()) == [("200", 1.0), ("500", 1.0)]
     assert curl(NGINX_PORTS[0], ["/busy"]) == [503]
     status = run.wait(30)
     err = run.stderr
@@ -282,6 +287,8 @@ def test_exit_on_fail_stops_the_capture_at_the_first_crossing(tmp_path, live_run
     assert "ended: --fail-on threshold crossed (--exit-on-fail)" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["running"] is False and summary["protocols"]["http"]["events"] == 3
+    final = series(parse(prom.read_text()), "analyzer_events_total")
+    assert sorted((dict(k)["code"], v) for k, v in final.items()) == [("200", 1.0), ("500", 1.0), ("503", 1.0)]
 
 
 @needs_capture

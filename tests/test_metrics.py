@@ -212,6 +212,7 @@ def test_metrics_options_fail_with_one_line_and_exit_2(tmp_path):
          "at least 1"),
         (("live", "-i", "lo", "--metrics", "nowhere"), "bad --metrics address"),
         (("live", "-i", "lo", "--metrics-servers", "5"), "needs --metrics"),
+        (("live", "-i", "lo", "--metrics-file", tmp_path / "no" / "m.prom"), "does not exist"),
         (("live", "-i", "lo", "--exit-on-fail"), "needs at least one --fail-on"),
     ]:
         proc = analyzer(*args)
@@ -242,7 +243,7 @@ def _port_taken() -> socket.socket:
 
 def test_metrics_port_in_use_is_a_usage_error():
     from analyzer.errors import UsageError
-    from analyzer.cli.live import _serve_metrics
+    from analyzer.cli.live import _metrics
     from analyzer.meaning.severity import Policy
 
     class Source:
@@ -251,7 +252,7 @@ def test_metrics_port_in_use_is_a_usage_error():
     taken = _port_taken()
     try:
         with pytest.raises(UsageError, match="cannot listen there"):
-            _serve_metrics(("127.0.0.1", 19499), None, Policy.default(), "native", Source())
+            _metrics(("127.0.0.1", 19499), None, None, Policy.default(), "native", Source())
     finally:
         taken.close()
 

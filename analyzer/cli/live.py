@@ -115,6 +115,9 @@ def register(sub) -> None:
                    help="stop the capture at the first --fail-on crossing (exit 5): a smoke test for CI")
     p.add_argument("--metrics", metavar="HOST:PORT", default=None,
                    help="serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464")
+    p.add_argument("--metrics-file", metavar="PATH", default=None,
+                   help="also write the metrics to PATH every --interval and at the end (node_exporter "
+                        "textfile-collector format)")
     p.add_argument("--metrics-servers", type=int, default=None, metavar="N",
                    help="servers with their own metrics label; later ones count as server=\"other\" (default: 50)")
     p.add_argument("--policy", metavar="FILE", help="TOML file saying which codes count as errors")
@@ -151,15 +154,16 @@ def cmd_live(args) -> int:
             metrics = parse_address(args.metrics)
         except ValueError as exc:
             raise UsageError(f"live: {exc}") from None
-    elif args.metrics_servers is not None:
-        raise UsageError("live: --metrics-servers needs --metrics HOST:PORT")
+    if args.metrics_servers is not None and args.metrics is None and args.metrics_file is None:
+        raise UsageError("live: --metrics-servers needs --metrics HOST:PORT or --metrics-file PATH")
     from analyzer.cli.options import engine_options
 
     outcome = capture(
         args.interface, args.filter, outdir=args.outdir, duration=args.duration, count=args.count,
         interval=args.interval, lang=args.lang, policy=args.policy, expect=args.expect, fail_on=args.fail_on,
         write=args.write, promisc=args.promisc, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet,
-        metrics=metrics, metrics_servers=args.metrics_servers, exit_on_fail=args.exit_on_fail,
+        metrics=metrics, metrics_file=args.metrics_file, metrics_servers=args.metrics_servers,
+        exit_on_fail=args.exit_on_fail,
         **engine_options(args),
     )
     return int(outcome.status)
@@ -310,12 +314,14 @@ class LiveReports:
 class _Watch:
     """What runs beside the capture: metrics, the live view's numbers, the live --fail-on gate."""
 
-    def __init__(self, rules, exit_on_fail: bool, metrics, activity, err) -> None:
+    def __init__(self, rules, exit_on_fail: bool, metrics, activity, err, metrics_file=None) -> None:
         self.rules = rules
         self.exit_on_fail = exit_on_fail
         self.metrics = metrics
+        self.metrics_file = metrics_file
         self.activity = activity
         self.err = err
+        self.file_error = None
         self.fired: set = set()
         self.crossed: list[str] = []
         self.stop = False
@@ -326,6 +332,20 @@ class _Watch:
     def capture_figures(self, coverage: dict, session) -> None:
         if self.metrics is not None:
             self.metrics.set_capture(self.metrics.figures(coverage, _open_connections(session)))
+
+    def write_metrics(self) -> None:
+        """--metrics-file, rewritten whole; a failure is said once and kept for the exit status."""
+        if self.metrics_file is None:
+            return
+        try:
+            self.metrics.write_textfile(self.metrics_file)
+        except OSError as exc:
+            if self.file_error is None:
+                from analyzer.errors import InputError
+
+                self.file_error = InputError(f"--metrics-file {self.metrics_file}: cannot write "
+                                             f"({exc.strerror or exc})")
+                print(f"analyzer: error: {self.file_error}", file=self.err, flush=True)
 
     def gate(self, stats, elapsed: float) -> None:
         """The first crossing of each rule is printed at once; --exit-on-fail then stops the capture."""
@@ -358,7 +378,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             parquet: bool = False, quiet: bool = False, stop_event=None, console=None,
             err=None, engine: str = "native", keylog: str | None = None,
             decode_as: dict | None = None, metrics: tuple[str, int] | None = None,
-            metrics_servers: int | None = None, exit_on_fail: bool = False) -> LiveOutcome:
+            metrics_file=None, metrics_servers: int | None = None, exit_on_fail: bool = False) -> LiveOutcome:
     """Capture on `iface` until `duration`, `count`, SIGINT/SIGTERM or `stop_event.is_set()`.
 
     engine="tshark" pipes the captured packets to tshark (engines/tshark.py)
@@ -366,7 +386,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
 
     Raises UsageError / PermissionDenied / MissingTool / InputError before
     any packet is read when the capture cannot start (see capture/interface.py).
-    `metrics` (host, port) serves /metrics there (outputs/metrics.py) while the capture runs.
+    `metrics` (host, port) serves /metrics there (outputs/metrics.py) while the capture runs;
+    `metrics_file` gets the same metrics every `interval` and at the end.
     """
     err = err or sys.stderr
     from analyzer.api import resolve_lang as _lang
@@ -396,14 +417,14 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
     exporter = None
     stopper = _Stopper()
     try:
-        if metrics is not None:
-            exporter = _serve_metrics(metrics, metrics_servers, policy, engine, source)
+        if metrics is not None or metrics_file is not None:
+            exporter = _metrics(metrics, metrics_file, metrics_servers, policy, engine, source)
         activity = None
         if not quiet:
             from analyzer.stats.recent import RecentActivity
 
             activity = RecentActivity(policy)
-        watch = _Watch(rules, exit_on_fail, exporter, activity, err)
+        watch = _Watch(rules, exit_on_fail, exporter, activity, err, metrics_file)
         if outdir is None:
             tmp = tempfile.TemporaryDirectory(prefix="analyzer-live-")
             out = Path(tmp.name)
@@ -430,7 +451,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
         where = f", filter {bpf!r}" if bpf else ""
         print(f"analyzer: listening on {iface}, link-type {source.link_name}{where}; "
               f"stop with Ctrl-C", file=err, flush=True)
-        if exporter is not None:
+        if exporter is not None and exporter.server is not None:
             host, port = exporter.server.server_address[:2]
             shown = f"[{host}]" if ":" in host else host
             print(f"analyzer: metrics at http://{shown}:{port}/metrics", file=err, flush=True)
@@ -449,6 +470,7 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
         coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
         watch.capture_figures(coverage, session)
         stats = reports.final(coverage)
+        watch.write_metrics()
         outcome.packets = result.packets
         outcome.duplicates = source.duplicates
         outcome.kernel_received, outcome.kernel_dropped = received, dropped
@@ -461,6 +483,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             print_summary(stats, coverage, console=console)
         _closing_lines(outcome, source, iface, err)
         outcome.errors += result.errors
+        if watch.file_error is not None:
+            outcome.errors.append(watch.file_error)
         for exc in outcome.errors:
             print(f"analyzer: error: {exc}", file=err)
         if outcome.errors:
@@ -490,18 +514,22 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             tmp.cleanup()
 
 
-def _serve_metrics(address: tuple[str, int], servers: int | None, policy, engine: str, source):
+def _metrics(address: tuple[str, int] | None, path, servers: int | None, policy, engine: str, source):
+    """The metrics consumer; serving on `address` (a port that cannot be bound is a usage error)."""
     from analyzer._version import __version__
-    from analyzer.outputs.metrics import EventMetrics, check_servers
+    from analyzer.outputs.metrics import EventMetrics, check_servers, check_textfile
 
+    if path is not None:
+        check_textfile(path)
     exporter = EventMetrics(policy, max_servers=check_servers(servers),
                             info={"version": __version__, "engine": engine, "interface": source.iface,
                                   "filter": source.filter or ""})
-    host, port = address
-    try:
-        exporter.serve(host, port)
-    except OSError as exc:
-        raise UsageError(f"live: --metrics {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+    if address is not None:
+        host, port = address
+        try:
+            exporter.serve(host, port)
+        except OSError as exc:
+            raise UsageError(f"live: --metrics {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
     return exporter
 
 
@@ -566,6 +594,7 @@ def _loop(source, session, reports, pcap, stopper, view, watch, outcome, *, dura
                 if pcap is not None:
                     pcap.flush()
                 stats = reports.update(session, coverage, interval)
+                watch.write_metrics()
                 watch.gate(stats, now - started)
             else:
                 session.interim()
