@@ -448,13 +448,13 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             from analyzer.cli.live_view import LiveView
 
             view = LiveView(console, err, iface)
-        where = f", filter {bpf!r}" if bpf else ""
-        print(f"analyzer: listening on {iface}, link-type {source.link_name}{where}; "
-              f"stop with Ctrl-C", file=err, flush=True)
         if exporter is not None and exporter.server is not None:
             host, port = exporter.server.server_address[:2]
             shown = f"[{host}]" if ":" in host else host
             print(f"analyzer: metrics at http://{shown}:{port}/metrics", file=err, flush=True)
+        where = f", filter {bpf!r}" if bpf else ""
+        print(f"analyzer: listening on {iface}, link-type {source.link_name}{where}; "
+              f"stop with Ctrl-C", file=err, flush=True)
         outcome = LiveOutcome(status=ExitStatus.OK, outdir=Path(outdir) if outdir is not None else None)
         _loop(source, session, reports, pcap, stopper, view, watch, outcome, duration=duration, count=count,
               interval=interval, stop_event=stop_event)
