@@ -443,3 +443,84 @@ def test_live_terminal_view_in_tmux(tmp_path, nginx):
         until(lambda: "ended: interrupted (SIGINT)" in (tmp_path / "err").read_text(), what="the capture to end")
     finally:
         tmux(*socket_args, "kill-server", check=False)
+
+
+# -- cardinality under a scan ---------------------------------------------------------
+
+SCAN_PORTS = range(19430, 19480)      # 50 ports of our range ...
+SCAN_HOSTS = [f"127.0.1.{i}" for i in range(1, 41)]  # ... on 40 loopback addresses: 2,000 servers
+
+
+@pytest.fixture
+def many_servers():
+    """One asyncio thread answering HTTP on every SCAN_HOSTS x SCAN_PORTS; the code depends on the port."""
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    servers = []
+
+    async def answer(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            port = writer.get_extra_info("sockname")[1]
+            code = 503 if port % 2 else 200
+            writer.write(f"HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def start():
+        for host in SCAN_HOSTS:
+            for port in SCAN_PORTS:
+                servers.append(await asyncio.start_server(answer, host, port, backlog=16))
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    assert ready.wait(60), "the scan servers did not start"
+    yield
+    async def close():
+        for server in servers:
+            server.close()
+    asyncio.run_coroutine_threadsafe(close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@needs_capture
+def test_metrics_stay_bounded_while_thousands_of_servers_answer(tmp_path, live_runs, many_servers):
+    import http.client
+
+    bpf = f"tcp portrange {SCAN_PORTS[0]}-{SCAN_PORTS[-1]}"
+    run = Live(tmp_path, bpf, "--metrics", "127.0.0.1:19412", "--metrics-servers", "20", "-q", "--interval", "1")
+    live_runs.append(run)
+    truth = Counter()
+    for host in SCAN_HOSTS:
+        for port in SCAN_PORTS:
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("GET", "/")
+            truth[conn.getresponse().status] += 1
+            conn.close()
+    assert sum(truth.values()) == 2000 and truth[503] == 1000
+
+    from test_metrics import parse, series
+
+    def scrape() -> dict | None:
+        with urllib.request.urlopen("http://127.0.0.1:19412/metrics", timeout=5) as r:
+            samples = parse(r.read().decode())
+        events = series(samples, "analyzer_events_total")
+        return samples if sum(events.values()) == 2000 else None
+
+    samples = until(scrape, timeout=60, what="all 2,000 events in the metrics")
+    events = series(samples, "analyzer_events_total")
+    servers = {dict(k)["server"] for k in events}
+    assert len(servers) == 21 and "other" in servers
+    assert {dict(k)["code"]: 0 for k in events}.keys() == {"200", "503"}
+    assert sum(v for k, v in events.items() if dict(k)["code"] == "503") == truth[503]
+    assert sum(series(samples, "analyzer_errors_total").values()) == truth[503]
+    assert len(samples) < 500  # 2,000 servers, a few hundred samples
+    assert run.stop() == 0, run.stderr
