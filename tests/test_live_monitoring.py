@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from test_live import Live, needs_capture
+from test_live import Live, live_runs, needs_capture  # noqa: F401 - live_runs is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_PORTS = (19401, 19402)
@@ -117,14 +117,6 @@ def curl(port: int, paths) -> list[int]:
     out = subprocess.run(["curl", "-s", "--max-time", "10", "-w", "%{http_code}\\n", *urls],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [int(line) for line in out.split()]
-
-
-@pytest.fixture
-def live_runs():
-    runs = []
-    yield runs
-    for run in runs:
-        run.kill()
 
 
 # -- Prometheus -------------------------------------------------------------------
