@@ -37,14 +37,15 @@ def resolve_lang(lang: str | None) -> str:
 
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
-                 keylog=None, decode_as=None, progress=None):
+                 keylog=None, decode_as=None, progress=None, also=()):
     """Run `engine` and write every report; returns (RunResult, StatsResult).
 
     The files are written into a staging folder and replace `outdir`'s set
     as a whole at the end (outputs/publish.py).  When no input could be read
     at all nothing is written, `outdir` stays as it was and the StatsResult
     is None.  Writing failures (disk full, no permission) raise OutputError,
-    with `outdir` unchanged.
+    with `outdir` unchanged.  `also`: further consumers of the event batches
+    (e.g. outputs.metrics.EventMetrics).
     """
     from analyzer.engines import run as engine_run
     from analyzer.outputs.publish import Staging, output_error
@@ -53,7 +54,8 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
         raise UsageError("--jobs takes a number of processes (0 = all cores)")
     if "-" in paths and (sys.stdin is None or sys.stdin.closed):
         raise InputError("standard input is closed: nothing to read for '-'")
-    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect))
+    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect),
+                           also=tuple(also))
     stage = Staging(outdir)
     try:
         result = engine_run(engine, paths, stage.path, lang=lang, jobs=jobs, keylog=keylog,

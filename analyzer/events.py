@@ -126,6 +126,11 @@ def event_values(ev: Event, ends: tuple) -> tuple:
             ev.data_bytes, ";".join(ev.flags), capture)
 
 
+def endpoint_label(ip: str, port: int) -> str:
+    """"ip:port", an IPv6 address in brackets as in a URL ("[::1]:8080")."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def side_label(sender: int, server_direction: int) -> str:
     return "server->client" if sender == server_direction else "client->server"
 

@@ -4,14 +4,14 @@
 # On a fresh Debian machine (as root) it installs what the tests drive for
 # real: tshark (conformance and cross-checks), tcpdump, nginx, vsftpd, lftp,
 # curl and wrk (sample traffic), Chromium and a CJK font (the HTML report is
-# checked in a headless browser), tmux (what a terminal shows).  Python
-# dependencies go into .venv.
+# checked in a headless browser), Prometheus (scrapes `live --metrics` in a
+# test) and tmux (the live terminal view is read from a tmux pane).  Python dependencies go into .venv.
 # Exit status: pytest's (0 only when the tests pass).
 set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-for tool in tshark capinfos tcpdump nginx vsftpd lftp curl wrk chromium tmux; do
+for tool in tshark capinfos tcpdump nginx vsftpd lftp curl wrk chromium prometheus tmux; do
     command -v "$tool" >/dev/null 2>&1 || need="yes"
 done
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need="yes"
@@ -23,7 +23,7 @@ if [ -n "$need" ]; then
         echo "setup: installing test tools with apt-get (tshark, tcpdump, nginx, vsftpd, chromium, ...)" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            tshark tcpdump nginx-light vsftpd lftp curl wrk chromium tmux fonts-wqy-microhei \
+            tshark tcpdump nginx-light vsftpd lftp curl wrk chromium fonts-wqy-microhei prometheus tmux \
             python3-venv >/dev/null
     fi
 fi

@@ -608,28 +608,3 @@ def test_pcap_writer_round_trips_through_the_reader(tmp_path):
     assert [(lt, data, wl) for _, lt, data, wl in got] == [(1, d, w) for _, d, w in packets]
     assert got[0][0] == pytest.approx(1_700_000_000.123456, abs=1e-6)
     assert got[1][0] == pytest.approx(1_700_000_001.0, abs=1e-6)  # µs rounding carries into the second
-
-
-def test_live_table_shows_hosts_by_codes_with_error_rates():
-    import pandas as pd
-    from rich.console import Console
-
-    from analyzer.cli.live import live_table
-    from analyzer.stats.hosts import compute
-
-    rows = []
-    for i, (server, code) in enumerate([("10.0.0.1", 200)] * 6 + [("10.0.0.1", 503)] * 2 + [("10.0.0.2", 404)]):
-        rows.append({"epoch": 1000.0 + i, "protocol": "http", "client_ip": "10.9.9.9", "server_ip": server,
-                     "code": code, "request": "GET /", "latency_ms": 1.0})
-    stats = compute(pd.DataFrame(rows))
-    console = Console(width=160, record=True, color_system=None)
-    console.print(live_table(stats, "eth0", 1234, 56.0, 0, 65.0))
-    text = console.export_text()
-    assert "live on eth0 · 00:01:05 · 1,234 packets (56/s) · 0 dropped by kernel · 9 events" in text
-    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip().startswith("10.0.0.")}
-    # host protocol events errors rate | 200 503 404 | other
-    assert lines["10.0.0.1"][:5] == ["10.0.0.1", "http", "8", "2", "25.0%"]
-    assert lines["10.0.0.2"][:5] == ["10.0.0.2", "http", "1", "1", "100.0%"]
-    header = next(line.split() for line in text.splitlines() if line.strip().startswith("host"))
-    assert header[header.index("rate") + 1:] == ["200", "503", "404", "other"]
-    assert lines["10.0.0.1"][5:] == ["6", "2", "·", "·"]

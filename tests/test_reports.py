@@ -250,3 +250,23 @@ def test_progress_only_on_a_tty_for_large_inputs():
         bar.update(5 * 10**8)
         bar.advance(10**8)
     assert "reading" in tty.getvalue()
+
+
+def test_live_reports_say_they_are_running_until_the_final_write(tmp_path):
+    """A live capture's interim reports: summary.json running/as_of; report.html's banner and reload."""
+    stats = compute(sample_events())
+    as_of = 1_700_000_000.5  # 22:13:20 UTC
+    write_reports(tmp_path, stats, {}, live={"running": True, "as_of": as_of, "refresh": 2.5})
+    doc = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert doc["running"] is True and doc["as_of"] == "2023-11-14T22:13:20Z"
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<meta http-equiv="refresh" content="3">' in html  # whole seconds, rounded up
+    assert "live — as of 22:13:20 UTC, still running" in html and "实时 — 截至 UTC 22:13:20" in html
+    write_reports(tmp_path, stats, {}, live={"running": False, "as_of": as_of + 60})
+    doc = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert doc["running"] is False and doc["as_of"] == "2023-11-14T22:14:20Z"
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "still running" not in html and "http-equiv=\"refresh\"" not in html
+    # A file analysis says nothing about running.
+    write_reports(tmp_path, stats, {})
+    assert "running" not in json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))

@@ -42,6 +42,11 @@ def _analyze_parser(sub) -> None:
                    help="treat this code as expected, not an error (e.g. http:401; repeatable)")
     p.add_argument("--jsonl", action="store_true", help="also write events.jsonl")
     p.add_argument("--parquet", action="store_true", help="also write events.parquet")
+    p.add_argument("--metrics-file", metavar="PATH", default=None,
+                   help="also write the Prometheus metrics of the run to PATH (node_exporter textfile-collector "
+                        "format, e.g. /var/lib/node_exporter/textfile/analyzer.prom)")
+    p.add_argument("--metrics-servers", type=int, default=None, metavar="N",
+                   help="servers with their own metrics label; later ones count as server=\"other\" (default: 50)")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
@@ -87,7 +92,7 @@ def cmd_analyze(args) -> int:
     return run_and_report(
         args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
-        **engine_options(args),
+        metrics_file=args.metrics_file, metrics_servers=args.metrics_servers, **engine_options(args),
     )
 
 

@@ -16,7 +16,7 @@ from analyzer.outputs.visible import visible
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
-                   decode_as=None) -> int:
+                   decode_as=None, metrics_file=None, metrics_servers=None) -> int:
     from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -27,8 +27,19 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         from analyzer.meaning.gate import parse
 
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
+    metrics = None
+    if metrics_file is not None:
+        from analyzer._version import __version__
+        from analyzer.meaning.severity import make_policy
+        from analyzer.outputs.metrics import EventMetrics, check_servers, check_textfile
+
+        metrics_file = check_textfile(metrics_file)
+        policy = make_policy(policy, expect)  # one policy for the statistics and the metrics
+        expect = ()
+        metrics = EventMetrics(policy, max_servers=check_servers(metrics_servers),
+                               info={"version": __version__, "engine": engine, "interface": "", "filter": ""})
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
-                   engine=engine, keylog=keylog, decode_as=decode_as)
+                   engine=engine, keylog=keylog, decode_as=decode_as, also=(metrics,) if metrics else ())
     # SIGINT/SIGTERM stop the reading; what was read is written, marked partial.
     interrupt.install()
     try:
@@ -45,6 +56,12 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
     finally:
         interrupt.uninstall()
     status = ExitStatus.OK
+    if metrics is not None:
+        metrics.set_capture(metrics.figures(result.coverage()))
+        try:
+            metrics.write_textfile(metrics_file)
+        except OSError as exc:
+            result.errors.append(InputError(f"--metrics-file {metrics_file}: cannot write ({exc.strerror or exc})"))
     for exc in result.errors:
         print(f"analyzer: error: {visible(str(exc))}", file=sys.stderr)
     if any(isinstance(e, CaptureError) for e in result.errors):

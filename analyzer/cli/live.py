@@ -53,23 +53,26 @@ MAX_WAIT = 0.25
 # At a stop, packets the kernel already holds are still analysed, for at most
 # this long (under a flood the queue never empties; 16 MiB drain in ~0.5 s).
 DRAIN_SECONDS = 2.0
-# Rows of the live terminal table and code columns in it.
-LIVE_HOST_ROWS = 15
-LIVE_CODE_COLUMNS = 8
+# The terminal view, the metrics' capture figures and the event files are
+# brought up to date this often (the reports every --interval).
+TICK_SECONDS = 1.0
 
 EPILOG = """examples:
   analyzer live -i eth0 -f 'tcp port 80 or tcp port 21' -o out/
   analyzer live -i lo -f 'tcp port 8080' --duration 60 -o out/ -w run.pcap
   analyzer live -i eth0 --count 100000 --fail-on 'http.5xx>1%'
+  analyzer live -i eth0 -f 'tcp port 80' --metrics 127.0.0.1:9464
+  analyzer live -i lo --duration 300 --fail-on 'http.errors>0' --exit-on-fail
   analyzer live --list-interfaces
 
-Stops at --duration, --count, Ctrl-C or SIGTERM; each ends cleanly (open
-connections finalised, final reports written, kernel drops printed).
+Stops at --duration, --count, Ctrl-C, SIGTERM or (with --exit-on-fail) the
+first --fail-on crossing; each ends cleanly (open connections finalised,
+final reports written, kernel drops printed).
 Exit status: 0 done (--duration, --count), 2 bad option / unknown interface /
 invalid filter, 3 the interface went away or -w cannot be written, 5 a
---fail-on threshold was crossed, 6 no capture privilege (root or CAP_NET_RAW),
-7 libpcap missing, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM
-(in both cases after writing every report).
+--fail-on threshold was crossed (at any report or at the end), 6 no capture
+privilege (root or CAP_NET_RAW), 7 libpcap missing, 130 stopped by Ctrl-C
+(SIGINT), 143 stopped by SIGTERM (in both cases after writing every report).
 """
 
 
@@ -108,7 +111,17 @@ def register(sub) -> None:
     p.add_argument("--lang", choices=("en", "zh"), default=None,
                    help="language of meanings in the outputs (default: from the locale, else en)")
     p.add_argument("--fail-on", action="append", default=[], metavar="EXPR",
-                   help="exit with status 5 when EXPR holds at the end, e.g. 'http.5xx>1%%' (repeatable)")
+                   help="exit with status 5 when EXPR holds at a report or at the end, e.g. 'http.5xx>1%%' "
+                        "(repeatable; checked every --interval, the first crossing is printed at once)")
+    p.add_argument("--exit-on-fail", action="store_true",
+                   help="stop the capture at the first --fail-on crossing (exit 5): a smoke test for CI")
+    p.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                   help="serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464")
+    p.add_argument("--metrics-file", metavar="PATH", default=None,
+                   help="also write the metrics to PATH every --interval and at the end (node_exporter "
+                        "textfile-collector format)")
+    p.add_argument("--metrics-servers", type=int, default=None, metavar="N",
+                   help="servers with their own metrics label; later ones count as server=\"other\" (default: 50)")
     p.add_argument("--policy", metavar="FILE", help="TOML file saying which codes count as errors")
     p.add_argument("--expect", action="append", default=[], metavar="PROTO:CODE",
                    help="treat this code as expected, not an error (e.g. http:401; repeatable)")
@@ -133,12 +146,26 @@ def cmd_live(args) -> int:
         raise UsageError("live: --jsonl and --parquet need -o OUTDIR")
     if args.interval < MIN_INTERVAL:
         raise UsageError(f"live: --interval must be at least {MIN_INTERVAL} seconds")
+    if args.exit_on_fail and not args.fail_on:
+        raise UsageError("live: --exit-on-fail needs at least one --fail-on EXPR")
+    metrics = None
+    if args.metrics is not None:
+        from analyzer.outputs.metrics import parse_address
+
+        try:
+            metrics = parse_address(args.metrics)
+        except ValueError as exc:
+            raise UsageError(f"live: {exc}") from None
+    if args.metrics_servers is not None and args.metrics is None and args.metrics_file is None:
+        raise UsageError("live: --metrics-servers needs --metrics HOST:PORT or --metrics-file PATH")
     from analyzer.cli.options import engine_options
 
     outcome = capture(
         args.interface, args.filter, outdir=args.outdir, duration=args.duration, count=args.count,
         interval=args.interval, lang=args.lang, policy=args.policy, expect=args.expect, fail_on=args.fail_on,
         write=args.write, promisc=args.promisc, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet,
+        metrics=metrics, metrics_file=args.metrics_file, metrics_servers=args.metrics_servers,
+        exit_on_fail=args.exit_on_fail,
         **engine_options(args),
     )
     return int(outcome.status)
@@ -171,7 +198,8 @@ class LiveOutcome:
     events: int = 0
     seconds: float = 0.0
     unanalysed: int = 0              # read past --count or after the stop, not analysed
-    stopped_by: str = ""             # "duration" | "count" | "SIGINT" | "SIGTERM" | "stop_event" | "error"
+    stopped_by: str = ""             # "duration" | "count" | "SIGINT" | "SIGTERM" | "stop_event" | "error" | "fail-on"
+    crossed: list = field(default_factory=list)  # --fail-on reasons printed while the capture ran
     stats: object = None             # stats.StatsResult of the final reports
     outdir: Path | None = None
     errors: list = field(default_factory=list)
@@ -245,12 +273,12 @@ class LiveReports:
         self.connections = CsvWriter(self.out / "connections.csv", CONNECTION_COLUMNS, atomic=False)
         self.stats = None
 
-    def outputs(self, *, jsonl: bool = False, parquet: bool = False):
-        """Where the session sends its events: events.csv, these statistics, and the optional files."""
+    def outputs(self, *, jsonl: bool = False, parquet: bool = False, also=()):
+        """Where the session sends its events: events.csv, these statistics, the optional files, `also`."""
         from analyzer.engines.sink import EventOutputs
 
         return EventOutputs(csv=self.write_files, jsonl=jsonl and self.write_files,
-                            parquet=parquet and self.write_files, accumulator=self.acc)
+                            parquet=parquet and self.write_files, accumulator=self.acc, also=tuple(also))
 
     def connection(self, row: dict) -> None:
         """Session's on_connection: stream the row to connections.csv, keep it until the next update."""
@@ -264,25 +292,86 @@ class LiveReports:
             rows, self.pending = self.pending, []
             self.acc.add_connections(connections_frame(rows))
 
-    def update(self, session, coverage: dict):
+    def update(self, session, coverage: dict, interval: float):
         """Mid-run: events so far into events.csv and the statistics, reports rewritten."""
         session.interim()
         self.connections.flush()
-        return self._refresh(coverage)
+        return self._refresh(coverage, {"running": True, "as_of": time.time(), "refresh": interval})
 
     def final(self, coverage: dict):
         """After session.finish(): the last connections, every report."""
         self.connections.commit()
-        return self._refresh(coverage)
+        return self._refresh(coverage, {"running": False, "as_of": time.time()})
 
-    def _refresh(self, coverage: dict):
+    def _refresh(self, coverage: dict, live: dict):
         self._absorb()
         self.stats = self.acc.finish(coverage)
         if self.write_files:
             from analyzer.outputs.reports import write_reports
 
-            write_reports(self.out, self.stats, coverage, lang=self.lang)
+            write_reports(self.out, self.stats, coverage, lang=self.lang, live=live)
         return self.stats
+
+
+class _Watch:
+    """What runs beside the capture: metrics, the live view's numbers, the live --fail-on gate."""
+
+    def __init__(self, rules, exit_on_fail: bool, metrics, activity, err, metrics_file=None) -> None:
+        self.rules = rules
+        self.exit_on_fail = exit_on_fail
+        self.metrics = metrics
+        self.metrics_file = metrics_file
+        self.activity = activity
+        self.err = err
+        self.file_error = None
+        self.fired: set = set()
+        self.crossed: list[str] = []
+        self.stop = False
+
+    def consumers(self) -> tuple:
+        return tuple(c for c in (self.metrics, self.activity) if c is not None)
+
+    def capture_figures(self, coverage: dict, session) -> None:
+        if self.metrics is not None:
+            self.metrics.set_capture(self.metrics.figures(coverage, _open_connections(session)))
+
+    def write_metrics(self) -> None:
+        """--metrics-file, rewritten whole; a failure is said once and kept for the exit status."""
+        if self.metrics_file is None:
+            return
+        try:
+            self.metrics.write_textfile(self.metrics_file)
+        except OSError as exc:
+            if self.file_error is None:
+                from analyzer.errors import InputError
+
+                self.file_error = InputError(f"--metrics-file {self.metrics_file}: cannot write "
+                                             f"({exc.strerror or exc})")
+                print(f"analyzer: error: {self.file_error}", file=self.err, flush=True)
+
+    def gate(self, stats, elapsed: float) -> None:
+        """The first crossing of each rule is printed at once; --exit-on-fail then stops the capture."""
+        if not self.rules:
+            return
+        from analyzer.meaning.gate import evaluate
+
+        for rule in self.rules:
+            if rule.text in self.fired:
+                continue
+            for reason in evaluate([rule], stats):
+                self.fired.add(rule.text)
+                self.crossed.append(reason)
+                print(f"analyzer: threshold crossed at {_clock(elapsed)}: {reason}", file=self.err, flush=True)
+        if self.crossed and self.exit_on_fail:
+            self.stop = True
+
+
+def _open_connections(session) -> int:
+    """TCP connections the session's table holds open (native: FlowTable.live; tshark: its dict)."""
+    table = getattr(session, "table", None)
+    if table is not None and hasattr(table, "live"):
+        return int(table.live)
+    return len(getattr(session, "conns", ()) or ())
 
 
 def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float | None = None,
@@ -290,7 +379,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             policy=None, expect=(), fail_on=(), write=None, promisc: bool = True, jsonl: bool = False,
             parquet: bool = False, quiet: bool = False, stop_event=None, console=None,
             err=None, engine: str = "native", keylog: str | None = None,
-            decode_as: dict | None = None) -> LiveOutcome:
+            decode_as: dict | None = None, metrics: tuple[str, int] | None = None,
+            metrics_file=None, metrics_servers: int | None = None, exit_on_fail: bool = False) -> LiveOutcome:
     """Capture on `iface` until `duration`, `count`, SIGINT/SIGTERM or `stop_event.is_set()`.
 
     engine="tshark" pipes the captured packets to tshark (engines/tshark.py)
@@ -298,6 +388,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
 
     Raises UsageError / PermissionDenied / MissingTool / InputError before
     any packet is read when the capture cannot start (see capture/interface.py).
+    `metrics` (host, port) serves /metrics there (outputs/metrics.py) while the capture runs;
+    `metrics_file` gets the same metrics every `interval` and at the end.
     """
     err = err or sys.stderr
     from analyzer.api import resolve_lang as _lang
@@ -324,8 +416,17 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
     tmp = None
     pcap = None
     view = None
+    exporter = None
     stopper = _Stopper()
     try:
+        if metrics is not None or metrics_file is not None:
+            exporter = _metrics(metrics, metrics_file, metrics_servers, policy, engine, source)
+        activity = None
+        if not quiet:
+            from analyzer.stats.recent import RecentActivity
+
+            activity = RecentActivity(policy)
+        watch = _Watch(rules, exit_on_fail, exporter, activity, err, metrics_file)
         if outdir is None:
             tmp = tempfile.TemporaryDirectory(prefix="analyzer-live-")
             out = Path(tmp.name)
@@ -339,19 +440,25 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
 
             session = TsharkSession(out, lang=lang, stream_events=True, on_connection=reports.connection,
                                     keylog=keylog, decode_as=decode_as,
-                                    outputs=reports.outputs(jsonl=jsonl, parquet=parquet))
+                                    outputs=reports.outputs(jsonl=jsonl, parquet=parquet, also=watch.consumers()))
         else:
             session = Session(out, lang=lang, stream_events=True, on_connection=reports.connection,
-                              outputs=reports.outputs(jsonl=jsonl, parquet=parquet))
+                              outputs=reports.outputs(jsonl=jsonl, parquet=parquet, also=watch.consumers()))
         session.begin(iface, display=iface).format = "live"
         stopper.install()
         if not quiet:
-            view = _View(console, err, iface)
+            from analyzer.cli.live_view import LiveView
+
+            view = LiveView(console, err, iface)
+        if exporter is not None and exporter.server is not None:
+            host, port = exporter.server.server_address[:2]
+            shown = f"[{host}]" if ":" in host else host
+            print(f"analyzer: metrics at http://{shown}:{port}/metrics", file=err, flush=True)
         where = f", filter {bpf!r}" if bpf else ""
         print(f"analyzer: listening on {iface}, link-type {source.link_name}{where}; "
               f"stop with Ctrl-C", file=err, flush=True)
         outcome = LiveOutcome(status=ExitStatus.OK, outdir=Path(outdir) if outdir is not None else None)
-        _loop(source, session, reports, pcap, stopper, view, outcome, duration=duration, count=count,
+        _loop(source, session, reports, pcap, stopper, view, watch, outcome, duration=duration, count=count,
               interval=interval, stop_event=stop_event)
         # Finalisation: a second signal from here on interrupts (exit 130).
         stopper.finishing = True
@@ -363,7 +470,9 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             view.stop()
         result = session.finish()
         coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
+        watch.capture_figures(coverage, session)
         stats = reports.final(coverage)
+        watch.write_metrics()
         outcome.packets = result.packets
         outcome.duplicates = source.duplicates
         outcome.kernel_received, outcome.kernel_dropped = received, dropped
@@ -376,6 +485,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             print_summary(stats, coverage, console=console)
         _closing_lines(outcome, source, iface, err)
         outcome.errors += result.errors
+        if watch.file_error is not None:
+            outcome.errors.append(watch.file_error)
         for exc in outcome.errors:
             print(f"analyzer: error: {visible(str(exc))}", file=err)
         if outcome.errors:
@@ -386,7 +497,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             reasons = evaluate(rules, stats)
             for reason in reasons:
                 print(f"analyzer: threshold crossed: {reason}", file=err)
-            if reasons and outcome.status == ExitStatus.OK:
+            outcome.crossed = list(watch.crossed)
+            if (reasons or watch.crossed) and outcome.status == ExitStatus.OK:
                 outcome.status = ExitStatus.THRESHOLD
         if outdir is not None and not quiet:
             print(f"outputs written to {Path(outdir).resolve()}/", file=err)
@@ -399,6 +511,8 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
         stopper.uninstall()
         if view is not None:
             view.stop()
+        if exporter is not None:
+            exporter.close()
         source.close()
         if pcap is not None:
             pcap.close()
@@ -406,7 +520,26 @@ def capture(iface: str, bpf: str | None = None, *, outdir=None, duration: float 
             tmp.cleanup()
 
 
-def _loop(source, session, reports, pcap, stopper, view, outcome, *, duration, count, interval,
+def _metrics(address: tuple[str, int] | None, path, servers: int | None, policy, engine: str, source):
+    """The metrics consumer; serving on `address` (a port that cannot be bound is a usage error)."""
+    from analyzer._version import __version__
+    from analyzer.outputs.metrics import EventMetrics, check_servers, check_textfile
+
+    if path is not None:
+        check_textfile(path)
+    exporter = EventMetrics(policy, max_servers=check_servers(servers),
+                            info={"version": __version__, "engine": engine, "interface": source.iface,
+                                  "filter": source.filter or ""})
+    if address is not None:
+        host, port = address
+        try:
+            exporter.serve(host, port)
+        except OSError as exc:
+            raise UsageError(f"live: --metrics {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+    return exporter
+
+
+def _loop(source, session, reports, pcap, stopper, view, watch, outcome, *, duration, count, interval,
           stop_event) -> None:
     from analyzer.errors import InputError
 
@@ -414,6 +547,7 @@ def _loop(source, session, reports, pcap, stopper, view, outcome, *, duration, c
     started = clock()
     deadline = started + duration if duration else None
     next_report = started + interval
+    next_tick = started + min(TICK_SECONDS, interval)
     packet = session.packet
     fds = [source] + ([stopper.wake_r] if stopper.wake_r is not None else [])
     state = {"seen": 0}
@@ -436,6 +570,7 @@ def _loop(source, session, reports, pcap, stopper, view, outcome, *, duration, c
     last_packets, last_tick = 0, started
     while True:
         stop = stopper.reason or ("stop_event" if stop_event is not None and stop_event.is_set() else "")
+        stop = stop or ("fail-on" if watch.stop else "")
         now = clock()
         if not stop and deadline is not None and now >= deadline:
             stop = "duration"
@@ -452,21 +587,37 @@ def _loop(source, session, reports, pcap, stopper, view, outcome, *, duration, c
         if not feed(batch):
             outcome.stopped_by = "count"
             return
-        if now >= next_report:
-            if pcap is not None:
-                pcap.flush()
+        if now >= next_tick or now >= next_report:
+            # Every tick: events so far to every consumer (metrics, the view);
+            # every --interval: the statistics and the report files too.
             received, dropped = source.kernel_stats()
+            report = now >= next_report
             coverage = _coverage(session.snapshot(), source, received, dropped, outcome)
-            stats = reports.update(session, coverage)
+            # Packet figures first, events after: a scrape in between never
+            # shows events without the packets that carried them.
+            watch.capture_figures(coverage, session)
+            if report:
+                if pcap is not None:
+                    pcap.flush()
+                stats = reports.update(session, coverage, interval)
+                watch.write_metrics()
+                watch.gate(stats, now - started)
+            else:
+                session.interim()
             seen = state["seen"]
             rate = (seen - last_packets) / max(now - last_tick, 1e-9)
             last_packets, last_tick = seen, now
             if view is not None:
-                view.show(stats, seen, rate, received, dropped, now - started)
+                view.tick(watch.activity, seen, rate, received, dropped, now - started)
+                if report:
+                    view.report(stats, seen, rate, dropped, now - started)
             now = clock()
-            next_report = max(next_report + interval, now + interval / 2)
+            if report:
+                next_report = max(next_report + interval, now + interval / 2)
+            next_tick = max(next_tick + TICK_SECONDS, now + TICK_SECONDS / 2)
         if not batch:
-            wake = min(next_report, deadline) if deadline is not None else next_report
+            wake = min(next_report, next_tick)
+            wake = min(wake, deadline) if deadline is not None else wake
             timeout = max(0.0, min(wake - now, MAX_WAIT))
             ready, _, _ = select.select(fds, [], [], timeout)
             if stopper.wake_r is not None and stopper.wake_r in ready:
@@ -504,7 +655,8 @@ def _coverage(coverage: dict, source, received: int, dropped: int, outcome) -> d
 
 def _closing_lines(outcome: LiveOutcome, source, iface: str, err) -> None:
     why = {"duration": "--duration reached", "count": "--count reached", "SIGINT": "interrupted (SIGINT)",
-           "SIGTERM": "terminated (SIGTERM)", "stop_event": "stopped", "error": "capture error"}
+           "SIGTERM": "terminated (SIGTERM)", "stop_event": "stopped", "error": "capture error",
+           "fail-on": "--fail-on threshold crossed (--exit-on-fail)"}
     notes = [f"{outcome.duplicates:,} loopback duplicates ignored"] if outcome.duplicates else []
     if outcome.unanalysed:
         notes.append(f"{outcome.unanalysed:,} read after the stop not analysed")
@@ -524,91 +676,6 @@ def _quiet_scapy() -> None:
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
 
-class _View:
-    """The running display: a rich table on a TTY, else one status line per interval."""
-
-    def __init__(self, console, err, iface: str) -> None:
-        from rich.console import Console
-
-        self.console = console or Console()
-        self.err = err
-        self.iface = iface
-        self.live = None
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            self.live = Live(console=self.console, auto_refresh=False, transient=False)
-            self.live.start()
-
-    def show(self, stats, packets: int, rate: float, received: int, dropped: int, elapsed: float) -> None:
-        summary = stats.summary
-        events, errors = summary.get("events", 0), summary.get("errors", 0)
-        if self.live is not None:
-            self.live.update(live_table(stats, self.iface, packets, rate, dropped, elapsed), refresh=True)
-            return
-        protos = ", ".join(f"{p} {e['events']:,}" for p, e in summary.get("protocols", {}).items() if e.get("events"))
-        rate_text = f" ({errors / events:.1%})" if events else ""
-        print(f"analyzer: {_clock(elapsed)} {packets:,} packets ({rate:,.0f}/s, {dropped:,} dropped by kernel), "
-              f"{events:,} events{': ' + protos if protos else ''}, {errors:,} errors{rate_text}",
-              file=self.err, flush=True)
-
-    def stop(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def live_table(stats, iface: str, packets: int, rate: float, dropped: int, elapsed: float):
-    """A status line, then hosts (servers) x their most frequent codes, with error counts and rates."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from analyzer.cli.terminal import _pct, clean
-
-    summary = stats.summary
-    status = Text.from_markup(
-        f"[bold]live on {clean(iface, 20)}[/bold] · {_clock(elapsed)} · {packets:,} packets ({rate:,.0f}/s) · "
-        f"{dropped:,} dropped by kernel · {summary.get('events', 0):,} events", style="")
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    hosts = stats.hosts
-    codes = stats.codes
-    servers = hosts[hosts["role"] == "server"] if len(hosts) else hosts
-    if len(codes):
-        totals = codes.groupby(["code"], as_index=False)["count"].sum()
-        top = totals.sort_values(["count", "code"], ascending=[False, True], kind="stable")["code"]
-        columns = [int(c) for c in top.head(LIVE_CODE_COLUMNS)]
-    else:
-        columns = []
-    for col in ("host", "protocol", "events", "errors", "error rate"):
-        table.add_column(col, justify="left" if col in ("host", "protocol") else "right", no_wrap=True,
-                         max_width=39 if col == "host" else None)
-    for code in columns:
-        table.add_column(str(code), justify="right")
-    table.add_column("other", justify="right")
-    view = Group(status, table)
-    if not len(servers):
-        return view
-    ranked = servers.sort_values(["events", "error_count"], ascending=False, kind="stable").head(LIVE_HOST_ROWS)
-    counts = {(r.server_ip, r.protocol, int(r.code)): int(r.count) for r in codes.itertuples(index=False)}
-    for row in ranked.itertuples(index=False):
-        rate_cell = Text(_pct(row.error_rate), style="red" if row.error_rate and row.error_rate >= 0.05
-                         else ("yellow" if row.error_rate else "green"))
-        cells = [clean(row.host), row.protocol, f"{int(row.events):,}",
-                 Text(f"{int(row.error_count):,}", style="red" if row.error_count else ""), rate_cell]
-        shown = 0
-        for code in columns:
-            n = counts.get((row.host, row.protocol, code), 0)
-            shown += n
-            error = n and stats.policy.is_error(row.protocol, code)
-            cells.append(Text(f"{n:,}" if n else "·", style="red" if error else ("" if n else "dim")))
-        other = int(row.events) - shown
-        cells.append(f"{other:,}" if other else "·")
-        table.add_row(*cells)
-    return view

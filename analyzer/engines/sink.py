@@ -59,6 +59,7 @@ class EventOutputs:
     policy: object = None     # the severity policy the statistics apply (failing URIs need it)
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
     part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
+    also: tuple = ()          # further consumers of the batches (outputs.metrics.EventMetrics)
 
 
 class StatsFeed:
@@ -141,6 +142,7 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
     kept = EventsKept() if outputs.keep else None
     if kept is not None:
         consumers.append(kept)
+    consumers.extend(outputs.also)
     return consumers, feed, kept
 
 

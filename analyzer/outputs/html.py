@@ -26,6 +26,7 @@ import functools
 import hashlib
 import math
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -689,7 +690,17 @@ def _environment() -> Environment:
     return env
 
 
-def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
+def live_banner(live: dict | None) -> dict | None:
+    """A running capture's banner and refresh: {"as_of": "HH:MM:SS", "refresh": seconds} or None."""
+    if not live or not live.get("running"):
+        return None
+    as_of = time.strftime("%H:%M:%S", time.gmtime(live["as_of"]))
+    # Reload a little after the next rewrite; never faster than once a second.
+    return {"as_of": as_of, "refresh": max(1, math.ceil(live.get("refresh") or 5))}
+
+
+def render_html(stats, coverage: dict | None = None, lang: str = "en", live: dict | None = None) -> str:
+    """The report page; `live` = {"running", "as_of" (epoch), "refresh" (seconds)} while a capture runs."""
     coverage = dict(coverage or {})
     lang = lang if lang in ("en", "zh") else "en"
     s = stats.summary
@@ -723,4 +734,5 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
         bilingual=bilingual, max_rows=MAX_TABLE_ROWS, fmt_count=fmt_count,
         step=_step_label(int(s.get("bucket_seconds") or 1)), class_label=class_label,
         partial=bool(coverage.get("partial")),
+        live=live_banner(live),
     )

@@ -53,8 +53,12 @@ def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
-                  html: bool = True) -> list[Path]:
-    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths."""
+                  html: bool = True, live: dict | None = None) -> list[Path]:
+    """Write the report files for `stats` (a StatsResult) into `outdir`; returns their paths.
+
+    `live` (a live capture's reports): {"running": bool, "as_of": epoch, "refresh": seconds};
+    summary.json then says whether the capture still runs, report.html shows it and reloads.
+    """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     coverage = dict(coverage or {})
@@ -70,13 +74,13 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
 
     if html:
         path = outdir / "report.html"
-        write_atomic(path, render_html(stats, coverage, lang))
+        write_atomic(path, render_html(stats, coverage, lang, live=live))
         written.append(path)
 
     # Last: summary.json lists the set of files (the manifest, outputs/publish.py).
     path = outdir / "summary.json"
     present = sorted(p.name for p in outdir.iterdir() if p.name in OUTPUT_NAMES and p.is_file())
-    write_summary(path, stats, coverage, lang=lang, outputs=sorted(set(present) | {path.name}))
+    write_summary(path, stats, coverage, lang=lang, outputs=sorted(set(present) | {path.name}), live=live)
     written.append(path)
     return written
 

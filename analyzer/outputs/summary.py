@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,13 @@ def json_safe(value):
 
 
 def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", top: int = 10,
-                     outputs: list[str] | None = None) -> dict:
+                     outputs: list[str] | None = None, live: dict | None = None) -> dict:
     doc = {"language": lang}
+    if live is not None:
+        # A live capture rewrites this file every interval: `running` is true
+        # until the final write, `as_of` says when these numbers were taken.
+        doc["running"] = bool(live.get("running"))
+        doc["as_of"] = datetime.fromtimestamp(live["as_of"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if coverage:
         doc["version"] = coverage.get("version", "")
         doc["engine"] = coverage.get("engine", "")
@@ -57,6 +63,6 @@ def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", t
 
 
 def write_summary(path: str | Path, stats, coverage: dict | None = None, *, lang: str = "en",
-                  outputs: list[str] | None = None) -> None:
-    doc = summary_document(stats, coverage, lang=lang, outputs=outputs)
+                  outputs: list[str] | None = None, live: dict | None = None) -> None:
+    doc = summary_document(stats, coverage, lang=lang, outputs=outputs, live=live)
     write_atomic(path, json_text(doc, indent=2) + "\n")
