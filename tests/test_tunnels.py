@@ -107,3 +107,23 @@ def test_what_the_tunnel_does_not_carry_is_named(frame, reason):
     decoder = Decoder()
     assert decoder.decode(239 if frame[:1] == b"\x02" and len(frame) < 14 else 1, frame, 1.0) is None
     assert dict(decoder.skipped) == {reason: 1}
+
+
+def test_a_capture_mostly_not_decoded_says_so_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.captures_builder import pcap
+
+    root = Path(__file__).resolve().parent.parent
+    l2tp = ether(udp_ip4(1701, b"\x02\x02" + b"\0" * 10))      # L2TP data: not decoded
+    capture = tmp_path / "l2tp.pcap"
+    capture.write_bytes(pcap([((1_700_000_000 + i, 0), l2tp) for i in range(30)] +
+                             [((1_700_000_100, 0), CASES["gtp-u"][1])]))
+    proc = subprocess.run([sys.executable, "-m", "analyzer", "analyze", str(capture), "-o", str(tmp_path / "o"),
+                           "-q"], capture_output=True, env=dict(os.environ, PYTHONPATH=str(root)), timeout=120)
+    assert proc.returncode == 0
+    assert proc.stderr.decode().splitlines() == [
+        "analyzer: 30 of 31 packets were not decoded (udp 30); see packets_skipped in summary.json"]

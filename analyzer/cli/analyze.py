@@ -64,6 +64,9 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
             result.errors.append(InputError(f"--metrics-file {metrics_file}: cannot write ({exc.strerror or exc})"))
     for exc in result.errors:
         print(f"analyzer: error: {visible(str(exc))}", file=sys.stderr)
+    note = undecoded_note(result.packets, result.skipped)
+    if note:
+        print(f"analyzer: {note}", file=sys.stderr)
     if any(isinstance(e, CaptureError) for e in result.errors):
         status = ExitStatus.DAMAGED
     elif any(isinstance(e, InputError) for e in result.errors):
@@ -92,3 +95,14 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 def interrupted_status() -> int:
     """130 for SIGINT (Ctrl-C), 143 for SIGTERM: 128 + the signal, as shells report it."""
     return int(ExitStatus.TERMINATED if interrupt.exit_signal() == signal.SIGTERM else ExitStatus.INTERRUPTED)
+
+
+def undecoded_note(packets: int, skipped) -> str:
+    """One line when most packets were not decoded (a tunnel or link type we
+    do not read, a capture of something else): the report would otherwise
+    look empty for no visible reason."""
+    lost = sum(skipped.values()) if skipped else 0
+    if packets < 20 or lost * 2 <= packets:
+        return ""
+    top = ", ".join(f"{visible(reason)} {count:,}" for reason, count in skipped.most_common(3))
+    return f"{lost:,} of {packets:,} packets were not decoded ({top}); see packets_skipped in summary.json"
