@@ -214,7 +214,7 @@ def test_prometheus_scrapes_exact_counts_per_server_and_code(tmp_path, live_runs
     info = promql("analyzer_info")
     assert len(info) == 1 and info[0]["metric"]["interface"] == "lo" and info[0]["metric"]["filter"] == bpf
     dashboard_queries_run_against(exposed_names())
-    assert run.stop() == 0, run.stderr
+    assert run.stop() == 130, run.stderr   # stopped by SIGINT, after every report
 
 
 def exposed_names() -> set[str]:
@@ -288,13 +288,14 @@ def test_exit_on_fail_stops_the_capture_at_the_first_crossing(tmp_path, live_run
 @needs_capture
 def test_crossing_during_the_run_fails_even_if_the_end_is_below(tmp_path, live_runs, nginx):
     """A burst of errors that a later flood of 200s dilutes still fails the run (exit 5)."""
-    run = Live(tmp_path, f"tcp port {NGINX_PORTS[0]}", "--fail-on", "http.5xx>40%", "--interval", "0.5", "-q")
+    # It ends by itself (--duration): a signal stop would exit 130 whatever was crossed.
+    run = Live(tmp_path, f"tcp port {NGINX_PORTS[0]}", "--fail-on", "http.5xx>40%", "--interval", "0.5", "-q",
+               "--duration", "10")
     live_runs.append(run)
     assert curl(NGINX_PORTS[0], ["/boom"]) == [500]
     until(lambda: "threshold crossed at " in run.stderr, what="the crossing to be printed")
     assert curl(NGINX_PORTS[0], ["/ok"] * 9) == [200] * 9
-    time.sleep(1.0)
-    status = run.stop()
+    status = run.wait(60)
     err = run.stderr
     assert status == 5, err
     assert "threshold crossed at " in err
@@ -384,7 +385,7 @@ def test_interim_report_says_live_and_reloads_itself_in_a_browser(tmp_path, live
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         files.close()
-    assert run.stop() == 0, run.stderr
+    assert run.stop() == 130, run.stderr   # stopped by SIGINT, after every report
     final = (out / "report.html").read_text()
     assert "still running" not in final and 'http-equiv="refresh"' not in final
     assert json.loads((out / "summary.json").read_text())["running"] is False
@@ -515,4 +516,4 @@ def test_metrics_stay_bounded_while_thousands_of_servers_answer(tmp_path, live_r
     assert sum(v for k, v in events.items() if dict(k)["code"] == "503") == truth[503]
     assert sum(series(samples, "analyzer_errors_total").values()) == truth[503]
     assert len(samples) < 500  # 2,000 servers, a few hundred samples
-    assert run.stop() == 0, run.stderr
+    assert run.stop() == 130, run.stderr   # stopped by SIGINT, after every report
