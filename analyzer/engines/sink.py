@@ -58,6 +58,7 @@ class EventOutputs:
     stats: bool = True        # per-host statistics (analyzer.stats)
     policy: object = None     # the severity policy the statistics apply (failing URIs need it)
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
+    uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
     part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
 
 
@@ -69,9 +70,10 @@ class StatsFeed:
     connection table.
     """
 
-    def __init__(self, accumulator=None, policy=None) -> None:
+    def __init__(self, accumulator=None, policy=None, uri_grouping: str = "path") -> None:
         self._accumulator = accumulator
         self.policy = policy
+        self.uri_grouping = uri_grouping
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
 
@@ -80,7 +82,7 @@ class StatsFeed:
         if self._accumulator is None:
             from analyzer.stats.hosts import StatsAccumulator
 
-            self._accumulator = StatsAccumulator(self.policy)
+            self._accumulator = StatsAccumulator(self.policy, uri_grouping=self.uri_grouping)
         return self._accumulator
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -136,7 +138,7 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
         consumers.append(EventsParquet(outdir / "events.parquet"))
     feed = None
     if outputs.accumulator is not None or outputs.stats:
-        feed = StatsFeed(outputs.accumulator, outputs.policy)
+        feed = StatsFeed(outputs.accumulator, outputs.policy, outputs.uri_grouping)
         consumers.append(feed)
     kept = EventsKept() if outputs.keep else None
     if kept is not None:
