@@ -27,15 +27,15 @@ URI_GROUPINGS = ("path", "full")
 MAX_URI_CHARS = 2048          # longer URIs are cut (browsers' practical URL limit is ~2K)
 
 # "GET /a b HTTP/1.1" -> "/a b": method, then everything before a final HTTP version.
-_REQUEST = r"^(?P<method>[^ ]*) (?P<uri>.*?)(?: HTTP/[0-9.]+)?$"
+_REQUEST = r"^(?P<method>[^ ]*) (?P<uri>.*?)(?: HTTP/[0-9.]+)?\Z"
 # Absolute-form request targets (proxies, RFC 9112 §3.2.2) start with scheme://authority.
 _ABSOLUTE = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*"
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 # (segment regex, placeholder), tried in order on each whole segment.
 SEGMENT_RULES = (
-    (r"(?<=/)" + _UUID + r"(?=/|$)", "{uuid}"),
-    (r"(?<=/)[0-9]+(?=/|$)", "{id}"),
-    (r"(?<=/)(?=[0-9A-Fa-f]*[0-9])[0-9A-Fa-f]{12,}(?=/|$)", "{hex}"),
+    (r"(?<=/)" + _UUID + r"(?=/|\Z)", "{uuid}"),
+    (r"(?<=/)[0-9]+(?=/|\Z)", "{id}"),
+    (r"(?<=/)(?=[0-9A-Fa-f]*[0-9])[0-9A-Fa-f]{12,}(?=/|\Z)", "{hex}"),
 )
 
 
@@ -53,7 +53,7 @@ def group_paths(uris) -> pd.Series:
     """The path of each URI with query, fragment and ID-like segments normalised."""
     s = pd.Series(np.asarray(uris, dtype=object), dtype=object).fillna("")
     s = s.str.replace(_ABSOLUTE, "", regex=True)
-    s = s.str.replace(r"[?#].*$", "", regex=True)
+    s = s.str.replace(r"(?s)[?#].*", "", regex=True)
     for pattern, placeholder in SEGMENT_RULES:
         s = s.str.replace(pattern, placeholder, regex=True)
     return s.where(s != "", "/").astype(object)
