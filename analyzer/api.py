@@ -36,19 +36,27 @@ def resolve_lang(lang: str | None) -> str:
 
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
-                 keylog=None, decode_as=None, progress=None):
-    """Run `engine` and write every report; returns (RunResult, StatsResult)."""
+                 keylog=None, decode_as=None, progress=None, selection=None, uri_grouping: str = "path",
+                 on_phase=None):
+    """Run `engine` and write every report; returns (RunResult, StatsResult).
+
+    `on_phase(name)` is told when reading ends and the statistics ("statistics")
+    and reports ("reports") are being made, so a progress display is never silent.
+    """
     from analyzer.engines import run as engine_run
 
     if jobs < 0:
         raise UsageError("--jobs takes a number of processes (0 = all cores)")
-    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect))
+    outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect),
+                           selection=selection, uri_grouping=uri_grouping)
     result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
                         progress=progress, outputs=outputs)
     # pandas comes in only now: during the run it would sit beside the connection table.
     from analyzer.outputs.reports import build_and_write
 
-    return result, build_and_write(result, lang=lang)
+    if on_phase is not None:
+        on_phase("statistics")
+    return result, build_and_write(result, lang=lang, selection=selection)
 
 
 def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,

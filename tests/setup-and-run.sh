@@ -22,7 +22,7 @@ if [ -n "$need" ]; then
         echo "setup: installing test tools with apt-get (tshark, tcpdump, nginx, vsftpd, chromium, ...)" >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            tshark tcpdump nginx-light vsftpd lftp curl wrk chromium fonts-wqy-microhei \
+            tshark tcpdump nginx-light vsftpd lftp curl wrk chromium fonts-wqy-microhei tmux \
             python3-venv >/dev/null
     fi
 fi

@@ -13,7 +13,7 @@ from analyzer.errors import CaptureError, ExitStatus, InputError
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
-                   decode_as=None) -> int:
+                   decode_as=None, selection=None, uri_grouping: str = "path", clients: bool = False) -> int:
     from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -25,15 +25,17 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
-                   engine=engine, keylog=keylog, decode_as=decode_as)
+                   engine=engine, keylog=keylog, decode_as=decode_as, selection=selection,
+                   uri_grouping=uri_grouping)
     if quiet:
         result, stats = run_analysis(paths, outdir, **options)
     else:
         from analyzer.cli.terminal import print_summary, progress
 
-        with progress(sum(_size(p) for p in paths)) as bar:
-            result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done), **options)
-        print_summary(stats, result.coverage())
+        with progress(sum(_size(p) for p in paths), stdin="-" in paths) as bar:
+            result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done),
+                                         on_phase=bar.phase, **options)
+        print_summary(stats, result.coverage(), lang=lang, clients=clients)
     status = ExitStatus.OK
     for exc in result.errors:
         print(f"analyzer: error: {exc}", file=sys.stderr)
@@ -50,7 +52,9 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         if reasons and status == ExitStatus.OK:
             status = ExitStatus.THRESHOLD
     if not quiet:
-        print(f"outputs written to {Path(outdir).resolve()}/", file=sys.stderr)
+        from analyzer.cli.terminal import label
+
+        print(label(lang, "outputs written", path=Path(outdir).resolve()), file=sys.stderr)
     if result.interrupted:
         return int(ExitStatus.INTERRUPTED)
     return int(status)

@@ -59,6 +59,7 @@ class EventOutputs:
     policy: object = None     # the severity policy the statistics apply (failing URIs need it)
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
     uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
+    selection: object = None  # an engines.selection.Selection: only matching events reach the consumers
     part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
 
 
@@ -143,6 +144,10 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
     kept = EventsKept() if outputs.keep else None
     if kept is not None:
         consumers.append(kept)
+    if outputs.selection:
+        from analyzer.engines.selection import Selected
+
+        consumers = [Selected(consumer, outputs.selection) for consumer in consumers]
     return consumers, feed, kept
 
 
