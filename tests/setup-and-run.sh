@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 need=""
-for tool in tshark capinfos tcpdump nginx vsftpd lftp curl wrk chromium; do
+for tool in tshark capinfos tcpdump nginx vsftpd lftp curl wrk chromium tmux; do
     command -v "$tool" >/dev/null 2>&1 || need="yes"
 done
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need="yes"
