@@ -18,12 +18,13 @@ from analyzer.meaning.severity import make_policy
 class Analysis:
     """What `analyzer.analyze()` returns: the numbers of the written files."""
 
-    outdir: Path
+    outdir: Path | None    # None when the reports went to a temporary directory, now removed
     run: RunResult
     events: "object"       # pandas.DataFrame: events.csv's rows, wire strings exactly as captured
     hosts: "object"        # pandas.DataFrame, as hosts.csv
     codes: "object"        # pandas.DataFrame, as codes.csv
-    stats: "object"
+    stats: "object"        # the StatsResult every report was made from
+    failing: "object" = None  # pandas.DataFrame: failing server endpoints, most errors first (stats.FAILING_COLUMNS)
 
 
 def resolve_lang(lang: str | None) -> str:
@@ -59,25 +60,84 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
     return result, build_and_write(result, lang=lang, selection=selection)
 
 
+# Column names of the API's events DataFrame that differ from events.csv:
+# `class` is a Python keyword (no `df.class`) and `flags` hides
+# DataFrame.flags, so attribute access would silently give pandas' own object.
+API_RENAMES = {"class": "code_class", "flags": "anomaly_flags"}
+
+
 def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,
-            parquet: bool = False) -> Analysis:
+            parquet: bool = False, engine: str = "native", jobs: int = 1, errors: str = "raise",
+            protocols=(), servers=(), since=None, until=None, uri_grouping: str = "path") -> Analysis:
     """Analyse captures and return the tables the files hold, as DataFrames.
 
     `paths` is a path or a list of them (files, directories, "-").  Reports
-    are written to `outdir` (a new temporary directory when None).  Damaged
-    inputs do not raise: `Analysis.run.errors` lists them, as the CLI would.
+    are written to `outdir`; with None they are written to a temporary
+    directory that is removed before returning (the DataFrames are all
+    that is kept, `Analysis.outdir` is None).
+
+    Errors are the CLI's: a bad option raises UsageError, an input that
+    cannot be read raises InputError, a damaged capture CaptureError --
+    after every readable input was analysed, with the partial Analysis on
+    the exception as `.analysis`.  `errors="keep"` returns instead, the
+    errors listed in `Analysis.run.errors`.
+
+    `events` has the events.csv columns with `time` as datetime64[ns, UTC],
+    `method`, `uri` and `path` (grouped as in the failing-paths table) split
+    from `request`, a boolean `is_error` under the active policy, and
+    `class`/`flags` renamed `code_class`/`anomaly_flags` (API_RENAMES).
+    The selection arguments are `--protocol`, `--server`, `--since`/`--until`.
     """
     import os
+    import shutil
     import tempfile
 
+    from analyzer.engines.selection import make_selection
     from analyzer.outputs.events import events_frame
 
+    if errors not in ("raise", "keep"):
+        raise UsageError('errors must be "raise" or "keep"')
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out = Path(outdir) if outdir is not None else Path(tempfile.mkdtemp(prefix="analyzer-"))
-    lang = resolve_lang(lang)
-    result, stats = run_analysis(expand_inputs([str(p) for p in paths]), out, lang=lang, policy=policy,
-                                 expect=expect, jsonl=jsonl, parquet=parquet, keep=True)
-    events = events_frame(result.kept.table())
-    result.kept = None  # the DataFrame holds them now
-    return Analysis(outdir=out, run=result, events=events, hosts=stats.hosts, codes=stats.codes, stats=stats)
+    temporary = outdir is None
+    out = Path(tempfile.mkdtemp(prefix="analyzer-")) if temporary else Path(outdir)
+    try:
+        lang = resolve_lang(lang)
+        selection = make_selection(tuple(protocols), tuple(servers), since, until)
+        policy = make_policy(policy, expect)
+        result, stats = run_analysis(expand_inputs([str(p) for p in paths]), out, lang=lang, policy=policy,
+                                     jsonl=jsonl, parquet=parquet, keep=True, engine=engine, jobs=jobs,
+                                     selection=selection, uri_grouping=uri_grouping)
+        events = _api_events(events_frame(result.kept.table()), policy, uri_grouping)
+        result.kept = None  # the DataFrame holds them now
+    finally:
+        if temporary:
+            shutil.rmtree(out, ignore_errors=True)
+    analysis = Analysis(outdir=None if temporary else out, run=result, events=events, hosts=stats.hosts,
+                        codes=stats.codes, stats=stats, failing=stats.failing)
+    if errors == "raise" and result.errors:
+        exc = result.errors[0]
+        exc.analysis = analysis
+        raise exc
+    return analysis
+
+
+def _api_events(frame, policy, uri_grouping: str):
+    """events.csv's columns made convenient for pandas users (see `analyze`)."""
+    import pandas as pd
+
+    from analyzer.stats.paths import group_paths, split_requests
+
+    frame = frame.rename(columns=API_RENAMES)
+    # From the µs text rather than the float epoch, which is not exact to the µs; empty -> NaT.
+    frame["time"] = pd.to_datetime(frame["time"], format="ISO8601", utc=True, errors="coerce").astype(
+        "datetime64[ns, UTC]")
+    method, uri = split_requests(frame["request"].to_numpy(dtype=object))
+    http = (frame["protocol"] == "http").to_numpy()
+    position = frame.columns.get_loc("request") + 1
+    frame.insert(position, "method", pd.Series(method.where(http, "").to_numpy(), index=frame.index, dtype="str"))
+    frame.insert(position + 1, "uri", pd.Series(uri.where(http, "").to_numpy(), index=frame.index, dtype="str"))
+    paths = group_paths(uri) if uri_grouping == "path" else uri
+    frame.insert(position + 2, "path", pd.Series(paths.where(http, "").to_numpy(), index=frame.index, dtype="str"))
+    frame["is_error"] = policy.error_mask(frame["protocol"], frame["code"])
+    return frame
