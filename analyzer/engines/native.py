@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyzer import community_id
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
@@ -129,7 +130,13 @@ class Session:
         # connection's row goes to the caller (which writes connections.csv)
         # instead of being kept in result.connections.
         self.on_connection = on_connection
-        self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
+        keep_row = on_connection or self.result.connections.append
+
+        def connection_row(row: dict) -> None:
+            row["community_id"] = community_id.for_row(row)  # once per connection, off the packet path
+            keep_row(row)
+
+        self.table = FlowTable(emit, self.anomalies.add, connection_row)
         self.decoder = Decoder()
         self.frame = 0
         self.elsewhere = 0  # TCP packets left to another process (parallel runs)
@@ -303,6 +310,9 @@ def read_all(session, paths: list[str], progress=None) -> RunResult:
 
 def _write_connections(out: Path, rows: list[dict]) -> None:
     writer = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
+    for row in rows:  # engines that do not fill it (tshark) get it here
+        if "community_id" not in row:
+            row["community_id"] = community_id.for_row(row)
     writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in rows)
     writer.commit()
 

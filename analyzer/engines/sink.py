@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyzer import community_id
 from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
@@ -202,6 +203,8 @@ class EventSink:
         """A batch of RAW_COLUMNS, completed with `time` and the catalogue, to every consumer."""
         columns = dict(zip(raw.schema.names, raw.columns))
         columns["time"] = time_column(raw.column("epoch").to_numpy(zero_copy_only=False))
+        columns["community_id"] = community_id.column(columns["client_ip"], columns["client_port"],
+                                                      columns["server_ip"], columns["server_port"])
         annotation = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
         columns.update(zip(ANNOTATION_COLUMNS, annotation))
         batch = pa.RecordBatch.from_arrays([columns[name] for name in EVENT_SCHEMA.names], schema=EVENT_SCHEMA)

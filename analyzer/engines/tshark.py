@@ -65,6 +65,7 @@ from analyzer.events import Anomaly, Event, side_label, with_endpoints
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols import get as _protocol
 from analyzer.tcp.table import connection_id
+from analyzer import community_id
 from analyzer.engines.native import FileReport, RunResult, _size, _write_connections, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
 
@@ -411,7 +412,13 @@ class TsharkSession:
         self.events = EventSink(lang, consumers)
         self.anomalies = AnomalySink(self.out)
         self.on_event = on_event
-        self.on_connection = on_connection
+        self.on_connection = None
+        if on_connection is not None:  # live: the caller writes connections.csv, Community ID included
+            def keep_row(row: dict) -> None:
+                row["community_id"] = community_id.for_row(row)
+                on_connection(row)
+
+            self.on_connection = keep_row
         self.conns: dict[int, _Conn] = {}
         self.anomaly_counts: Counter = Counter()
         self.capture = ""

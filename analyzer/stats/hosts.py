@@ -79,12 +79,12 @@ _EVENT_DEFAULTS = {
     "server_ip": "", "server_port": 0, "code": 0, "text": "", "request": "", "host": "",
     "latency_ms": np.nan, "connection": "", "direction": "", "inferred": False, "lines": pd.NA,
     "substatus": "", "substatus_source": "", "data_bytes": pd.NA, "flags": "", "capture": "",
-    "class": "", "name": "", "meaning": "", "standard": False,
+    "community_id": "", "class": "", "name": "", "meaning": "", "standard": False,
 }
 _CONNECTION_DEFAULTS = {
     "connection": "", "protocol": "http", "client_ip": "", "client_port": 0, "server_ip": "",
     "server_port": 0, "first_epoch": np.nan, "last_epoch": np.nan, "bytes_c2s": 0, "bytes_s2c": 0,
-    "missed_bytes": 0, "gaps": 0, "state": "closed", "outcome": "", "capture": "",
+    "missed_bytes": 0, "gaps": 0, "state": "closed", "outcome": "", "capture": "", "community_id": "",
 }
 
 HOST_COLUMNS = (
