@@ -37,6 +37,11 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
                                          on_phase=bar.phase, **options)
         print_summary(stats, result.coverage(), lang=lang, clients=clients)
     status = ExitStatus.OK
+    added = result.coverage().get("decode_as_added") or []
+    if added:
+        # The tshark engine's pre-scan found servers tshark would have shown as plain TCP.
+        print("analyzer: note: tshark does not dissect these servers by itself; added "
+              + " ".join(f"--decode-as {rule}" for rule in added), file=sys.stderr)
     for exc in result.errors:
         print(f"analyzer: error: {exc}", file=sys.stderr)
     if any(isinstance(e, CaptureError) for e in result.errors):
