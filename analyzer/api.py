@@ -38,7 +38,7 @@ def resolve_lang(lang: str | None) -> str:
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
                  keylog=None, decode_as=None, progress=None, selection=None, uri_grouping: str = "path",
-                 on_phase=None):
+                 on_phase=None, bpf: str | None = None):
     """Run `engine` and write every report; returns (RunResult, StatsResult).
 
     `on_phase(name)` is told when reading ends and the statistics ("statistics")
@@ -50,8 +50,17 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
         raise UsageError("--jobs takes a number of processes (0 = all cores)")
     outputs = EventOutputs(jsonl=jsonl, parquet=parquet, keep=keep, policy=make_policy(policy, expect),
                            selection=selection, uri_grouping=uri_grouping)
-    result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
-                        progress=progress, outputs=outputs)
+    packet_filter = None
+    if bpf:
+        from analyzer.engines.bpf import PacketFilter
+
+        packet_filter = PacketFilter(bpf)  # a bad expression fails here, before any output
+    try:
+        result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
+                            progress=progress, outputs=outputs, packet_filter=packet_filter)
+    finally:
+        if packet_filter is not None:
+            packet_filter.close()
     # pandas comes in only now: during the run it would sit beside the connection table.
     from analyzer.outputs.reports import build_and_write
 
@@ -68,7 +77,8 @@ API_RENAMES = {"class": "code_class", "flags": "anomaly_flags"}
 
 def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,
             parquet: bool = False, engine: str = "native", jobs: int = 1, errors: str = "raise",
-            protocols=(), servers=(), since=None, until=None, uri_grouping: str = "path") -> Analysis:
+            protocols=(), servers=(), since=None, until=None, uri_grouping: str = "path",
+            bpf: str | None = None) -> Analysis:
     """Analyse captures and return the tables the files hold, as DataFrames.
 
     `paths` is a path or a list of them (files, directories, "-").  Reports
@@ -86,7 +96,8 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
     `method`, `uri` and `path` (grouped as in the failing-paths table) split
     from `request`, a boolean `is_error` under the active policy, and
     `class`/`flags` renamed `code_class`/`anomaly_flags` (API_RENAMES).
-    The selection arguments are `--protocol`, `--server`, `--since`/`--until`.
+    The selection arguments are `--protocol`, `--server`, `--since`/`--until`
+    and `-f` (`bpf`, a libpcap capture filter on the packets).
     """
     import os
     import shutil
@@ -107,7 +118,7 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
         policy = make_policy(policy, expect)
         result, stats = run_analysis(expand_inputs([str(p) for p in paths]), out, lang=lang, policy=policy,
                                      jsonl=jsonl, parquet=parquet, keep=True, engine=engine, jobs=jobs,
-                                     selection=selection, uri_grouping=uri_grouping)
+                                     selection=selection, uri_grouping=uri_grouping, bpf=bpf)
         events = _api_events(events_frame(result.kept.table()), policy, uri_grouping)
         result.kept = None  # the DataFrame holds them now
     finally:

@@ -90,6 +90,26 @@ def test_server_selection_takes_ipv6_in_brackets(tmp_path):
     assert events(tmp_path) == [r for r in rows if r["server_ip"] == "::1"]
 
 
+def test_bpf_filter_on_files_keeps_wireshark_frame_numbers(tmp_path):
+    rows = golden(NGINX)
+    port = rows[0]["server_port"]
+    proc = analyzer("analyze", NGINX, "-o", tmp_path, "-q", "-f", f"ip6 and tcp port {port}")
+    assert proc.returncode == 0, proc.stderr
+    want = [r for r in rows if r["server_ip"] == "::1"]
+    assert want and events(tmp_path) == want                            # same frames as unfiltered
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-f", "tcp prt 80"], "-f 'tcp prt 80': can't parse filter expression: syntax error"),
+    (["-f", "tcp", "--engine", "tshark"], "-f on capture files needs --engine native (tshark takes display filters)"),
+])
+def test_bad_bpf_is_a_usage_error(tmp_path, args, message):
+    proc = analyzer("analyze", NGINX, "-o", tmp_path / "out", *args)
+    assert proc.returncode == 2
+    assert one_line_error(proc) == f"analyzer: error: {message}"
+    assert not (tmp_path / "out").exists()                               # nothing written
+
+
 def test_explain_does_not_repeat_its_labels():
     for lang, label in (("en", "REST APIs: "), ("zh", "REST API 用法: ")):
         out = analyzer("explain", "--lang", lang, "404").stdout.decode()

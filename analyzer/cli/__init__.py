@@ -46,6 +46,9 @@ def _analyze_parser(sub) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
     p.add_argument("--clients", action="store_true", help="also list client rows in the terminal summary")
     select = p.add_argument_group("selection (events kept in every output; connections.csv keeps all)")
+    select.add_argument("-f", "--filter", dest="bpf", metavar="BPF",
+                        help="capture filter applied to the files' packets, as tcpdump -r FILE EXPR "
+                             "(libpcap syntax, e.g. 'tcp port 8080'; frame numbers stay the file's)")
     select.add_argument("--protocol", action="append", default=[], choices=("http", "ftp", "websocket"),
                         help="only this protocol's events (repeatable)")
     select.add_argument("--server", action="append", default=[], metavar="IP[:PORT]",
@@ -106,7 +109,7 @@ def cmd_analyze(args) -> int:
     return run_and_report(
         captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
-        selection=selection, uri_grouping=args.uris, clients=args.clients, **engine_options(args),
+        selection=selection, uri_grouping=args.uris, clients=args.clients, bpf=args.bpf, **engine_options(args),
     )
 
 

@@ -13,7 +13,8 @@ from analyzer.errors import CaptureError, ExitStatus, InputError
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
-                   decode_as=None, selection=None, uri_grouping: str = "path", clients: bool = False) -> int:
+                   decode_as=None, selection=None, uri_grouping: str = "path", clients: bool = False,
+                   bpf: str | None = None) -> int:
     from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -26,7 +27,7 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
                    engine=engine, keylog=keylog, decode_as=decode_as, selection=selection,
-                   uri_grouping=uri_grouping)
+                   uri_grouping=uri_grouping, bpf=bpf)
     if quiet:
         result, stats = run_analysis(paths, outdir, **options)
     else:

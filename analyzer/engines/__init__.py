@@ -29,6 +29,10 @@ def run(engine: str, paths: list[str], outdir, **options):
 
                 raise UsageError(f"--{name.replace('_', '-')} needs --engine tshark")
         jobs = options.pop("jobs", 1) or 1
+        if options.get("packet_filter") is None:
+            options.pop("packet_filter", None)
+        else:
+            jobs = 1  # -f: the filter runs in this process (parallel workers read unfiltered)
         if jobs > 1 and options.get("on_event") is None:
             from analyzer.engines.parallel import run_parallel, worth_it
 
@@ -41,6 +45,10 @@ def run(engine: str, paths: list[str], outdir, **options):
         from analyzer.engines.tshark import run as tshark_run
 
         options.pop("jobs", None)  # one tshark process per file; no partitioning
+        if options.pop("packet_filter", None) is not None:
+            from analyzer.errors import UsageError
+
+            raise UsageError("-f on capture files needs --engine native (tshark takes display filters)")
         return tshark_run(paths, outdir, **options)
     from analyzer.errors import UsageError
 

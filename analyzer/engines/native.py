@@ -109,8 +109,10 @@ class Session:
     """
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
-                 stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None) -> None:
+                 stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None,
+                 packet_filter=None) -> None:
         self.started = time.perf_counter()
+        self.packet_filter = packet_filter  # engines.bpf.PacketFilter (-f on files), or None
         self.out = Path(outdir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.result = RunResult(outdir=self.out)
@@ -177,12 +179,15 @@ class Session:
             others = _other_share(*partition)
         frame = 0
         ts = None
+        keep = self.packet_filter.keep if self.packet_filter is not None else None
         try:
             with open_capture(path) as reader:
                 report.format, report.compression = reader.format, reader.compression
                 next_tick = 1
                 for ts, linktype, data, wirelen in reader:
                     frame += 1
+                    if keep is not None and not keep(linktype, data, wirelen):
+                        continue  # -f: left out, but still a frame (numbers stay Wireshark's)
                     if others is not None and linktype == 1 and others(data):
                         self.elsewhere += 1  # another process dissects it
                         continue
@@ -280,7 +285,7 @@ def _mix(key: int) -> int:
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
-        on_event=None, outputs: EventOutputs | None = None) -> RunResult:
+        on_event=None, outputs: EventOutputs | None = None, packet_filter=None) -> RunResult:
     """Analyse `paths` into `outdir` in this process; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
@@ -289,7 +294,8 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     is still finalised and written (`result.interrupted`).  Several
     processes: analyzer.engines.run(..., jobs=N).
     """
-    return read_all(Session(outdir, lang=lang, on_event=on_event, outputs=outputs), paths, progress)
+    session = Session(outdir, lang=lang, on_event=on_event, outputs=outputs, packet_filter=packet_filter)
+    return read_all(session, paths, progress)
 
 
 def read_all(session, paths: list[str], progress=None) -> RunResult:
