@@ -38,7 +38,7 @@ def resolve_lang(lang: str | None) -> str:
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
                  keylog=None, decode_as=None, progress=None, selection=None, uri_grouping: str = "path",
-                 on_phase=None, bpf: str | None = None):
+                 on_phase=None, bpf: str | None = None, counters=None):
     """Run `engine` and write every report; returns (RunResult, StatsResult).
 
     `on_phase(name)` is told when reading ends and the statistics ("statistics")
@@ -57,7 +57,7 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
         packet_filter = PacketFilter(bpf)  # a bad expression fails here, before any output
     try:
         result = engine_run(engine, paths, outdir, lang=lang, jobs=jobs, keylog=keylog, decode_as=decode_as,
-                            progress=progress, outputs=outputs, packet_filter=packet_filter)
+                            progress=progress, outputs=outputs, packet_filter=packet_filter, counters=counters)
     finally:
         if packet_filter is not None:
             packet_filter.close()

@@ -132,6 +132,15 @@ def test_progress_names_what_runs_after_reading():
     assert "statistics and reports" in tty.getvalue()
 
 
+def test_progress_counts_packets_and_events():
+    tty = FakeTTY()
+    with progress(10**9, stream=tty) as bar:
+        bar.counters.packets, bar.counters.events = 123_456, 789
+        bar.update(5 * 10**8)
+    text = tty.getvalue()
+    assert "123,456 packets · 789 events ·" in text and "pkt/s" in text
+
+
 def test_stdin_gets_a_counter():
     tty = FakeTTY()
     with progress(0, stream=tty, stdin=True) as bar:

@@ -35,7 +35,7 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
 
         with progress(sum(_size(p) for p in paths), stdin="-" in paths) as bar:
             result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done),
-                                         on_phase=bar.phase, **options)
+                                         on_phase=bar.phase, counters=bar.counters, **options)
         print_summary(stats, result.coverage(), lang=lang, clients=clients)
     status = ExitStatus.OK
     added = result.coverage().get("decode_as_added") or []

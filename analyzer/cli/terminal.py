@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import time
 
 from rich import box
 from rich.console import Console
@@ -226,7 +227,17 @@ def _print_hosts(stats, console: Console, t, role: str) -> None:
     console.print(table)
 
 
+class Counters:
+    """What a single-process run reports besides bytes (engines/native.py fills it now and then)."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.events = 0
+
+
 class _NoProgress:
+    counters = None
+
     def update(self, bytes_read: int) -> None:
         pass
 
@@ -241,10 +252,15 @@ class _Progress:
     def __init__(self, bar, task) -> None:
         self._bar = bar
         self._task = task
+        self.counters = Counters()
+        self._started = time.monotonic()
 
     def update(self, bytes_read: int) -> None:
         """`bytes_read`: bytes read so far (absolute, not an increment)."""
-        self._bar.update(self._task, completed=bytes_read)
+        c = self.counters
+        rate = c.packets / max(time.monotonic() - self._started, 1e-3)
+        self._bar.update(self._task, completed=bytes_read,
+                         counts=f"{c.packets:,} packets · {c.events:,} events · {rate:,.0f} pkt/s" if c.packets else "")
 
     def advance(self, nbytes: int) -> None:
         self._bar.advance(self._task, nbytes)
@@ -277,6 +293,7 @@ def progress(total_bytes: int | None, *, stream=None, min_bytes: int = PROGRESS_
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())
         total = total_bytes
-    bar = Progress(*columns, console=Console(file=stream), transient=True)
+    counts = TextColumn("{task.fields[counts]}")  # packets, events, packets/s (one process only)
+    bar = Progress(*columns, counts, console=Console(file=stream), transient=True)
     with bar:
-        yield _Progress(bar, bar.add_task("reading", total=total))
+        yield _Progress(bar, bar.add_task("reading", total=total, counts=""))

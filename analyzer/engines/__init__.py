@@ -37,6 +37,7 @@ def run(engine: str, paths: list[str], outdir, **options):
             from analyzer.engines.parallel import run_parallel, worth_it
 
             if worth_it(paths, jobs):
+                options.pop("counters", None)  # workers report bytes only
                 return run_parallel(paths, outdir, jobs=jobs, **options)
         from analyzer.engines.native import run as native_run
 
@@ -45,6 +46,7 @@ def run(engine: str, paths: list[str], outdir, **options):
         from analyzer.engines.tshark import run as tshark_run
 
         options.pop("jobs", None)  # one tshark process per file; no partitioning
+        options.pop("counters", None)
         if options.pop("packet_filter", None) is not None:
             from analyzer.errors import UsageError
 

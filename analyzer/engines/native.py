@@ -110,8 +110,9 @@ class Session:
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
                  stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None,
-                 packet_filter=None) -> None:
+                 packet_filter=None, counters=None) -> None:
         self.started = time.perf_counter()
+        self.counters = counters  # an object with .packets/.events the progress display reads, or None
         self.packet_filter = packet_filter  # engines.bpf.PacketFilter (-f on files), or None
         self.out = Path(outdir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +199,9 @@ class Session:
                         next_tick = frame + 20000
                         if result.first_epoch is None:
                             result.first_epoch = ts
+                        if self.counters is not None:
+                            self.counters.packets = result.packets + frame
+                            self.counters.events = self.events.count
                         if progress is not None:
                             progress(done_before + (reader.bytes_read or 0), total)
         except AnalyzerError as exc:
@@ -285,7 +289,7 @@ def _mix(key: int) -> int:
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
-        on_event=None, outputs: EventOutputs | None = None, packet_filter=None) -> RunResult:
+        on_event=None, outputs: EventOutputs | None = None, packet_filter=None, counters=None) -> RunResult:
     """Analyse `paths` into `outdir` in this process; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
@@ -294,7 +298,8 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     is still finalised and written (`result.interrupted`).  Several
     processes: analyzer.engines.run(..., jobs=N).
     """
-    session = Session(outdir, lang=lang, on_event=on_event, outputs=outputs, packet_filter=packet_filter)
+    session = Session(outdir, lang=lang, on_event=on_event, outputs=outputs, packet_filter=packet_filter,
+                      counters=counters)
     return read_all(session, paths, progress)
 
 
