@@ -251,3 +251,12 @@ def test_filter_box_under_the_csp(nginx_report, tmp_path):
     assert shown == ["::1"] * len(shown) and shown and hidden
     assert re.search(r'id="filter-n">\d+ / \d+<', dom)
     assert 'class="failing-row filtered"' in dom                          # 127.0.0.1 rows hidden there too
+
+
+def test_server_charts_show_the_exact_first_error():
+    from analyzer.outputs.html import render_html
+
+    r = compute(events_frame(api_capture()))
+    page = render_html(r, {}, "en")
+    chart = page.split('<h4 class="mono">192.0.2.1<small>')[1].split("</small>")[0]
+    assert chart.endswith(" 2023-11-14 22:13:27.000")                  # t0+7 s, not the bucket's start

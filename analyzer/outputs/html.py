@@ -543,6 +543,17 @@ def _code_counts(text: str) -> list[tuple[str, int]]:
     return out
 
 
+def _exact_first_errors(sparks: list, stats) -> None:
+    """Each server chart's "first error": the exact time of its first error, not its bucket's start."""
+    failing = getattr(stats, "failing", None)
+    if failing is None or not len(failing):
+        return
+    first = failing.groupby("server_ip")["first_error_epoch"].min()
+    for chart in sparks:
+        if chart["label"] in first.index:
+            chart["first_error"] = fmt_exact(iso(float(first[chart["label"]])))
+
+
 def _num(value) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return -1.0
@@ -803,6 +814,7 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
     series, sparks = _series(stats, s.get("first_epoch"), s.get("last_epoch"))
     host_rows, host_total = _host_rows(stats)
     failing, failing_total = _failing_rows(stats, names)
+    _exact_first_errors(sparks, stats)
     uris = []
     for row in stats.top_failing_uris.head(MAX_TABLE_ROWS).to_dict("records") if len(stats.top_failing_uris) else []:
         text = names.get(("http", int(row["code"])), {"en": ("", ""), "zh": ("", "")})
