@@ -260,3 +260,22 @@ def test_server_charts_show_the_exact_first_error():
     page = render_html(r, {}, "en")
     chart = page.split('<h4 class="mono">192.0.2.1<small>')[1].split("</small>")[0]
     assert chart.endswith(" 2023-11-14 22:13:27.000")                  # t0+7 s, not the bucket's start
+
+
+@needs_chromium
+def test_host_table_fits_1400_px_with_long_names(tmp_path):
+    from analyzer.outputs.html import render_html
+    from tests.test_html_report import dataset
+
+    stats, coverage = dataset(n=1500)
+    page = tmp_path / "report.html"
+    page.write_text(render_html(stats, coverage, "zh"), encoding="utf-8")   # the wider labels
+    proc = chromium(tmp_path, page.as_uri(), "--dump-dom", "--window-size=1400,1800")
+    wraps = re.findall(r'<div class="tablewrap([^"]*)">\s*<table[^>]*id="(failing-table|host-table)"', proc.stdout)
+    assert [name for _, name in wraps] == ["failing-table", "host-table"]
+    assert all("scrolls" not in cls for cls, _ in wraps), wraps
+    # The detector itself works: at 700 px (no phone layout yet) the host table must scroll.
+    proc = chromium(tmp_path, page.as_uri(), "--dump-dom", "--window-size=700,1800")
+    narrow = dict((name, cls) for cls, name in re.findall(
+        r'<div class="tablewrap([^"]*)">\s*<table[^>]*id="(failing-table|host-table)"', proc.stdout))
+    assert "scrolls" in narrow["host-table"]
