@@ -70,6 +70,11 @@ LABELS = {
     "anomalies": ("anomalies", "异常"), "limits hit": ("limits hit", "触及的限制"),
     "unit responses": ("responses", "个响应"), "unit replies": ("replies", "个应答"),
     "unit close frames": ("close frames", "个关闭帧"), "unit events": ("events", "个事件"),
+    "counted": ("events are ", "事件："),
+    "counted as": ("{protocol} {unit}", "{protocol} 为{unit}"),
+    "list separator": (", ", "，"),
+    "noun responses": ("responses", "响应"), "noun replies": ("replies", "应答"),
+    "noun close frames": ("close frames (both directions)", "关闭帧（双向）"), "noun events": ("events", "事件"),
     "outputs written": ("outputs written to {path}/", "输出已写入 {path}/"),
     "ws connections": ("WebSocket connections ended abnormally: {failed} of {ended} (the rate above counts close "
                        "frames of both directions)",
@@ -108,17 +113,21 @@ def print_summary(stats, coverage: dict | None = None, console: Console | None =
     for col in ("protocol", "events", "errors", "error rate", "connections", "servers", "clients"):
         head.add_column(t(col), justify="left" if col == "protocol" else "right")
     ws_note = None
+    units = []
     for name, entry in protos.items():
         if not entry.get("events") and not entry.get("connections"):
             continue
         rate = entry.get("error_rate")
         style = "red" if rate and rate >= 0.05 else ("yellow" if rate else "green")
-        head.add_row(f"{name} ({t('unit ' + entry.get('unit', 'events'))})", _count(entry["events"]),
-                     _count(entry["errors"]), Text(_pct(rate), style=style), _count(entry["connections"]),
+        units.append(t("counted as", protocol=name, unit=t("noun " + entry.get("unit", "events"))))
+        head.add_row(name, _count(entry["events"]), _count(entry["errors"]), Text(_pct(rate), style=style), _count(entry["connections"]),
                      _count(entry["servers"]), _count(entry["clients"]))
         if name == "websocket" and entry.get("connections_ended"):
             ws_note = t("ws connections", failed=_count(entry["connections_failed"]),
                         ended=_count(entry["connections_ended"]))
+    if units:
+        head.caption = t("counted") + t("list separator").join(units)
+        head.caption_justify = "left"
     console.print(head)
     if ws_note:
         console.print(ws_note, highlight=False)
