@@ -84,6 +84,7 @@ TEXT = {
     "failed_logins_h": ("Failed logins", "登录失败"),
     "first_seen": ("First seen", "首次出现"),
     "last_seen": ("Last seen", "最后出现"),
+    "seen": ("First → last seen", "首次 → 最后出现"),
     "server": ("server", "服务器"),
     "client": ("client", "客户端"),
     "server_h": ("Server", "服务器"),
@@ -141,6 +142,10 @@ TEXT = {
     "error_codes": ("Error codes", "错误码"),
     "top_codes": ("Top codes", "主要代码"),
     "failing_paths": ("Top failing paths", "失败最多的路径"),
+    "paths_hint": ("Grouped by path: query strings dropped, ID-like segments as {id}, {uuid}, {hex} "
+                   "(--uris full keeps whole URIs; events.csv has every raw request).",
+                   "按路径归并：去掉查询串，类似 ID 的路径段记为 {id}、{uuid}、{hex}（--uris full 保留完整 URI；"
+                   "events.csv 保留每个原始请求）。"),
     "last_error": ("last error", "最后一个错误"),
     "first_last": ("First → last error", "第一个 → 最后一个错误"),
     "frame": ("frame", "帧"),
@@ -819,6 +824,8 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
     for row in stats.top_failing_uris.head(MAX_TABLE_ROWS).to_dict("records") if len(stats.top_failing_uris) else []:
         text = names.get(("http", int(row["code"])), {"en": ("", ""), "zh": ("", "")})
         uris.append({**row, "uri_short": _clip(row["uri"], MAX_URI_SHOWN), "count": int(row["count"]),
+                     "endpoint": endpoint_label(row["server_ip"], row.get("server_port", 0) or 0)
+                     if row.get("server_port") else row["server_ip"],
                      "name_en": text["en"][0], "name_zh": text["zh"][0]})
     logins = stats.ftp_logins.head(MAX_TABLE_ROWS).to_dict("records") if len(stats.ftp_logins) else []
     ws_rows = []
@@ -836,7 +843,7 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en") -> str:
         duration=fmt_duration(s.get("duration_s")), version=coverage.get("version", ""),
         engine=coverage.get("engine", ""), cards=_cards(stats, coverage), code_charts=code_charts,
         series=series, sparks=sparks, failing=failing, failing_total=failing_total, hosts=host_rows, host_total=host_total, uris=uris,
-        uri_total=len(stats.top_failing_uris), logins=logins, ws_rows=ws_rows,
+        uri_total=len(stats.top_failing_uris), uri_grouping=s.get("uri_grouping", "path"), logins=logins, ws_rows=ws_rows,
         coverage=_coverage(stats, coverage), glossary=_glossary(stats, names), policy=policy,
         bilingual=bilingual, max_rows=MAX_TABLE_ROWS, fmt_count=fmt_count,
         step=_step_label(int(s.get("bucket_seconds") or 1)), class_label=class_label,

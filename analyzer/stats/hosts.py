@@ -938,7 +938,7 @@ class StatsAccumulator:
         return {
             "events": total, "errors": errors, "error_rate": (errors / total) if total else None,
             "first_epoch": first, "last_epoch": last, "first": iso(first), "last": iso(last),
-            "duration_s": duration, "bucket_seconds": self._step,
+            "duration_s": duration, "bucket_seconds": self._step, "uri_grouping": self.uri_grouping,
             "protocols": protocols, "coverage": cov, "policy": self.policy.describe(),
             "limits": {
                 "host_names_dropped": self.host_names_dropped,
