@@ -200,3 +200,18 @@ def test_client_rows_on_request(tmp_path):
                                 f"--lang en --clients -j1")
     lines = [l.rstrip() for l in screen.splitlines()]
     assert lines.index("Servers") < lines.index("Clients")
+
+
+def test_selection_is_the_same_in_a_parallel_run(tmp_path, monkeypatch):
+    """The parent applies the selection when it merges the workers' parts."""
+    from analyzer.api import run_analysis
+    from analyzer.engines import parallel
+    from analyzer.engines.selection import make_selection
+
+    rows = golden(NGINX)
+    port = rows[0]["server_port"]
+    selection = make_selection(["http"], [f"[::1]:{port}"])
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 0)              # small file, two processes anyway
+    result, stats = run_analysis([str(NGINX)], tmp_path, lang="en", jobs=2, selection=selection)
+    assert events(tmp_path) == [r for r in rows if r["server_ip"] == "::1"]
+    assert stats.summary["events"] == len([r for r in rows if r["server_ip"] == "::1"])
