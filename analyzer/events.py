@@ -24,7 +24,7 @@ CONTRACT_COLUMNS = (
 # Columns that follow the contract ones (stable order, documented in README).
 EXTRA_COLUMNS = (
     "direction", "inferred", "lines", "substatus", "substatus_source",
-    "data_bytes", "flags", "capture",
+    "data_bytes", "flags", "capture", "community_id",
 )
 # What the catalogue adds to every event (one join on protocol, code, substatus).
 ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
@@ -39,18 +39,21 @@ EVENT_TYPES = {
     "code": "int64", "text": "string", "request": "string", "host": "string",
     "latency_ms": "float64", "connection": "string", "direction": "string", "inferred": "bool",
     "lines": "int64", "substatus": "string", "substatus_source": "string", "data_bytes": "int64",
-    "flags": "string", "capture": "string", "class": "string", "name": "string",
+    "flags": "string", "capture": "string", "community_id": "string", "class": "string", "name": "string",
     "meaning": "string", "standard": "bool",
 }
 # connections.csv: one row per dissected TCP connection (tcp.table.Connection.row).
 CONNECTION_COLUMNS = (
     "connection", "protocol", "client_ip", "client_port", "server_ip", "server_port",
     "first_epoch", "last_epoch", "bytes_c2s", "bytes_s2c", "missed_bytes", "gaps", "state",
-    "outcome", "capture",
+    "outcome", "capture", "community_id",
 )
+# Columns the sink derives per batch: `time` from epoch, `community_id`
+# (analyzer/community_id.py) from the endpoints.
+DERIVED_COLUMNS = ("time", "community_id")
 # Columns an engine fills from an (Event, endpoints) pair, in the order of
-# `event_values`; `time` and the annotation are derived per batch.
-RAW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "time" and c not in ANNOTATION_COLUMNS)
+# `event_values`; the derived ones and the annotation are added per batch.
+RAW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in DERIVED_COLUMNS and c not in ANNOTATION_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,12 @@ def test_only_the_csv_is_neutralised(hostile):
 def test_api_frame_types(hostile):
     _, result = hostile
     events = result.events
-    assert list(events.columns) == list(EVENT_COLUMNS)
+    from analyzer.api import API_RENAMES
+
+    derived = ["method", "uri", "path"]
+    expected = [API_RENAMES.get(c, c) for c in EVENT_COLUMNS]
+    at = expected.index("request") + 1
+    assert list(events.columns) == expected[:at] + derived + expected[at:] + ["is_error"]
     assert str(events["lines"].dtype) == "Int64" and events["lines"].isna().all()
     assert events["inferred"].dtype == bool and events["code"].tolist() == [404] * len(REASONS)
     assert events["latency_ms"].dtype == float

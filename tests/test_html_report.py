@@ -147,7 +147,7 @@ def test_page_structure_and_csp():
     assert csp and "default-src 'none'" in csp[0] and f"'{script_hash()}'" in csp[0]
     assert "unsafe-inline" not in csp[0].split("script-src")[1].split(";")[0]
     ids = {a.get("id") for _, a in doc.tags}
-    for section in ("cards", "codes", "timeline", "hosts", "uris", "ftp", "websocket", "coverage", "glossary",
+    for section in ("cards", "failing", "failing-table", "codes", "timeline", "hosts", "uris", "ftp", "websocket", "coverage", "glossary",
                     "host-table", "uri-table", "ftp-table", "ws-table", "glossary-table"):
         assert section in ids, section
     charts = [a for t, a in doc.tags if t == "svg" and "chart" in a.get("class", "")]
@@ -155,8 +155,9 @@ def test_page_structure_and_csp():
     assert len([a for a in charts if "series-chart" in a["class"]]) >= 3
     assert sum(1 for t, a in doc.tags if t == "rect") > 100             # real bars, not tables pretending
     text = "".join(doc.text)
-    for key in ("title", "codes_title", "timeline", "host_table", "uris_title", "ftp_title", "ws_title",
-                "coverage", "glossary", "error_rate", "first_seen"):
+    for key in ("title", "failing_title", "codes_title", "timeline", "host_table", "failing_paths", "ftp_title",
+                "ws_title",
+                "coverage", "glossary", "error_rate", "seen"):
         assert TEXT[key][0] in text, key
     for en, zh in TEXT.values():                                         # every UI string shown in both languages
         if en in text:

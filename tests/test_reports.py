@@ -224,7 +224,7 @@ def test_terminal_summary_escapes_wire_strings():
     console = Console(record=True, width=140, force_terminal=False)
     print_summary(stats, {"packets_read": 500, "anomalies": {"odd_thing": 3}}, console=console)
     text = console.export_text()
-    assert "Hosts with most errors" in text and "Codes" in text and "Coverage" in text
+    assert "What is failing" in text and "Servers" in text and "Codes" in text and "Coverage" in text
     assert "[bold red]x" in text                              # shown literally, not as markup
     assert "\x1b" not in text
     assert "packets read 500" in text and "odd_thing 3" in text

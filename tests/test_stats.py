@@ -112,8 +112,8 @@ def test_tables_hand_checked():
     assert (nf["class"], nf["name"], nf["meaning"]) == ("4xx", "Not Found", "nothing there")
     assert http[http["code"] == 200].iloc[0]["class"] == "2xx"          # fallback class when unannotated
     assert r.top_failing_uris.to_dict("records")[:2] == [
-        {"server_ip": S1, "host": "a.example", "uri": "/x", "code": 404, "count": 1},
-        {"server_ip": S1, "host": "b.example", "uri": "/y", "code": 503, "count": 1}]
+        {"server_ip": S1, "server_port": 0, "host": "a.example", "uri": "/x", "code": 404, "count": 1},
+        {"server_ip": S1, "server_port": 0, "host": "b.example", "uri": "/y", "code": 503, "count": 1}]
     assert len(r.top_failing_uris) == 2                                 # the 401 had no request: no URI
     logins = {(x["user"], x["failed"], x["succeeded"]) for x in r.ftp_logins.to_dict("records")}
     assert logins == {("bob", 2, 0), ("root", 1, 0), ("alice", 0, 1)}
@@ -243,7 +243,7 @@ def test_host_names_and_failing_uris_are_bounded():
     rows += [dict(epoch=300.0 + i, protocol="http", client_ip=C1, server_ip=S1, code=500, host="h0.example",
                   request="GET /hot HTTP/1.1") for i in range(50)]
     events = events_frame(rows)
-    acc = StatsAccumulator(max_host_names=3, max_failing_uris=40)
+    acc = StatsAccumulator(max_host_names=3, max_failing_uris=40, uri_grouping="full")  # /scan/{id} otherwise
     for lo in range(0, len(events), 25):
         acc.add_events(events.iloc[lo:lo + 25])
     r = acc.finish({})

@@ -19,6 +19,7 @@ EPILOG_ANALYZE = """examples:
   analyzer analyze capture.pcapng -o out/
   analyzer analyze day1.pcap.gz day2.pcap.zst -o out/ --fail-on 'http.5xx>1%'
   tcpdump -w - -i eth0 port 80 | analyzer analyze - -o out/
+  analyzer analyze -r capture.pcapng --server 10.0.0.5:443 --since 2024-05-01T08:00:00Z --protocol http
 """
 
 
@@ -29,8 +30,10 @@ def _analyze_parser(sub) -> None:
                     "with its request, and write events.csv, hosts.csv, codes.csv, report.html.",
         epilog=EPILOG_ANALYZE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("captures", nargs="+", metavar="CAPTURE",
+    p.add_argument("captures", nargs="*", metavar="CAPTURE",
                    help="capture files or directories of them; '-' reads standard input")
+    p.add_argument("-r", "--read-file", action="append", default=[], dest="read_files", metavar="CAPTURE",
+                   help="a capture to read, as with tshark -r (repeatable; same as a CAPTURE argument)")
     p.add_argument("-o", "--outdir", default="analyzer-report", help="output directory (default: %(default)s)")
     p.add_argument("--lang", choices=("en", "zh"), default=None,
                    help="language of meanings in the outputs (default: from the locale, else en)")
@@ -48,6 +51,20 @@ def _analyze_parser(sub) -> None:
     p.add_argument("--metrics-servers", type=int, default=None, metavar="N",
                    help="servers with their own metrics label; later ones count as server=\"other\" (default: 50)")
     p.add_argument("-q", "--quiet", action="store_true", help="no terminal summary or progress bar")
+    p.add_argument("--clients", action="store_true", help="also list client rows in the terminal summary")
+    select = p.add_argument_group("selection (events kept in every output; connections.csv keeps all)")
+    select.add_argument("-f", "--filter", dest="bpf", metavar="BPF",
+                        help="capture filter applied to the files' packets, as tcpdump -r FILE EXPR "
+                             "(libpcap syntax, e.g. 'tcp port 8080'; frame numbers stay the file's)")
+    select.add_argument("--protocol", action="append", default=[], choices=("http", "ftp", "websocket"),
+                        help="only this protocol's events (repeatable)")
+    select.add_argument("--server", action="append", default=[], metavar="IP[:PORT]",
+                        help="only events of this server, e.g. 10.0.0.5, 10.0.0.5:8080, [2001:db8::1]:443 (repeatable)")
+    select.add_argument("--since", metavar="TIME", help="only events at or after TIME (ISO 8601, UTC unless an "
+                                                        "offset is given, or epoch seconds)")
+    select.add_argument("--until", metavar="TIME", help="only events before TIME")
+    p.add_argument("--uris", choices=("path", "full"), default="path",
+                   help="failing URIs grouped by path, query dropped and IDs as {id} (default), or full URIs"),
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
     p.add_argument("--engine", choices=("native", "tshark"), default="native",
@@ -89,17 +106,36 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_analyze(args) -> int:
     from analyzer.cli.analyze import run_and_report
 
+    from analyzer.engines.selection import make_selection
+    from analyzer.errors import UsageError
+
+    captures = list(args.read_files) + list(args.captures)
+    if not captures:
+        raise UsageError("no capture given: name files, directories, '-' for stdin, or -r FILE")
+    selection = make_selection(args.protocol, args.server, args.since, args.until)
     return run_and_report(
-        args.captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
+        captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
-        metrics_file=args.metrics_file, metrics_servers=args.metrics_servers, **engine_options(args),
+        metrics_file=args.metrics_file, metrics_servers=args.metrics_servers,
+        selection=selection, uri_grouping=args.uris, clients=args.clients, bpf=args.bpf, **engine_options(args),
     )
+
+
+def _subcommand(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser | None:
+    for action in parser._actions:  # argparse keeps its subparsers here, public API has no accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, "command", None))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # An unknown option belongs to the subcommand: show its usage, not the top-level one.
+            command = _subcommand(parser, args)
+            (command or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # argparse already printed its message
         return int(exc.code) if isinstance(exc.code, int) else ExitStatus.USAGE
     try:

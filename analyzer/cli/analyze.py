@@ -16,7 +16,8 @@ from analyzer.outputs.visible import visible
 
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
-                   decode_as=None, metrics_file=None, metrics_servers=None) -> int:
+                   decode_as=None, metrics_file=None, metrics_servers=None, selection=None,
+                   uri_grouping: str = "path", clients: bool = False, bpf: str | None = None) -> int:
     from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -39,7 +40,8 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         metrics = EventMetrics(policy, max_servers=check_servers(metrics_servers),
                                info={"version": __version__, "engine": engine, "interface": "", "filter": ""})
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
-                   engine=engine, keylog=keylog, decode_as=decode_as, also=(metrics,) if metrics else ())
+                   engine=engine, keylog=keylog, decode_as=decode_as, also=(metrics,) if metrics else (),
+                   selection=selection, uri_grouping=uri_grouping, bpf=bpf)
     # SIGINT/SIGTERM stop the reading; what was read is written, marked partial.
     interrupt.install()
     try:
@@ -48,11 +50,11 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         else:
             from analyzer.cli.terminal import print_summary, progress
 
-            with progress(sum(_size(p) for p in paths)) as bar:
+            with progress(sum(_size(p) for p in paths), stdin="-" in paths) as bar:
                 result, stats = run_analysis(paths, outdir, progress=lambda done, total: bar.update(done),
-                                             **options)
+                                             on_phase=bar.phase, counters=bar.counters, **options)
             if stats is not None:
-                print_summary(stats, result.coverage())
+                print_summary(stats, result.coverage(), lang=lang, clients=clients)
     finally:
         interrupt.uninstall()
     status = ExitStatus.OK
@@ -62,6 +64,11 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
             metrics.write_textfile(metrics_file)
         except OSError as exc:
             result.errors.append(InputError(f"--metrics-file {metrics_file}: cannot write ({exc.strerror or exc})"))
+    added = result.coverage().get("decode_as_added") or []
+    if added:
+        # The tshark engine's pre-scan found servers tshark would have shown as plain TCP.
+        print("analyzer: note: tshark does not dissect these servers by itself; added "
+              + " ".join(f"--decode-as {rule}" for rule in added), file=sys.stderr)
     for exc in result.errors:
         print(f"analyzer: error: {visible(str(exc))}", file=sys.stderr)
     note = undecoded_note(result.packets, result.skipped)
@@ -86,7 +93,9 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         print(f"analyzer: interrupted ({signal.Signals(interrupt.exit_signal()).name}); "
               f"what was read is written to {where}, marked partial", file=sys.stderr)
     elif not quiet:
-        print(f"outputs written to {where}", file=sys.stderr)
+        from analyzer.cli.terminal import label
+
+        print(label(lang, "outputs written", path=visible(str(Path(outdir).resolve()))), file=sys.stderr)
     if result.interrupted:
         return interrupted_status()
     return int(status)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import os
 import sys
 
@@ -55,6 +56,9 @@ CATALOG_EPILOG = """examples:
   analyzer catalog --format csv --lang zh > codes.csv
   analyzer catalog --protocol ftp --format json
 """
+
+
+_REST_LABEL = re.compile(r"^\s*REST\s*APIs?\s*(用法)?\s*[:：]\s*", re.IGNORECASE)
 
 
 def register(subparsers) -> None:
@@ -143,7 +147,9 @@ def explain_command(args) -> int:
         out.append(f"{text['history']}: {meaning.history(lang)}")
     if meaning.rest_hint(lang):
         out.append("")
-        out.append(f"{text['rest']}: {meaning.rest_hint(lang)}")
+        # Some catalogue hints already open with their own "REST APIs:" label.
+        hint = _REST_LABEL.sub("", meaning.rest_hint(lang))
+        out.append(f"{text['rest']}: {hint}")
     for other in also:
         out.append("")
         out.append(text["also"].format(display=_DISPLAY[other.protocol], protocol=other.protocol,

@@ -29,10 +29,15 @@ def run(engine: str, paths: list[str], outdir, **options):
 
                 raise UsageError(f"--{name.replace('_', '-')} needs --engine tshark")
         jobs = options.pop("jobs", 1) or 1
+        if options.get("packet_filter") is None:
+            options.pop("packet_filter", None)
+        else:
+            jobs = 1  # -f: the filter runs in this process (parallel workers read unfiltered)
         if jobs > 1 and options.get("on_event") is None:
             from analyzer.engines.parallel import run_parallel, worth_it
 
             if worth_it(paths, jobs):
+                options.pop("counters", None)  # workers report bytes only
                 return run_parallel(paths, outdir, jobs=jobs, **options)
         from analyzer.engines.native import run as native_run
 
@@ -41,6 +46,11 @@ def run(engine: str, paths: list[str], outdir, **options):
         from analyzer.engines.tshark import run as tshark_run
 
         options.pop("jobs", None)  # one tshark process per file; no partitioning
+        options.pop("counters", None)
+        if options.pop("packet_filter", None) is not None:
+            from analyzer.errors import UsageError
+
+            raise UsageError("-f on capture files needs --engine native (tshark takes display filters)")
         return tshark_run(paths, outdir, **options)
     from analyzer.errors import UsageError
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyzer import interrupt
+from analyzer import community_id, interrupt
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
@@ -113,8 +113,11 @@ class Session:
     """
 
     def __init__(self, outdir: str | os.PathLike, *, lang: str = "en", on_event=None,
-                 stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None) -> None:
+                 stream_events: bool = False, on_connection=None, outputs: EventOutputs | None = None,
+                 packet_filter=None, counters=None) -> None:
         self.started = time.perf_counter()
+        self.counters = counters  # an object with .packets/.events the progress display reads, or None
+        self.packet_filter = packet_filter  # engines.bpf.PacketFilter (-f on files), or None
         self.out = Path(outdir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.result = RunResult(outdir=self.out)
@@ -134,7 +137,13 @@ class Session:
         # connection's row goes to the caller (which writes connections.csv)
         # instead of being kept in result.connections.
         self.on_connection = on_connection
-        self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
+        keep_row = on_connection or self.result.connections.append
+
+        def connection_row(row: dict) -> None:
+            row["community_id"] = community_id.for_row(row)  # once per connection, off the packet path
+            keep_row(row)
+
+        self.table = FlowTable(emit, self.anomalies.add, connection_row)
         self.decoder = Decoder()
         self.frame = 0
         self.elsewhere = 0  # TCP packets left to another process (parallel runs)
@@ -176,6 +185,7 @@ class Session:
         frame = 0
         ts = None
         newest = float("-inf")
+        keep = self.packet_filter.keep if self.packet_filter is not None else None
         try:
             with open_capture(path) as reader:
                 report.format, report.compression = reader.format, reader.compression
@@ -186,6 +196,8 @@ class Session:
                         newest = ts
                     elif ts < newest - BACKWARDS_SECONDS:
                         newest = self._went_backwards(ts, newest, frame)
+                    if keep is not None and not keep(linktype, data, wirelen):
+                        continue  # -f: left out, but still a frame (numbers stay Wireshark's)
                     if others is not None and linktype == 1 and others(data):
                         self.elsewhere += 1  # another process dissects it
                         continue
@@ -196,6 +208,9 @@ class Session:
                         next_tick = frame + 20000
                         if result.first_epoch is None:
                             result.first_epoch = ts
+                        if self.counters is not None:
+                            self.counters.packets = result.packets + frame
+                            self.counters.events = self.events.count
                         if progress is not None:
                             progress(done_before + (reader.bytes_read or 0), total)
         except AnalyzerError as exc:
@@ -290,7 +305,7 @@ def _mix(key: int) -> int:
 
 
 def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progress=None,
-        on_event=None, outputs: EventOutputs | None = None) -> RunResult:
+        on_event=None, outputs: EventOutputs | None = None, packet_filter=None, counters=None) -> RunResult:
     """Analyse `paths` into `outdir` in this process; returns what the reports need.
 
     Errors in one file are collected in `result.errors` (the run goes on);
@@ -299,7 +314,9 @@ def run(paths: list[str], outdir: str | os.PathLike, *, lang: str = "en", progre
     is still finalised and written (`result.interrupted`).  Several
     processes: analyzer.engines.run(..., jobs=N).
     """
-    return read_all(Session(outdir, lang=lang, on_event=on_event, outputs=outputs), paths, progress)
+    session = Session(outdir, lang=lang, on_event=on_event, outputs=outputs, packet_filter=packet_filter,
+                      counters=counters)
+    return read_all(session, paths, progress)
 
 
 def read_all(session, paths: list[str], progress=None) -> RunResult:
@@ -323,6 +340,9 @@ def read_all(session, paths: list[str], progress=None) -> RunResult:
 
 def _write_connections(out: Path, rows: list[dict]) -> None:
     writer = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
+    for row in rows:  # engines that do not fill it (tshark) get it here
+        if "community_id" not in row:
+            row["community_id"] = community_id.for_row(row)
     writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in rows)
     writer.commit()
 

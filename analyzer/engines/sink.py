@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analyzer import community_id
 from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
@@ -58,6 +59,8 @@ class EventOutputs:
     stats: bool = True        # per-host statistics (analyzer.stats)
     policy: object = None     # the severity policy the statistics apply (failing URIs need it)
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
+    uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
+    selection: object = None  # an engines.selection.Selection: only matching events reach the consumers
     part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
     also: tuple = ()          # further consumers of the batches (outputs.metrics.EventMetrics)
 
@@ -70,9 +73,10 @@ class StatsFeed:
     connection table.
     """
 
-    def __init__(self, accumulator=None, policy=None) -> None:
+    def __init__(self, accumulator=None, policy=None, uri_grouping: str = "path") -> None:
         self._accumulator = accumulator
         self.policy = policy
+        self.uri_grouping = uri_grouping
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
 
@@ -81,7 +85,7 @@ class StatsFeed:
         if self._accumulator is None:
             from analyzer.stats.hosts import StatsAccumulator
 
-            self._accumulator = StatsAccumulator(self.policy)
+            self._accumulator = StatsAccumulator(self.policy, uri_grouping=self.uri_grouping)
         return self._accumulator
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -137,12 +141,16 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
         consumers.append(EventsParquet(outdir / "events.parquet"))
     feed = None
     if outputs.accumulator is not None or outputs.stats:
-        feed = StatsFeed(outputs.accumulator, outputs.policy)
+        feed = StatsFeed(outputs.accumulator, outputs.policy, outputs.uri_grouping)
         consumers.append(feed)
     kept = EventsKept() if outputs.keep else None
     if kept is not None:
         consumers.append(kept)
     consumers.extend(outputs.also)
+    if outputs.selection:
+        from analyzer.engines.selection import Selected
+
+        consumers = [Selected(consumer, outputs.selection) for consumer in consumers]
     return consumers, feed, kept
 
 
@@ -197,6 +205,8 @@ class EventSink:
         """A batch of RAW_COLUMNS, completed with `time` and the catalogue, to every consumer."""
         columns = dict(zip(raw.schema.names, raw.columns))
         columns["time"] = time_column(raw.column("epoch").to_numpy(zero_copy_only=False))
+        columns["community_id"] = community_id.column(columns["client_ip"], columns["client_port"],
+                                                      columns["server_ip"], columns["server_port"])
         *annotation, substatus = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
         columns.update(zip(ANNOTATION_COLUMNS, annotation))
         if not substatus.equals(columns["substatus"]):

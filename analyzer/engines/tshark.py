@@ -68,6 +68,7 @@ from analyzer.protocols.http.pairing import HttpPairing, Request, requested_upgr
 from analyzer.protocols.websocket.dissector import close_code_ok
 from analyzer.protocols.websocket.pairing import CloseHandshake, close_flags
 from analyzer.tcp.table import connection_id
+from analyzer import community_id
 from analyzer.engines.native import FileReport, RunResult, _size, _write_connections, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
 
@@ -332,11 +333,13 @@ class TsharkRunResult(RunResult):
     tls_undecrypted: int = 0
     tls_randoms: list = field(default_factory=list)
     frames_shown: int = 0
+    decode_as_added: dict = field(default_factory=dict)  # rule -> protocol, from the pre-scan
 
     def coverage(self) -> dict:
         cov = super().coverage()
         cov.update({
             "engine": "tshark",
+            "decode_as_added": [f"{rule},{proto}" for rule, proto in sorted(self.decode_as_added.items())],
             "tshark_version": self.tshark_version,
             "tshark": self.tshark_line,
             "tshark_frames_shown": self.frames_shown,
@@ -381,7 +384,13 @@ class TsharkSession:
         self.events = EventSink(lang, consumers)
         self.anomalies = AnomalySink(self.out)
         self.on_event = on_event
-        self.on_connection = on_connection
+        self.on_connection = None
+        if on_connection is not None:  # live: the caller writes connections.csv, Community ID included
+            def keep_row(row: dict) -> None:
+                row["community_id"] = community_id.for_row(row)
+                on_connection(row)
+
+            self.on_connection = keep_row
         self.conns: dict[int, _Conn] = {}
         self.anomaly_counts: Counter = Counter()
         self.capture = ""
@@ -410,14 +419,18 @@ class TsharkSession:
         tmp = None
         try:
             readable, tmp, report.format, report.compression = _tshark_readable(path)
-            times, h2c_ports = _prescan(readable, report)
+            times, h2c_ports, servers = _prescan(readable, report)
             self.times = times
             size = _size(path)
             options = self.options
-            if h2c_ports:
+            missing = undissected(servers, options.get("decode_as") or {}, self.tshark)
+            if h2c_ports or missing:
                 decode_as = dict(options.get("decode_as") or {})
                 for port in sorted(h2c_ports):
                     decode_as.setdefault(f"tcp.port=={port}", "http2")
+                for rule, proto in missing.items():
+                    decode_as.setdefault(rule, proto)
+                    self.result.decode_as_added.setdefault(rule, proto)
                 options = dict(options, decode_as=decode_as)
             cap = self.classes["FileCapture"](readable, keep_packets=False, display_filter=DISPLAY_FILTER,
                                               tshark_path=self.tshark, **options)
@@ -1170,28 +1183,121 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # RFC 9113 section 3.4
 MAX_H2C_PORTS = 32
 
 
-def _prescan(path: str, report: FileReport) -> tuple[array, set[int]]:
-    """Every frame's time, and the ports of servers spoken to in cleartext
-    HTTP/2 with prior knowledge, from our own reader and decoder (tshark
-    numbers frames alike; it has no TCP heuristic for h2c)."""
-    from analyzer.decode.packets import Decoder
-    from analyzer.capture import open_capture
+# Protocols tshark finds only on its registered ports (no TCP heuristic):
+# elsewhere it shows plain TCP and their events vanish (FTP 1,117 -> 0 on a
+# mixed capture).  HTTP has a heuristic and is found on any port.
+NO_TCP_HEURISTIC = ("ftp",)
+GREETINGS = {"ftp": (b"220", b"120", b"421")}  # RFC 959 §5.4: what a server says first
+PRESCAN_HEAD_BYTES = 512      # per direction: enough for a greeting and a command or two
+MAX_PRESCAN_FLOWS = 100_000   # flows being decided at once; past that new flows are not looked at
+MAX_PRESCAN_SERVERS = 64      # distinct (protocol, port) rules a run may add
 
+
+def _prescan(path: str, report: FileReport) -> tuple[array, set[int], set[tuple[str, int]]]:
+    """Every frame's time, the ports of servers spoken to in cleartext HTTP/2
+    with prior knowledge, and the (protocol, server port) of connections our
+    own detectors recognise as a NO_TCP_HEURISTIC protocol -- from our reader
+    and decoder (tshark numbers frames alike).
+
+    Only connections whose SYN is in the capture are looked at (the SYN says
+    which side is the server); each is decided from its first
+    PRESCAN_HEAD_BYTES per direction, then forgotten.
+    """
+    from analyzer import protocols
+    from analyzer.capture import open_capture
+    from analyzer.decode.packets import Decoder
+    from analyzer.protocols.base import DETECTED, REJECTED
+
+    specs = [protocols.get(name) for name in NO_TCP_HEURISTIC]
     times = array("d")
     ports: set[int] = set()
+    servers: set[tuple[str, int]] = set()
+    flows: dict[tuple, list] = {}    # (client, cport, server, sport) -> [client head, server head]
+    decided: set[tuple] = set()
     decode = Decoder().decode
     try:
         with open_capture(path) as reader:
             report.format = report.format or reader.format
             for ts, linktype, data, wirelen in reader:
                 times.append(ts)
-                if b"PRI * HTTP/2.0" in data and len(ports) < MAX_H2C_PORTS:
-                    seg = decode(linktype, data, ts, wirelen)
-                    if seg is not None and seg[7].startswith(H2_PREFACE[:16]):
-                        ports.add(seg[3])
+                seg = decode(linktype, data, ts, wirelen)
+                if seg is None:
+                    continue
+                src, dst, sport, dport, _, _, flags, payload = seg[:8]
+                if b"PRI * HTTP/2.0" in data and len(ports) < MAX_H2C_PORTS and payload.startswith(H2_PREFACE[:16]):
+                    ports.add(dport)
+                if len(servers) >= MAX_PRESCAN_SERVERS:
+                    continue
+                if flags & 0x02 and not flags & 0x10:  # a SYN: src is the client
+                    key = (src, sport, dst, dport)
+                    if key not in decided and len(flows) < MAX_PRESCAN_FLOWS:
+                        flows.setdefault(key, [b"", b"", None])
+                    continue
+                if not payload:
+                    continue
+                key, side = (src, sport, dst, dport), 0
+                heads = flows.get(key)
+                if heads is None:
+                    key, side = (dst, dport, src, sport), 1
+                    heads = flows.get(key)
+                    if heads is None:
+                        continue
+                if heads[2] is None:
+                    heads[2] = side
+                if len(heads[side]) < PRESCAN_HEAD_BYTES:
+                    heads[side] = heads[side] + payload[:PRESCAN_HEAD_BYTES - len(heads[side])]
+                verdicts = [spec.detect(heads[0], heads[1], key[3] in spec.port_hints, False) for spec in specs]
+                # A control connection greets first and the client answers; an
+                # FTP data connection (a file that happens to read like replies)
+                # is one-sided.
+                found = [spec.name for spec, v in zip(specs, verdicts) if v == DETECTED and heads[0]
+                         and heads[2] == 1 and heads[1][:3] in GREETINGS.get(spec.name, (heads[1][:3],))]
+                full = len(heads[0]) >= PRESCAN_HEAD_BYTES and len(heads[1]) >= PRESCAN_HEAD_BYTES
+                if found or full or all(v == REJECTED for v in verdicts):
+                    if found:
+                        servers.add((found[0], key[3]))
+                    del flows[key]
+                    decided.add(key)
     except CaptureError:
         pass  # tshark reads up to the damage too and says so itself
-    return times, ports
+    return times, ports, servers
+
+
+def undissected(servers, decode_as: dict, tshark: str) -> dict:
+    """Decode-as rules ({"tcp.port==P": protocol}) for servers tshark would not dissect.
+
+    A port is left alone when the user gave a rule for it or tshark's own
+    decode table (`tshark -G decodes`) already maps it to that protocol.
+    """
+    own = tshark_port_table(tshark)
+    rules = {}
+    for proto, port in sorted(servers):
+        rule = f"tcp.port=={port}"
+        if rule in decode_as or port in own.get(proto, ()):
+            continue
+        rules[rule] = proto
+    return rules
+
+
+_PORT_TABLES: dict[str, dict] = {}
+
+
+def tshark_port_table(tshark: str) -> dict:
+    """{protocol: {ports}} from tshark's decode table, once per tshark binary."""
+    table = _PORT_TABLES.get(tshark)
+    if table is None:
+        table = {}
+        try:
+            out = subprocess.run([tshark, "-G", "decodes"], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        for line in out.splitlines():
+            field_, _, rest = line.partition("\t")
+            value, _, proto = rest.partition("\t")
+            if field_ == "tcp.port" and value.isdigit():
+                table.setdefault(proto, set()).add(int(value))
+        _PORT_TABLES[tshark] = table
+    return table
 
 
 # ---------------------------------------------------------------- entry --

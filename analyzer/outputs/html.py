@@ -88,6 +88,7 @@ TEXT = {
     "failed_logins_h": ("Failed logins", "登录失败"),
     "first_seen": ("First seen", "首次出现"),
     "last_seen": ("Last seen", "最后出现"),
+    "seen": ("First → last seen", "首次 → 最后出现"),
     "server": ("server", "服务器"),
     "client": ("client", "客户端"),
     "server_h": ("Server", "服务器"),
@@ -134,6 +135,34 @@ TEXT = {
     "catalog_missing": ("The code catalogue was not installed: explanations are in one language only.",
                         "未安装代码目录：解释仅有一种语言。"),
     "ok": ("ok", "正常"),
+    "failing_title": ("What is failing", "哪里在出错"),
+    "failing_hint": ("Each failing server endpoint (ip:port), most errors first: its error codes, the exact first and last "
+                     "error (UTC, to the millisecond, with the frame number in its capture file: Wireshark Go to "
+                     "packet) and the paths that fail most (query strings dropped, IDs as {id}).",
+                     "每个出错的服务器端点（ip:端口），按错误数排序：错误码、第一个和最后一个错误的精确时间（UTC，精确到毫秒，"
+                     "并给出所在抓包文件中的帧号，可在 Wireshark 中“转到分组”）以及失败最多的路径（去掉查询串，ID 记为 {id}）。"),
+    "no_failures": ("No errors under the active policy.", "按当前策略没有错误。"),
+    "endpoint": ("Server endpoint", "服务器端点"),
+    "error_codes": ("Error codes", "错误码"),
+    "top_codes": ("Top codes", "主要代码"),
+    "failing_paths": ("Top failing paths", "失败最多的路径"),
+    "paths_hint": ("Grouped by path: query strings dropped, ID-like segments as {id}, {uuid}, {hex} "
+                   "(--uris full keeps whole URIs; events.csv has every raw request).",
+                   "按路径归并：去掉查询串，类似 ID 的路径段记为 {id}、{uuid}、{hex}（--uris full 保留完整 URI；"
+                   "events.csv 保留每个原始请求）。"),
+    "last_error": ("last error", "最后一个错误"),
+    "first_last": ("First → last error", "第一个 → 最后一个错误"),
+    "frame": ("frame", "帧"),
+    "of": ("of", "/"),
+    "unit_responses": ("responses", "个响应"),
+    "unit_replies": ("replies", "个应答"),
+    "unit_close frames": ("close frames (both directions)", "个关闭帧（双向）"),
+    "unit_events": ("events", "个事件"),
+    "ws_connections": ("connections ended abnormally", "个连接异常结束"),
+    "filter": ("Filter tables", "筛选表格"),
+    "filter_hint": ("host, code or path; several words must all match", "主机、代码或路径；多个词须全部匹配"),
+    "rows_match": ("rows match", "行匹配"),
+    "scroll_hint": ("scroll sideways for more columns", "左右滑动查看更多列"),
     "unknown": ("unknown", "未知"),
 }
 
@@ -464,8 +493,74 @@ def _host_rows(stats) -> tuple[list, int]:
             "first": fmt_short(row["first_seen"]), "last": fmt_short(row["last_seen"]),
             "first_full": fmt_time(row["first_seen"]), "last_full": fmt_time(row["last_seen"]),
             "bar": _class_bar(row),
+            "top_codes": [{"code": code, "count": fmt_count(n), "error": stats.policy.is_error(row["protocol"], int(code))}
+                          for code, n in _code_counts(row.get("top_codes", ""))],
         })
     return rows, len(hosts)
+
+
+MAX_FAILING_SHOWN = 12  # endpoints in "What is failing" (summary.json and the API have them all)
+
+
+def fmt_exact(text: str) -> str:
+    """ISO time -> 'YYYY-MM-DD HH:MM:SS.mmm' (UTC, milliseconds) for the time of one packet."""
+    return text[:23].replace("T", " ") if text else "–"
+
+
+def endpoint_label(ip: str, port) -> str:
+    """ip:port, with IPv6 addresses in brackets (RFC 3986 style)."""
+    return f"[{ip}]:{int(port)}" if ":" in str(ip) else f"{ip}:{int(port)}"
+
+
+def _failing_rows(stats, names) -> tuple[list, int]:
+    failing = getattr(stats, "failing", None)
+    if failing is None or not len(failing):
+        return [], 0
+    rows = []
+    for row in failing.head(MAX_FAILING_SHOWN).to_dict("records"):
+        proto = row["protocol"]
+        codes = []
+        for code, count in row["top_codes"]:
+            text = names.get((proto, int(code)), {"en": ("", ""), "zh": ("", "")})
+            codes.append({"code": code, "count": fmt_count(count), "name_en": text["en"][0], "name_zh": text["zh"][0],
+                          "colour": code_colour(proto, int(code), True)})
+        when = {}
+        for which in ("first", "last"):
+            when[which] = {"time": fmt_exact(row[f"{which}_error"]), "iso": row[f"{which}_error"],
+                           "frame": int(row[f"{which}_error_frame"]),
+                           "capture": os.path.basename(row[f"{which}_error_capture"] or "")}
+        rate = float(row["error_rate"])
+        rows.append({
+            "endpoint": endpoint_label(row["server_ip"], row["server_port"]), "server_ip": row["server_ip"],
+            "names": row["host_names"], "protocol": PROTO_LABEL.get(proto, proto), "proto": proto,
+            "errors": int(row["errors"]), "events": int(row["events"]), "unit": "unit_" + row["unit"],
+            "rate": fmt_pct(rate), "rate_v": rate, "rate_tone": _tone(rate), "codes": codes,
+            "first": when["first"], "last": when["last"],
+            "paths": [{"path": p, "short": _clip(p, MAX_URI_SHOWN), "count": fmt_count(n)}
+                      for p, n in row["top_paths"]],
+        })
+    return rows, len(failing)
+
+
+def _code_counts(text: str) -> list[tuple[str, int]]:
+    """hosts.csv's "404×12; 500×3" -> [("404", 12), ("500", 3)] (codes are integers: no ambiguity)."""
+    out = []
+    for part in (text or "").split("; "):
+        code, _, n = part.partition("×")
+        if code.isdigit() and n.isdigit():
+            out.append((code, int(n)))
+    return out
+
+
+def _exact_first_errors(sparks: list, stats) -> None:
+    """Each server chart's "first error": the exact time of its first error, not its bucket's start."""
+    failing = getattr(stats, "failing", None)
+    if failing is None or not len(failing):
+        return
+    first = failing.groupby("server_ip")["first_error_epoch"].min()
+    for chart in sparks:
+        if chart["label"] in first.index:
+            chart["first_error"] = fmt_exact(iso(float(first[chart["label"]])))
 
 
 def _num(value) -> float:
@@ -496,6 +591,11 @@ def _cards(stats, coverage) -> list[dict]:
                   "sub": f"p50 {fmt_ms(lat['p50'])} · p99 {fmt_ms(lat['p99'])}" if lat else "–"})
     cards.append(_proto_card("ftp", ftp, extra=("failed_logins", ftp.get("failed_logins", 0))))
     cards.append(_proto_card("websocket", ws, extra=("inferred_1006", ws.get("codes", {}).get("1006", 0))))
+    if ws["events"] and ws.get("connections_ended"):
+        # The rate counts close frames of both directions; the close-causes
+        # table counts connections: the card names both units.
+        cards[-1]["sub_keys"].insert(0, (f"{fmt_count(ws['connections_failed'])} / "
+                                         f"{fmt_count(ws['connections_ended'])}", "ws_connections"))
     servers = len({h for h, r in zip(stats.hosts["host"], stats.hosts["role"]) if r == "server"}) if len(stats.hosts) else 0
     clients = len({h for h, r in zip(stats.hosts["host"], stats.hosts["role"]) if r == "client"}) if len(stats.hosts) else 0
     cards.append({"key": "hosts", "value": fmt_count(servers + clients), "tone": "",
@@ -515,10 +615,10 @@ def _proto_card(proto, entry, extra) -> dict:
         card.update(value="–", tone="muted", sub_keys=[("", "no_traffic")])
         return card
     rate = entry["error_rate"] or 0
-    card.update(value=fmt_pct(rate), tone=_tone(rate),
-                sub=f"{fmt_count(entry['errors'])} / {fmt_count(entry['events'])}")
+    card.update(value=fmt_pct(rate), tone=_tone(rate), sub_keys=[
+        (f"{fmt_count(entry['errors'])} / {fmt_count(entry['events'])}", "unit_" + entry.get("unit", "events"))])
     if extra:
-        card["sub_keys"] = [(fmt_count(extra[1]), extra[0])]
+        card["sub_keys"].append((fmt_count(extra[1]), extra[0]))
     return card
 
 
@@ -601,6 +701,8 @@ SCRIPT = r"""(function () {
   function setLang(lang) {
     if (lang !== 'en' && lang !== 'zh') { return; }
     root.setAttribute('lang', lang);
+    var box = document.getElementById('filter');
+    if (box) { box.setAttribute('placeholder', box.getAttribute('data-placeholder-' + lang)); }
     var buttons = document.querySelectorAll('[data-set-lang]');
     for (var i = 0; i < buttons.length; i++) {
       buttons[i].setAttribute('aria-pressed', String(buttons[i].getAttribute('data-set-lang') === lang));
@@ -653,6 +755,37 @@ SCRIPT = r"""(function () {
       }
     })(tables[t]);
   }
+  // The filter box: a row stays when its text holds every word typed.
+  var filter = document.getElementById('filter');
+  var filterRows = Array.prototype.slice.call(document.querySelectorAll('table.filterable tbody tr'));
+  var filterText = filterRows.map(function (row) { return row.textContent.toLowerCase(); });
+  function applyFilter() {
+    var words = filter.value.toLowerCase().split(/\s+/).filter(function (w) { return w.length > 0; });
+    var shown = 0;
+    for (var i = 0; i < filterRows.length; i++) {
+      var keep = words.every(function (w) { return filterText[i].indexOf(w) !== -1; });
+      filterRows[i].classList.toggle('filtered', !keep);
+      if (keep) { shown++; }
+    }
+    var count = document.getElementById('filter-count');
+    count.hidden = words.length === 0;
+    document.getElementById('filter-n').textContent = shown + ' / ' + filterRows.length;
+    markScrolling();
+  }
+  // A table wider than its box says so (a hint under it), instead of hiding columns silently.
+  function markScrolling() {
+    var wraps = document.querySelectorAll('.tablewrap');
+    for (var w = 0; w < wraps.length; w++) {
+      wraps[w].classList.toggle('scrolls', wraps[w].scrollWidth > wraps[w].clientWidth + 1);
+    }
+  }
+  if (filter) {
+    filter.addEventListener('input', applyFilter);
+    var q = /(?:^#|&)q=([^&]*)/.exec(window.location.hash);
+    if (q) { try { filter.value = decodeURIComponent(q[1]); } catch (e) { filter.value = q[1]; } applyFilter(); }
+  }
+  markScrolling();
+  window.addEventListener('resize', markScrolling);
   document.body.setAttribute('data-ready', 'true');
 })();"""
 
@@ -708,10 +841,14 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en", live: dic
     code_charts = _code_charts(stats, names)
     series, sparks = _series(stats, s.get("first_epoch"), s.get("last_epoch"))
     host_rows, host_total = _host_rows(stats)
+    failing, failing_total = _failing_rows(stats, names)
+    _exact_first_errors(sparks, stats)
     uris = []
     for row in stats.top_failing_uris.head(MAX_TABLE_ROWS).to_dict("records") if len(stats.top_failing_uris) else []:
         text = names.get(("http", int(row["code"])), {"en": ("", ""), "zh": ("", "")})
         uris.append({**row, "uri_short": _clip(row["uri"], MAX_URI_SHOWN), "count": int(row["count"]),
+                     "endpoint": endpoint_label(row["server_ip"], row.get("server_port", 0) or 0)
+                     if row.get("server_port") else row["server_ip"],
                      "name_en": text["en"][0], "name_zh": text["zh"][0]})
     logins = stats.ftp_logins.head(MAX_TABLE_ROWS).to_dict("records") if len(stats.ftp_logins) else []
     ws_rows = []
@@ -728,8 +865,8 @@ def render_html(stats, coverage: dict | None = None, lang: str = "en", live: dic
         first=fmt_time(s.get("first", "")), last=fmt_time(s.get("last", "")),
         duration=fmt_duration(s.get("duration_s")), version=coverage.get("version", ""),
         engine=coverage.get("engine", ""), cards=_cards(stats, coverage), code_charts=code_charts,
-        series=series, sparks=sparks, hosts=host_rows, host_total=host_total, uris=uris,
-        uri_total=len(stats.top_failing_uris), logins=logins, ws_rows=ws_rows,
+        series=series, sparks=sparks, failing=failing, failing_total=failing_total, hosts=host_rows, host_total=host_total, uris=uris,
+        uri_total=len(stats.top_failing_uris), uri_grouping=s.get("uri_grouping", "path"), logins=logins, ws_rows=ws_rows,
         coverage=_coverage(stats, coverage), glossary=_glossary(stats, names), policy=policy,
         bilingual=bilingual, max_rows=MAX_TABLE_ROWS, fmt_count=fmt_count,
         step=_step_label(int(s.get("bucket_seconds") or 1)), class_label=class_label,

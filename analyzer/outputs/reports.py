@@ -93,7 +93,7 @@ def finish_stats(accumulator: StatsAccumulator, connections=(), coverage: dict |
     return accumulator.finish(coverage or {})
 
 
-def build_and_write(result, *, lang: str = "en"):
+def build_and_write(result, *, lang: str = "en", selection=None):
     """The engine's RunResult -> StatsResult and every report file besides the event files.
 
     The statistics were fed by the run itself (RunResult.stats), with the
@@ -103,6 +103,12 @@ def build_and_write(result, *, lang: str = "en"):
         raise ValueError("this run kept no statistics (EventOutputs.stats was off)")
     coverage = result.coverage()
     coverage["partial"] = bool(result.interrupted)  # stopped by a signal: what was read
-    stats = finish_stats(result.stats.accumulator, result.connections, coverage)
+    connections = result.connections
+    if selection:
+        # The events were selected on their way to the statistics; the
+        # connections are selected by the same rules (engines/selection.py).
+        connections = [row for row in connections if selection.keeps_connection(row)]
+        coverage["selection"] = selection.describe()
+    stats = finish_stats(result.stats.accumulator, connections, coverage)
     write_reports(result.outdir, stats, coverage, lang=lang)
     return stats

@@ -59,6 +59,13 @@ def summary_document(stats, coverage: dict | None = None, *, lang: str = "en", t
             for row in worst.to_dict("records")]
     else:
         doc["hosts_with_most_errors"] = []
+    # Every failing server endpoint (report.html shows the first few), with
+    # exact first/last error and the frame to jump to in Wireshark.
+    failing = getattr(stats, "failing", None)
+    doc["failing_endpoints"] = [] if failing is None or not len(failing) else [
+        {**row, "top_codes": [{"code": c, "count": n} for c, n in row["top_codes"]],
+         "top_paths": [{"path": p, "count": n} for p, n in row["top_paths"]]}
+        for row in failing.to_dict("records")]
     return json_safe(doc)
 
 

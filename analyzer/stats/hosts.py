@@ -22,10 +22,16 @@
 #   within 1.16 % of the exact nearest-rank value (10**0.005 - 1).
 # - Host names per host: the first MAX_HOST_NAMES distinct names are kept
 #   (with counts); the others are counted as dropped.
-# - Failing URIs: exact while at most MAX_FAILING_URIS distinct (server,
-#   Host, URI, code) keys; past that the table is pruned to its most frequent
-#   half (Misra-Gries style), so counts of URIs seen again after a prune are
+# - Failing URIs: grouped by path (stats/paths.py: no query, ID-like
+#   segments as {id}/{uuid}/{hex}) unless the grouping is "full".  Exact
+#   while at most MAX_FAILING_URIS distinct (server, port, Host, path, code)
+#   keys; past that the table is pruned to its most frequent half
+#   (Misra-Gries style), so counts of paths seen again after a prune are
 #   lower bounds.  Same bound for FTP (client, server, user) login rows.
+# - Failing endpoints (the "What is failing" view): one row per server
+#   ip:port and protocol with events, errors, error codes and the exact first
+#   and last error (epoch, frame, capture file); exact, since servers are few
+#   next to events.
 # - Time series: counts per (server, protocol, code, bucket); the bucket is
 #   the smallest step of BUCKET_STEPS giving at most MAX_BUCKETS buckets over
 #   the capture.  Steps divide each other, so coarsening while streaming gives
@@ -42,6 +48,7 @@ import pandas as pd
 
 from analyzer.events import CONNECTION_COLUMNS, EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
+from analyzer.stats.paths import MAX_URI_CHARS, URI_GROUPINGS, failing_keys
 
 from analyzer import protocols as _registry
 
@@ -53,7 +60,6 @@ LATENCY_BUDGET = 1_000_000    # raw samples over all hosts: 8 MB of float64
 MAX_HOST_NAMES = 50           # distinct Host values kept per host; Zeek's http.log keeps one per request
 HOST_NAMES_SHOWN = 10         # in hosts.csv / the HTML table, most frequent first
 MAX_FAILING_URIS = 100_000    # distinct failing (server, Host, URI, code); ~30 MB worst case
-MAX_URI_CHARS = 2048          # longer URIs are cut (browsers' practical URL limit is ~2K)
 MAX_LOGIN_ROWS = 100_000      # distinct FTP (client, server, user) rows
 TOP_FAILING_URIS = 100        # rows in StatsResult.top_failing_uris
 MAX_BUCKETS = 120             # time-series buckets over the capture
@@ -73,12 +79,12 @@ _EVENT_DEFAULTS = {
     "server_ip": "", "server_port": 0, "code": 0, "text": "", "request": "", "host": "",
     "latency_ms": np.nan, "connection": "", "direction": "", "inferred": False, "lines": pd.NA,
     "substatus": "", "substatus_source": "", "data_bytes": pd.NA, "flags": "", "capture": "",
-    "class": "", "name": "", "meaning": "", "standard": False,
+    "community_id": "", "class": "", "name": "", "meaning": "", "standard": False,
 }
 _CONNECTION_DEFAULTS = {
     "connection": "", "protocol": "http", "client_ip": "", "client_port": 0, "server_ip": "",
     "server_port": 0, "first_epoch": np.nan, "last_epoch": np.nan, "bytes_c2s": 0, "bytes_s2c": 0,
-    "missed_bytes": 0, "gaps": 0, "state": "closed", "outcome": "", "capture": "",
+    "missed_bytes": 0, "gaps": 0, "state": "closed", "outcome": "", "capture": "", "community_id": "",
 }
 
 HOST_COLUMNS = (
@@ -90,11 +96,23 @@ HOST_COLUMNS = (
     "ftp_failed_logins", "ftp_logins", "ws_closes_by_cause",
     "http_unanswered", "connections_open", "connections_reset", "connections_timeout",
     "connections_with_gaps", "missed_bytes", "bytes_sent", "bytes_received",
-    "events_without_request", "flagged_events",
+    "events_without_request", "flagged_events", "top_codes",
 )
 CODE_COLUMNS = ("server_ip", "protocol", "code", "count", "class", "name", "meaning")
 TIMESERIES_COLUMNS = ("host", "protocol", "class", "bucket_start", "bucket_epoch", "count", "errors")
-URI_COLUMNS = ("server_ip", "host", "uri", "code", "count")
+URI_COLUMNS = ("server_ip", "server_port", "host", "uri", "code", "count")
+# One row per failing server endpoint, most errors first (report.html's "What is failing").
+# top_codes and top_paths are lists of (value, count), most frequent first.
+FAILING_COLUMNS = (
+    "server_ip", "server_port", "protocol", "host_names", "events", "errors", "error_rate", "unit",
+    "top_codes", "top_paths",
+    "first_error", "first_error_epoch", "first_error_frame", "first_error_capture",
+    "last_error", "last_error_epoch", "last_error_frame", "last_error_capture",
+)
+TOP_CODES_SHOWN = 3           # error codes per endpoint / per host row
+TOP_PATHS_SHOWN = 3           # failing paths per endpoint
+# What one event of a protocol is, so rates say what they divide.
+EVENT_UNITS = {"http": "responses", "ftp": "replies", "websocket": "close frames"}
 LOGIN_COLUMNS = ("client_ip", "server_ip", "user", "failed", "succeeded")
 WS_COLUMNS = ("server_ip", "code", "name", "closed_first_by", "inferred", "count")
 SUBSTATUS_COLUMNS = ("server_ip", "protocol", "code", "substatus", "count")
@@ -179,6 +197,35 @@ class _Table:
         if not self._parts:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in self.keys + list(self.ops)})
         return self._parts[0]
+
+
+class _Extremes:
+    """Per key, the row with the smallest (or, `last`, largest) (epoch, frame): exact first/last errors."""
+
+    def __init__(self, keys, last: bool = False) -> None:
+        self.keys = list(keys)
+        self.last = last
+        self._parts: list[pd.DataFrame] = []
+        self._rows = 0
+
+    def _reduce(self, frame: pd.DataFrame) -> pd.DataFrame:
+        order = frame.sort_values(["epoch", "frame"], ascending=not self.last, kind="stable")
+        return order.drop_duplicates(self.keys, keep="first")
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            frame = self._reduce(frame)
+            self._parts.append(frame)
+            self._rows += len(frame)
+            if self._rows > COMPACT_MIN_ROWS:
+                self.frame()
+
+    def frame(self) -> pd.DataFrame:
+        if not self._parts:
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in self.keys + ["epoch", "frame", "capture"]})
+        merged = self._reduce(pd.concat(self._parts, ignore_index=True)) if len(self._parts) > 1 else self._parts[0]
+        self._parts, self._rows = [merged], len(merged)
+        return merged
 
 
 class _Latency:
@@ -295,6 +342,7 @@ class StatsResult:
     ws_closes: pd.DataFrame
     substatus: pd.DataFrame
     summary: dict
+    failing: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(FAILING_COLUMNS)))
     policy: Policy = field(default_factory=Policy.default)
     # (protocol, code) -> (class, name, meaning, standard) as the events were annotated
     meanings: dict = field(default_factory=dict)
@@ -348,16 +396,25 @@ class StatsAccumulator:
     def __init__(self, policy: Policy | None = None, *, exact_latencies: int = EXACT_LATENCIES,
                  latency_budget: int = LATENCY_BUDGET, max_host_names: int = MAX_HOST_NAMES,
                  max_failing_uris: int = MAX_FAILING_URIS, max_login_rows: int = MAX_LOGIN_ROWS,
-                 max_buckets: int = MAX_BUCKETS) -> None:
+                 max_buckets: int = MAX_BUCKETS, uri_grouping: str = "path") -> None:
+        if uri_grouping not in URI_GROUPINGS:
+            raise ValueError(f"uri_grouping must be one of {', '.join(URI_GROUPINGS)}")
         self.policy = policy or Policy.default()
+        self.uri_grouping = uri_grouping
         self.max_host_names = max_host_names
         self.max_buckets = max_buckets
         self._codes = _Table(["ip", "role", "protocol", "code", "inferred"],
                              {"count": "sum", "first": "min", "last": "max", "flagged": "sum", "norequest": "sum"})
         self._ts = _Table(["server_ip", "protocol", "code", "bucket"], {"count": "sum"})
         self._substatus = _Table(list(SUBSTATUS_COLUMNS[:-1]), {"count": "sum"})
-        self._uris = _Table(["server_ip", "host", "uri", "code"], {"count": "sum"},
-                            limit=max_failing_uris, rank="count")
+        self._uris = _Table(list(URI_COLUMNS[:-1]), {"count": "sum"}, limit=max_failing_uris, rank="count")
+        endpoint = ["server_ip", "server_port", "protocol"]
+        self._endpoints = _Table(endpoint, {"events": "sum", "errors": "sum"})
+        self._endpoint_codes = _Table(endpoint + ["code"], {"count": "sum"})
+        self._endpoint_names = _Table(["server_ip", "server_port", "host"], {"count": "sum"},
+                                      limit=max_failing_uris, rank="count")
+        self._first_errors = _Extremes(endpoint)
+        self._last_errors = _Extremes(endpoint, last=True)
         self._conns = _Table(["ip", "role", "protocol"], {
             "connections": "sum", "first": "min", "last": "max", "connections_open": "sum",
             "connections_reset": "sum", "connections_timeout": "sum", "connections_with_gaps": "sum",
@@ -439,13 +496,40 @@ class StatsAccumulator:
         if named.any():
             self._note_host_names(server[named], client[named], hostname[named])
 
+        error = np.asarray(self.policy.error_mask(proto, code), dtype=bool)
+        port = pd.to_numeric(_col(df, "server_port", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
+        self._add_endpoints(df, server, port, proto, code, epoch, error, hostname, http)
+
         # A response whose request was not seen has no URI to rank.
-        failing = http & (request != "") & self.policy.error_mask(proto, code)
+        failing = http & (request != "") & error
         if failing.any():
-            uri = np.array([_uri(r)[:MAX_URI_CHARS] for r in request[failing]], dtype=object)
-            frame = _frame({"server_ip": server[failing], "host": hostname[failing], "uri": uri,
-                                  "code": code[failing], "count": 1})
+            frame = _frame({"server_ip": server[failing], "server_port": port[failing], "host": hostname[failing],
+                            "uri": failing_keys(request[failing], self.uri_grouping),
+                            "code": code[failing], "count": 1})
             self._uris.add(frame.groupby(self._uris.keys, sort=False, as_index=False).agg(self._uris.ops))
+
+    def _add_endpoints(self, df, server, port, proto, code, epoch, error, hostname, http) -> None:
+        """Per server ip:port: events, errors, error codes, Host names, exact first/last error."""
+        ends = _frame({"server_ip": server, "server_port": port, "protocol": proto,
+                       "events": np.ones(len(server), dtype=np.int64), "errors": error.astype(np.int64)})
+        self._endpoints.add(ends.groupby(self._endpoints.keys, sort=False, as_index=False).agg(self._endpoints.ops))
+        named = http & (hostname != "")
+        if named.any():
+            names = _frame({"server_ip": server[named], "server_port": port[named], "host": hostname[named], "count": 1})
+            self._endpoint_names.add(names.groupby(self._endpoint_names.keys, sort=False, as_index=False).agg("sum"))
+        timed = error & ~np.isnan(epoch)
+        if not error.any():
+            return
+        errs = _frame({"server_ip": server[error], "server_port": port[error], "protocol": proto[error],
+                       "code": code[error], "count": 1})
+        self._endpoint_codes.add(errs.groupby(self._endpoint_codes.keys, sort=False, as_index=False).agg("sum"))
+        if timed.any():
+            frame = pd.to_numeric(_col(df, "frame", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
+            capture = _strings(_col(df, "capture", ""))
+            when = _frame({"server_ip": server[timed], "server_port": port[timed], "protocol": proto[timed],
+                           "epoch": epoch[timed], "frame": frame[timed], "capture": capture[timed]})
+            self._first_errors.add(when)
+            self._last_errors.add(when)
 
     def _note_meanings(self, df: pd.DataFrame, proto: np.ndarray, code: np.ndarray) -> None:
         meta = pd.DataFrame({
@@ -603,7 +687,7 @@ class StatsAccumulator:
             hosts=hosts, codes=codes, timeseries=timeseries,
             top_failing_uris=self._uris_table(), ftp_logins=self._logins_table(),
             ws_closes=self._ws_table(), substatus=self._substatus_table(),
-            summary={}, policy=self.policy,
+            summary={}, failing=self._failing_table(), policy=self.policy,
             meanings={key: self.meaning(*key) for key in self._meanings})
         result.summary = self._summary(result, codes_long, coverage, first, last)
         return result
@@ -683,6 +767,8 @@ class StatsAccumulator:
             names.append(self._host_names(ip, role) if proto == "http" else "")
             causes.append(_format_causes(ws_causes.get((ip, role), [])) if proto == "websocket" else "")
         hosts = hosts.assign(**p, hosts_seen=names, ws_closes_by_cause=causes)
+        per_code = cl.groupby(["ip", "role", "protocol", "code"], as_index=False)["count"].sum()
+        hosts["top_codes"] = [format_top(p) for p in _top_per_key(hosts, per_code, keys, "code", TOP_CODES_SHOWN)]
         # Published rounded, so that the DataFrames equal hosts.csv exactly.
         hosts["error_rate"] = hosts["error_rate"].round(6)
         for col in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
@@ -722,10 +808,50 @@ class StatsAccumulator:
         uris = self._uris.frame()
         if not len(uris):
             return pd.DataFrame({c: pd.Series(dtype=object) for c in URI_COLUMNS})
-        uris = uris.assign(count=uris["count"].astype(np.int64), code=uris["code"].astype(np.int64))
+        uris = uris.assign(count=uris["count"].astype(np.int64), code=uris["code"].astype(np.int64),
+                           server_port=uris["server_port"].astype(np.int64))
         uris = uris.sort_values(["count", "server_ip", "host", "uri", "code"], ascending=[False, True, True, True, True],
                                 kind="stable").head(TOP_FAILING_URIS)
         return uris[list(URI_COLUMNS)].reset_index(drop=True)
+
+    def _failing_table(self) -> pd.DataFrame:
+        """Failing server endpoints, most errors first, each with what and when."""
+        ends = self._endpoints.frame()
+        if not len(ends):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in FAILING_COLUMNS})
+        ends = ends[ends["errors"].astype(np.int64) > 0]
+        if not len(ends):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in FAILING_COLUMNS})
+        key = ["server_ip", "server_port", "protocol"]
+        out = ends.assign(events=ends["events"].astype(np.int64), errors=ends["errors"].astype(np.int64),
+                          server_port=ends["server_port"].astype(np.int64))
+        out["error_rate"] = (out["errors"] / out["events"]).round(6)
+        out["unit"] = [EVENT_UNITS.get(p, "events") for p in out["protocol"]]
+        codes = self._endpoint_codes.frame()
+        out["top_codes"] = _top_per_key(out, codes, key, "code", TOP_CODES_SHOWN)
+        uris = self._uris.frame()
+        paths = uris.groupby(["server_ip", "server_port", "uri"], as_index=False)["count"].sum() if len(uris) else uris
+        out["top_paths"] = _top_per_key(out, paths.assign(protocol="http") if len(paths) else paths, key, "uri",
+                                        TOP_PATHS_SHOWN)
+        names = self._endpoint_names.frame()
+        by_end: dict[tuple, list] = {}
+        if len(names):
+            for row in names.sort_values("count", ascending=False, kind="stable").itertuples(index=False):
+                by_end.setdefault((row.server_ip, int(row.server_port)), []).append(row.host)
+        out["host_names"] = ["; ".join(by_end.get((ip, int(port)), [])[:HOST_NAMES_SHOWN]) if proto == "http" else ""
+                             for ip, port, proto in zip(out["server_ip"], out["server_port"], out["protocol"])]
+        for which, table in (("first", self._first_errors), ("last", self._last_errors)):
+            when = table.frame().rename(columns={"epoch": f"{which}_error_epoch", "frame": f"{which}_error_frame",
+                                                 "capture": f"{which}_error_capture"})
+            when["server_port"] = when["server_port"].astype(np.int64)
+            out = out.merge(when, on=key, how="left")
+            out[f"{which}_error"] = [iso(v) for v in out[f"{which}_error_epoch"]]
+            out[f"{which}_error_frame"] = pd.to_numeric(out[f"{which}_error_frame"]).fillna(0).astype(np.int64)
+            out[f"{which}_error_capture"] = out[f"{which}_error_capture"].fillna("")
+        out["_ip"] = out["server_ip"].map(ip_sort_key)
+        out = out.sort_values(["errors", "error_rate", "_ip", "server_port", "protocol"],
+                              ascending=[False, False, True, True, True], kind="stable")
+        return out[list(FAILING_COLUMNS)].reset_index(drop=True)
 
     def _logins_table(self) -> pd.DataFrame:
         logins = self._logins.frame()
@@ -780,6 +906,7 @@ class StatsAccumulator:
                 "clients": int(cli.loc[cli["protocol"] == proto, "ip"].nunique()),
                 "codes": {str(int(c)): int(n) for c, n in by_code.items()},
                 "events_without_request": without[proto],
+                "unit": EVENT_UNITS.get(proto, "events"),
             }
             if proto == "http":
                 got = lat.get(("", "all"))
@@ -794,6 +921,14 @@ class StatsAccumulator:
                 entry["closes"] = {str(int(c)): int(n) for c, n in
                                    (ws.groupby("code")["count"].sum().items() if len(ws) else [])}
                 entry["open_connections"] = int(pc["connections_open"].sum()) if len(pc) else 0
+                # The close-causes table counts connections (first close code of each);
+                # the rate above counts close frames of both directions.  Both, named.
+                ended = int(ws["count"].sum()) if len(ws) else 0
+                failed = int(ws.loc[self.policy.error_mask(["websocket"] * len(ws), ws["code"]), "count"].sum()) \
+                    if len(ws) else 0
+                entry["connections_ended"] = ended
+                entry["connections_failed"] = failed
+                entry["connection_error_rate"] = (failed / ended) if ended else None
             protocols[proto] = entry
         total = int(srv["count"].sum())
         errors = int(srv.loc[srv["error"], "count"].sum())
@@ -803,7 +938,7 @@ class StatsAccumulator:
         return {
             "events": total, "errors": errors, "error_rate": (errors / total) if total else None,
             "first_epoch": first, "last_epoch": last, "first": iso(first), "last": iso(last),
-            "duration_s": duration, "bucket_seconds": self._step,
+            "duration_s": duration, "bucket_seconds": self._step, "uri_grouping": self.uri_grouping,
             "protocols": protocols, "coverage": cov, "policy": self.policy.describe(),
             "limits": {
                 "host_names_dropped": self.host_names_dropped,
@@ -814,14 +949,23 @@ class StatsAccumulator:
         }
 
 
-def _uri(request: str) -> str:
-    """"GET /a b HTTP/1.1"-style request line -> the URI; anything else as is."""
-    method, sep, rest = request.partition(" ")
-    if not sep:
-        return request
-    if rest.endswith((" HTTP/1.1", " HTTP/1.0", " HTTP/2", " HTTP/2.0")):
-        rest = rest.rsplit(" ", 1)[0]
-    return rest
+def _top_per_key(rows: pd.DataFrame, counts: pd.DataFrame, key: list[str], what: str, n: int) -> list[list]:
+    """For each row of `rows`, its `n` most frequent `what` values in `counts`: [(value, count), ...]."""
+    if not len(counts):
+        return [[] for _ in range(len(rows))]
+    counts = counts.assign(count=counts["count"].astype(np.int64))
+    ranked = counts.sort_values(["count", what], ascending=[False, True], kind="stable")
+    top = ranked.groupby(key, sort=False).head(n)
+    found: dict[tuple, list] = {}
+    for row in zip(*(top[k] for k in key), top[what], top["count"]):
+        value = int(row[-2]) if what == "code" else row[-2]
+        found.setdefault(tuple(row[:len(key)]), []).append((value, int(row[-1])))
+    return [found.get(tuple(k), []) for k in zip(*(rows[c] for c in key))]
+
+
+def format_top(pairs) -> str:
+    """[(404, 12), (500, 3)] -> "404×12; 500×3" (hosts.csv, the terminal)."""
+    return "; ".join(f"{value}×{count}" for value, count in pairs)
 
 
 def _int(value) -> int:

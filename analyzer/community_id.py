@@ -1,0 +1,61 @@
+# Community ID flow hashes (Corelight's community-id-spec, version 1), the
+# value Zeek (`community_id` in conn.log) and Suricata (`community_id` in EVE)
+# write, so one of our events can be looked up in their logs and back.
+#
+#   sha1(seed:u16 | ip_a | ip_b | proto:u8 | 0:u8 | port_a:u16 | port_b:u16)
+#   -> "1:" + base64(digest)
+#
+# with (ip_a, port_a) the smaller endpoint (addresses compared as network
+# byte strings, then ports), so both directions hash alike; integers are
+# big-endian; seed 0 is everyone's default.  Every connection we dissect is
+# TCP (protocol 6).
+#
+# Events arrive in Arrow batches: `column()` hashes each distinct
+# connection of a batch once (a connection's events share their 4-tuple).
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import struct
+
+import pyarrow as pa
+
+VERSION = "1"
+TCP = 6
+DEFAULT_SEED = 0
+
+
+def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: int = TCP,
+                 seed: int = DEFAULT_SEED) -> str:
+    """The v1 Community ID of a flow; "" when an address is not IPv4/IPv6 (nothing to hash)."""
+    try:
+        a = ipaddress.ip_address(src_ip).packed
+        b = ipaddress.ip_address(dst_ip).packed
+    except ValueError:
+        return ""
+    if len(a) != len(b):
+        return ""
+    pa_, pb = int(src_port) & 0xFFFF, int(dst_port) & 0xFFFF
+    if (b, pb) < (a, pa_):
+        a, b, pa_, pb = b, a, pb, pa_
+    digest = hashlib.sha1(struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, pa_, pb)).digest()
+    return f"{VERSION}:{base64.b64encode(digest).decode('ascii')}"
+
+
+def for_row(row: dict) -> str:
+    """The Community ID of a connections.csv row (or any mapping with the endpoint fields)."""
+    return community_id(row.get("client_ip", ""), row.get("client_port", 0) or 0,
+                        row.get("server_ip", ""), row.get("server_port", 0) or 0)
+
+
+def column(client_ip: pa.Array, client_port: pa.Array, server_ip: pa.Array, server_port: pa.Array) -> pa.Array:
+    """Community IDs of a batch's events, one hash per distinct 4-tuple."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for key in zip(client_ip.to_pylist(), client_port.to_pylist(), server_ip.to_pylist(), server_port.to_pylist()):
+        value = seen.get(key)
+        if value is None:
+            value = seen[key] = community_id(key[0] or "", key[1] or 0, key[2] or "", key[3] or 0)
+        out.append(value)
+    return pa.array(out, pa.string())
