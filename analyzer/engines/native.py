@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analyzer import _fast
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
@@ -161,7 +162,12 @@ class Session:
 
         With `partition=(k, n)` only the connections of share k of n are
         dissected (parallel runs; see analyzer/engines/parallel.py for the key).
+        The compiled loop (analyzer/_fast) does the same when it is built;
+        the code below is the reference it is tested against.
         """
+        compiled = _fast.read_file()
+        if compiled is not None:
+            return compiled(self, path, progress, done_before, total, partition)
         report = self.begin(path, "<stdin>" if path == "-" else None)
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
         others = None
