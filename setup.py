@@ -11,7 +11,13 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCE = "analyzer/_fast/loop.pyx"
+SOURCE = "analyzer/_fast/loop.pyx"  # and http_head.pyx beside it
+# Twins: pure-Python reference modules compiled as they are, under another
+# name (as aiohttp builds _websocket/reader_c from reader_py.py), so the
+# logic cannot drift; analyzer/_fast/__init__.py selects them.
+TWINS = {
+    "analyzer._fast.http_dissector": "analyzer/protocols/http/dissector.py",
+}
 NO_EXTENSIONS = any(os.environ.get(n, "").strip() not in ("", "0")
                     for n in ("ANALYZER_NO_EXTENSIONS", "ANALYZER_PURE_PYTHON"))
 
@@ -45,8 +51,16 @@ def extensions():
     except ImportError:
         print("warning: Cython is missing; the compiled fast path is not built", file=sys.stderr)
         return []
-    ext = Extension("analyzer._fast.loop", [SOURCE], extra_compile_args=["-O2"])
-    return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
+    loop = cythonize([Extension("analyzer._fast.loop", [SOURCE], extra_compile_args=["-O2"]),
+                      Extension("analyzer._fast.http_head", ["analyzer/_fast/http_head.pyx"],
+                                extra_compile_args=["-O2"])],
+                     compiler_directives={"language_level": "3"}, build_dir="build/cython", quiet=True)
+    # annotation_typing off: a twin keeps Python's semantics exactly (an
+    # annotation is documentation there, not a C type check).
+    twins = cythonize([Extension(name, [path], extra_compile_args=["-O2"]) for name, path in TWINS.items()],
+                      compiler_directives={"language_level": "3", "annotation_typing": False},
+                      build_dir="build/cython", quiet=True)
+    return loop + twins
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

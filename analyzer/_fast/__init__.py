@@ -26,6 +26,18 @@ def _switched_off() -> bool:
     return any(os.environ.get(name, "").strip() not in ("", "0") for name in SWITCHES)
 
 
+# Reference module -> its compiled twin (the same source compiled by Cython
+# under another name; see setup.py TWINS).
+TWINS = {
+    "analyzer.protocols.http.dissector": "analyzer._fast.http_dissector",
+}
+# Pure functions of a twin replaced by C ones equal to them (property-tested
+# in tests/test_fast_path.py): twin module -> {name: (C module, name)}.
+HELPERS = {
+    "analyzer._fast.http_dissector": {"_headers": ("analyzer._fast.http_head", "headers")},
+}
+
+
 def _load():
     try:
         from analyzer._fast import loop
@@ -68,6 +80,43 @@ def read_file():
     if selected() == "compiled":
         return _COMPILED.read_file
     return None
+
+
+def protocols(specs: tuple) -> tuple:
+    """The registry's specs, with each module that has a built twin pointed at it.
+
+    Only while the compiled implementation is selected; detection, the
+    dissector class and roles then all come from the twin.
+    """
+    if selected() != "compiled":
+        return specs
+    from dataclasses import replace
+    from importlib.util import find_spec
+
+    out = []
+    for spec in specs:
+        twin = TWINS.get(spec.module)
+        if twin is not None and _is_compiled(find_spec(twin)):
+            _with_helpers(twin)
+            spec = replace(spec, module=twin)
+        out.append(spec)
+    return tuple(out)
+
+
+def _is_compiled(found) -> bool:
+    return found is not None and found.origin is not None and not found.origin.endswith(".py")
+
+
+def _with_helpers(twin: str) -> None:
+    """Give a twin its C helpers (the twin looks its globals up at call time)."""
+    from importlib import import_module
+
+    module = import_module(twin)
+    for name, (where, attr) in HELPERS.get(twin, {}).items():
+        try:
+            setattr(module, name, getattr(import_module(where), attr))
+        except ImportError:
+            pass  # the helper is not built: the twin keeps the reference function
 
 
 def notice() -> str:

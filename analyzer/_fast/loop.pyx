@@ -44,6 +44,10 @@ from analyzer.capture import open_capture
 from analyzer.capture.pcap import MAX_RECORD_BYTES, _packets, refill
 from analyzer.errors import AnalyzerError, CaptureError
 from analyzer.protocols.http.dissector import BODY_LENGTH as _BODY_LENGTH, HttpDissector
+try:  # the same class compiled (a twin, see setup.py): the lanes take both
+    from analyzer._fast.http_dissector import HttpDissector as HttpDissectorTwin
+except ImportError:
+    HttpDissectorTwin = HttpDissector
 from analyzer.tcp.table import MODE_DISSECT as _MODE_DISSECT
 
 cdef int MODE_DISSECT = _MODE_DISSECT
@@ -216,6 +220,21 @@ cdef inline uint64_t _mix(uint64_t key) noexcept nogil:
     return (key * 0x9E3779B1ULL >> 16) & 0xFFFF
 
 
+def decode_segment(int linktype, bytes data, wirelen):
+    """The segment the C decoder makes of one packet, as decode/packets.py's tuple,
+    or None where it leaves the packet to that decoder (for the tests)."""
+    cdef Seg s
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int64_t cut = wirelen - n
+    if cut < 0:
+        cut = 0
+    cdef const uint8_t* d = <const uint8_t*>PyBytes_AS_STRING(data)
+    if not decode(linktype, d, n, cut, &s):
+        return None
+    return (PyBytes_FromStringAndSize(<const char*>s.src, s.alen), PyBytes_FromStringAndSize(<const char*>s.dst, s.alen),
+            s.sport, s.dport, s.seq, s.ack, s.flags, data[s.pay:s.avail], s.seglen)
+
+
 cdef class Loop:
     """One file of a Session, read by the compiled loop (see the module comment)."""
 
@@ -247,13 +266,14 @@ cdef class Loop:
     # -- one packet ------------------------------------------------------------
     cdef int packet(self, object ts_obj, double ts, int linktype, const uint8_t* d, Py_ssize_t n,
                     int64_t wirelen, object data) except -1:
+        # 1: left to another share before decoding (no progress tick); else 0.
         cdef Seg s
         cdef int64_t cut = wirelen - n
         if cut < 0:
             cut = 0
         if self.shares and linktype == 1 and self._other(d, n):
             self.elsewhere += 1     # another process dissects it
-            return 0
+            return 1                # and, as in the reference, no progress tick for it
         if not decode(linktype, d, n, cut, &s):
             if data is None:
                 data = PyBytes_FromStringAndSize(<const char*>d, n)
@@ -324,7 +344,8 @@ cdef class Loop:
                     # Stream.take_next accepts it: the next in-order bytes, whole.
                     direction = entry[1]
                     dissector = conn.dissector
-                    if type(dissector) is HttpDissector and dissector.upgraded is None:
+                    kind = type(dissector)
+                    if (kind is HttpDissector or kind is HttpDissectorTwin) and dissector.upgraded is None:
                         side = dissector.sides[direction]
                         if <int>side.state == BODY_LENGTH and side.sniff is None and seglen < side.remaining \
                                 and not (caplen >= 5 and memcmp(d + s.pay, b"HTTP/", 5) == 0):
@@ -375,6 +396,7 @@ cdef class Loop:
         cdef const uint8_t* p
         cdef uint32_t sec, frac, incl, orig
         cdef double ts
+        cdef int skipped
         if not isinstance(buf, bytes):
             buf = bytes(buf)
         while True:
@@ -409,10 +431,11 @@ cdef class Loop:
                     ts = ts_obj
                 self.frame += 1
                 self.last_ts = ts_obj
-                self.packet(ts_obj, ts, linktype, p + start, incl, orig, None)
+                skipped = self.packet(ts_obj, ts, linktype, p + start, incl, orig, None)
                 n += 1
                 pos = stop
-                self.tick(ts_obj)
+                if not skipped:
+                    self.tick(ts_obj)
             reader._progress(n)
             more = refill(name, fill, need - (end - pos), n)
             if not more:
@@ -433,9 +456,9 @@ cdef class Loop:
             data = raw if type(raw) is bytes else bytes(raw)
             self.frame += 1
             self.last_ts = ts_obj
-            self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
-                        PyBytes_GET_SIZE(data), wirelen, data)
-            self.tick(ts_obj)
+            if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), wirelen, data):
+                self.tick(ts_obj)
 
     def settle(self):
         """Counters kept in C back to their Python owners (once, at the end of the file)."""

@@ -131,6 +131,7 @@ class Session:
         # instead of being kept in result.connections.
         self.on_connection = on_connection
         self.table = FlowTable(emit, self.anomalies.add, on_connection or self.result.connections.append)
+        self.table.detectors = _fast.protocols(self.table.detectors)  # compiled twins, when selected
         self.decoder = Decoder()
         self.frame = 0
         self.elsewhere = 0  # TCP packets left to another process (parallel runs)
