@@ -38,7 +38,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.float cimport PyFloat_FromDouble
 from cpython.object cimport PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 from analyzer.capture import open_capture
 from analyzer.capture.pcap import MAX_RECORD_BYTES, _packets, refill
@@ -242,6 +242,14 @@ cdef class Loop:
     cdef object progress, last_ts
     cdef Py_ssize_t done_before, total, frame, next_tick, fast_decoded, elsewhere
     cdef int share, shares
+    # The flow keys of the last two packets (both directions of a busy
+    # connection): the dict key tuple is reused instead of made again.
+    cdef uint8_t key_src[2][16]
+    cdef uint8_t key_dst[2][16]
+    cdef int key_alen[2]
+    cdef unsigned int key_ports[2][2]
+    cdef object keys0, keys1
+    cdef int key_next
 
     def __cinit__(self, session, partition, progress, done_before, total):
         self.session = session
@@ -258,6 +266,8 @@ cdef class Loop:
         self.last_ts = None
         self.fast_decoded = 0
         self.elsewhere = 0
+        self.key_alen[0] = self.key_alen[1] = 0
+        self.key_next = 0
         if partition is None:
             self.share, self.shares = 0, 0
         else:
@@ -321,11 +331,8 @@ cdef class Loop:
     cdef int segment(self, Seg* s, object ts_obj, double ts, const uint8_t* d) except -1:
         cdef Py_ssize_t caplen = s.avail - s.pay
         cdef Py_ssize_t seglen = s.seglen
-        src = PyBytes_FromStringAndSize(<const char*>s.src, s.alen)
-        dst = PyBytes_FromStringAndSize(<const char*>s.dst, s.alen)
-        sport = s.sport
-        dport = s.dport
-        cdef PyObject* found = PyDict_GetItem(self.tdict, (src, sport, dst, dport))
+        cdef tuple key = self.flow_key(s)
+        cdef PyObject* found = PyDict_GetItem(self.tdict, key)
         cdef tuple entry
         cdef uint32_t next_seq
         if found is not NULL and not s.flags & 0x07:
@@ -369,8 +376,31 @@ cdef class Loop:
                         self.table.drain(conn, events)
                     return 0
         payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
-        self.table_packet((src, dst, sport, dport, s.seq, s.ack, s.flags, payload, seglen), ts_obj, self.frame)
+        self.table_packet((key[0], key[2], key[1], key[3], s.seq, s.ack, s.flags, payload, seglen),
+                          ts_obj, self.frame)
         return 0
+
+    cdef tuple flow_key(self, Seg* s):
+        """(src, sport, dst, dport) as the FlowTable keys its dict, reused when it repeats."""
+        cdef int i, a = s.alen
+        for i in range(2):
+            if self.key_alen[i] == a and self.key_ports[i][0] == s.sport and self.key_ports[i][1] == s.dport \
+                    and memcmp(self.key_src[i], s.src, a) == 0 and memcmp(self.key_dst[i], s.dst, a) == 0:
+                return self.keys0 if i == 0 else self.keys1
+        key = (PyBytes_FromStringAndSize(<const char*>s.src, a), s.sport,
+               PyBytes_FromStringAndSize(<const char*>s.dst, a), s.dport)
+        i = self.key_next
+        self.key_next = 1 - i
+        memcpy(self.key_src[i], s.src, a)
+        memcpy(self.key_dst[i], s.dst, a)
+        self.key_alen[i] = a
+        self.key_ports[i][0] = s.sport
+        self.key_ports[i][1] = s.dport
+        if i == 0:
+            self.keys0 = key
+        else:
+            self.keys1 = key
+        return key
 
     cdef int tick(self, object ts_obj) except -1:
         if self.frame % SIGNAL_EVERY == 0:
