@@ -4,7 +4,7 @@ Both loops must give the same outputs -- events.csv, connections.csv,
 anomalies.csv and the coverage counters -- on every sample capture, every
 corpus capture (../shared/corpus, when present), random captures made here
 (random splits, losses, reordering, duplicates, snaplen cuts, link types,
-flipped bytes), and for one share of a parallel run.  The C decoder, where
+flipped bytes, clock steps), and for one share of a parallel run.  The C decoder, where
 it answers at all, answers what decode/packets.py answers; the C header scan
 equals the regex one.  Tests of the compiled side skip when it is not built.
 """
@@ -190,7 +190,10 @@ def conversations(draw):
         frame = frames[draw(st.integers(0, len(frames) - 1))]
         frame[draw(st.integers(0, len(frame) - 1))] ^= draw(st.integers(1, 255))
     snaplen = draw(st.sampled_from([65535, 65535, 96, 200]))
-    return _pcap(link, [(1_700_000_000_000_000 + 1000 * i, bytes(f)) for i, f in enumerate(frames)], snaplen)
+    times = [1_700_000_000_000_000 + 1000 * i for i in range(len(frames))]
+    for i in draw(st.lists(st.integers(0, len(frames) - 1), max_size=2)):
+        times[i:] = [t - 5_000_000 for t in times[i:]]   # the clock steps back (two captures pasted)
+    return _pcap(link, list(zip(times, map(bytes, frames))), snaplen)
 
 
 @compiled

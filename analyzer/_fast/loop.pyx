@@ -32,6 +32,8 @@
 # Limits: nanosecond pcap timestamps are divided with Python integers (the
 # float must be the correctly rounded one, which 64-bit doubles cannot give
 # for ~1e18 ticks); microsecond ones are exact in C (below 2**53).
+import sys
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
@@ -250,6 +252,11 @@ cdef class Loop:
     cdef unsigned int key_ports[2][2]
     cdef object keys0, keys1
     cdef int key_next
+    # The reference's check for capture time going backwards, when its
+    # Session has one (BACKWARDS_SECONDS and _went_backwards beside it).
+    cdef bint check_back
+    cdef double back, newest
+    cdef object went_backwards
 
     def __cinit__(self, session, partition, progress, done_before, total):
         self.session = session
@@ -268,6 +275,11 @@ cdef class Loop:
         self.elsewhere = 0
         self.key_alen[0] = self.key_alen[1] = 0
         self.key_next = 0
+        back = getattr(sys.modules.get(type(session).__module__), "BACKWARDS_SECONDS", None)
+        self.went_backwards = getattr(session, "_went_backwards", None)
+        self.check_back = back is not None and self.went_backwards is not None
+        self.back = back if self.check_back else 0.0
+        self.newest = float("-inf")
         if partition is None:
             self.share, self.shares = 0, 0
         else:
@@ -402,6 +414,15 @@ cdef class Loop:
             self.keys1 = key
         return key
 
+    cdef inline int clock(self, object ts_obj, double ts) except -1:
+        # As Session.read_file, before anything else is done with the packet.
+        if self.check_back:
+            if ts > self.newest:
+                self.newest = ts
+            elif ts < self.newest - self.back:
+                self.newest = self.went_backwards(ts_obj, self.newest, self.frame)
+        return 0
+
     cdef int tick(self, object ts_obj) except -1:
         if self.frame % SIGNAL_EVERY == 0:
             PyErr_CheckSignals()
@@ -461,6 +482,7 @@ cdef class Loop:
                     ts = ts_obj
                 self.frame += 1
                 self.last_ts = ts_obj
+                self.clock(ts_obj, ts)
                 skipped = self.packet(ts_obj, ts, linktype, p + start, incl, orig, None)
                 n += 1
                 pos = stop
@@ -486,6 +508,7 @@ cdef class Loop:
             data = raw if type(raw) is bytes else bytes(raw)
             self.frame += 1
             self.last_ts = ts_obj
+            self.clock(ts_obj, ts_obj)
             if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
                                PyBytes_GET_SIZE(data), wirelen, data):
                 self.tick(ts_obj)
