@@ -31,10 +31,30 @@ def _switched_off() -> bool:
 TWINS = {
     "analyzer.protocols.http.dissector": "analyzer._fast.http_dissector",
 }
-# Pure functions of a twin replaced by C ones equal to them (property-tested
-# in tests/test_fast_path.py): twin module -> {name: (C module, name)}.
+# Pure functions of a twin replaced by C ones equal to them: twin module ->
+# {name: function of the reference module giving the C one, or None when
+# none answers as the reference does (then the twin keeps its own)}.
+def _http_headers(reference):
+    from functools import partial
+
+    from analyzer._fast.http_head import headers
+
+    for candidate in (headers, partial(headers, utf8=True)):
+        if all(candidate(head, start) == reference._headers(head, start) for head, start in _HEAD_PROBES):
+            return candidate
+    return None
+
+
+# Heads on which a C helper must answer as the reference (how values are
+# decoded, repeated and odd fields); tests/test_fast_path.py checks many more.
+_HEAD_PROBES = (
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nhost:a\r\nHOST :  b \r\n\r\n", 15),
+    (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\nUpgrade: \xe9\xff\r\n\r\n", 14),
+    (b"\ncontent-length\t:\t7\x0b\r\ntransfer-encoding: chunked\n\n", 0),
+)
+
 HELPERS = {
-    "analyzer._fast.http_dissector": {"_headers": ("analyzer._fast.http_head", "headers")},
+    "analyzer._fast.http_dissector": {"_headers": ("analyzer.protocols.http.dissector", _http_headers)},
 }
 
 
@@ -112,11 +132,22 @@ def _with_helpers(twin: str) -> None:
     from importlib import import_module
 
     module = import_module(twin)
-    for name, (where, attr) in HELPERS.get(twin, {}).items():
-        try:
-            setattr(module, name, getattr(import_module(where), attr))
-        except ImportError:
-            pass  # the helper is not built: the twin keeps the reference function
+    for name, (reference, choose) in HELPERS.get(twin, {}).items():
+        helper = helper_for(twin, name)
+        if helper is not None:
+            setattr(module, name, helper)
+
+
+def helper_for(twin: str, name: str):
+    """The C function that stands in for `name` in `twin`, or None (not built, or
+    no longer answering as the reference does)."""
+    from importlib import import_module
+
+    reference, choose = HELPERS[twin][name]
+    try:
+        return choose(import_module(reference))
+    except ImportError:
+        return None
 
 
 def notice() -> str:

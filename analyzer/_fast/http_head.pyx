@@ -3,7 +3,11 @@
 # protocols/http/dissector.py (the reference), so the compiled twin of that
 # module (analyzer._fast.http_dissector, see setup.py) can call them instead.
 #
-#   headers(head, start)  ==  dissector._headers(head, start)
+#   headers(head, start, utf8)  ==  dissector._headers(head, start)
+#
+# with `utf8` saying how the reference decodes a value: Latin-1, or UTF-8
+# with \xNN escapes for the bytes that are not (analyzer/_fast/__init__.py
+# probes the reference and picks the one that answers the same, or none).
 #
 # The reference scans with one case-insensitive regex; here the same scan is
 # a loop over line feeds.  Why it is the same: no wanted name is a prefix of
@@ -23,7 +27,7 @@ cdef inline int _lower(int c) noexcept nogil:
     return c + 32 if 65 <= c <= 90 else c
 
 
-def headers(bytes head, Py_ssize_t start=0):
+def headers(bytes head, Py_ssize_t start=0, bint utf8=False):
     """Wanted header fields of a head, from `start` on: see dissector._headers."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(head)
@@ -68,7 +72,8 @@ def headers(bytes head, Py_ssize_t start=0):
         while q < n and p[q] != 13 and p[q] != 10:
             q += 1
         vend = q
-        value = head[vstart:vend].strip().decode("latin-1")
+        raw = head[vstart:vend].strip()
+        value = raw.decode("utf-8", "backslashreplace") if utf8 else raw.decode("latin-1")
         key = WANTED_STR[found]
         if key in out:
             out[key] = out[key] + "," + value
