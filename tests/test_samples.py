@@ -25,14 +25,14 @@ HTTP_SAMPLES = sorted((ROOT / "samples" / "captures").glob("http_*.pcap"))
 
 
 @pytest.mark.parametrize("capture", golden.captures(), ids=lambda p: p.name)
-def test_events_equal_golden_file(capture, tmp_path):
+def test_events_equal_golden_file(capture, tmp_path, implementation):
     want = golden.golden_path(capture)
     assert want.exists(), "run python3 samples/golden.py --write"
     assert golden.analyse(capture, tmp_path) == want.read_bytes()
 
 
 @pytest.mark.parametrize("capture", HTTP_SAMPLES, ids=lambda p: p.name)
-def test_http_events_match_what_the_clients_saw(capture, tmp_path):
+def test_http_events_match_what_the_clients_saw(capture, tmp_path, implementation):
     import csv
 
     golden.analyse(capture, tmp_path)

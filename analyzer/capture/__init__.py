@@ -126,6 +126,9 @@ class CaptureReader:
       interfaces  [(linktype, tsresol text like "10^-6" or "2^-20")]; for
                   pcapng it grows as Interface Description Blocks are read
       decryption_secrets  [(secrets_type, data)] from pcapng DSBs read so far
+      pcap_source (header, bytes after the file header, fill) of a classic
+                  pcap, for a record walk of its own (the compiled loop,
+                  analyzer/_fast); None for pcapng
     """
 
     def __init__(self, path: str) -> None:
@@ -134,6 +137,7 @@ class CaptureReader:
         self.interfaces: list[tuple[int, str]] = []
         self.decryption_secrets: list[tuple[int, bytes]] = []
         self.packets_read = 0
+        self.pcap_source = None
         self._gen = None
         if path == "-":
             self.name = "<stdin>"
@@ -196,6 +200,7 @@ class CaptureReader:
             header = pcap.parse_header(buf)
             self.format = "pcap"
             self.interfaces.append((header.linktype, header.tsresol))
+            self.pcap_source = (header, buf[pcap.FILE_HEADER_BYTES:], fill)
             self._gen = pcap.records(name, header, buf[pcap.FILE_HEADER_BYTES:],
                                      fill, self._progress)
         elif magic == b"\x0a\x0d\x0d\x0a":

@@ -28,6 +28,12 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
         from analyzer.meaning.gate import parse
 
         rules = [parse(expr) for expr in fail_on]  # bad expressions fail before any work
+    if engine == "native":
+        from analyzer import _fast
+
+        notice = _fast.notice()  # the compiled loop is not built: say so once, keep going
+        if notice:
+            print(notice, file=sys.stderr)
     metrics = None
     if metrics_file is not None:
         from analyzer._version import __version__

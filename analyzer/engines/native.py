@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyzer import community_id, interrupt
+from analyzer import _fast, community_id, interrupt
 from analyzer._version import __version__
 from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
@@ -144,6 +144,7 @@ class Session:
             keep_row(row)
 
         self.table = FlowTable(emit, self.anomalies.add, connection_row)
+        self.table.detectors = _fast.protocols(self.table.detectors)  # compiled twins, when selected
         self.decoder = Decoder()
         self.frame = 0
         self.elsewhere = 0  # TCP packets left to another process (parallel runs)
@@ -175,7 +176,12 @@ class Session:
 
         With `partition=(k, n)` only the connections of share k of n are
         dissected (parallel runs; see analyzer/engines/parallel.py for the key).
+        The compiled loop (analyzer/_fast) does the same when it is built;
+        the code below is the reference it is tested against.
         """
+        compiled = _fast.read_file()
+        if compiled is not None:
+            return compiled(self, path, progress, done_before, total, partition)
         report = self.begin(path, "<stdin>" if path == "-" else None)
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
         others = None

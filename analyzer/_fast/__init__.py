@@ -1,0 +1,159 @@
+# Which implementation of the packet loop runs: the one place that decides.
+#
+#   compiled  analyzer/_fast/loop.pyx (Cython), built by `pip install` when a
+#             C compiler is there; the per-packet work in C (see its header).
+#   python    engines/native.py's Session.read_file: the reference, always
+#             there, and what the compiled loop is tested against.
+#
+# As aiohttp does with AIOHTTP_NO_EXTENSIONS, ANALYZER_NO_EXTENSIONS=1 (or
+# the issue's name for it, ANALYZER_PURE_PYTHON=1) forces the Python loop;
+# it is read when this module is first imported.  A missing build is not an
+# error: the Python loop runs, and the CLI says so once on stderr
+# (`notice()`).  Tests switch with `use()`.
+from __future__ import annotations
+
+import os
+
+SWITCHES = ("ANALYZER_NO_EXTENSIONS", "ANALYZER_PURE_PYTHON")
+IMPLEMENTATIONS = ("compiled", "python")
+
+# How much slower the Python loop is than the compiled one, as measured by
+# benchmarks/fastpath.py (see README "Speed"): what the notice tells.
+PYTHON_SLOWDOWN = "1.4x (small messages) to 2.3x (web traffic)"
+
+
+def _switched_off() -> bool:
+    return any(os.environ.get(name, "").strip() not in ("", "0") for name in SWITCHES)
+
+
+# Reference module -> its compiled twin (the same source compiled by Cython
+# under another name; see setup.py TWINS).
+TWINS = {
+    "analyzer.protocols.http.dissector": "analyzer._fast.http_dissector",
+}
+# Pure functions of a twin replaced by C ones equal to them: twin module ->
+# {name: function of the reference module giving the C one, or None when
+# none answers as the reference does (then the twin keeps its own)}.
+def _http_headers(reference):
+    from functools import partial
+
+    from analyzer._fast.http_head import headers
+
+    for candidate in (headers, partial(headers, utf8=True)):
+        if all(candidate(head, start) == reference._headers(head, start) for head, start in _HEAD_PROBES):
+            return candidate
+    return None
+
+
+# Heads on which a C helper must answer as the reference (how values are
+# decoded, repeated and odd fields); tests/test_fast_path.py checks many more.
+_HEAD_PROBES = (
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nhost:a\r\nHOST :  b \r\n\r\n", 15),
+    (b"GET / HTTP/1.1\r\nHost: caf\xc3\xa9.example\r\nUpgrade: \xe9\xff\r\n\r\n", 14),
+    (b"\ncontent-length\t:\t7\x0b\r\ntransfer-encoding: chunked\n\n", 0),
+)
+
+HELPERS = {
+    "analyzer._fast.http_dissector": {"_headers": ("analyzer.protocols.http.dissector", _http_headers)},
+}
+
+
+def _load():
+    try:
+        from analyzer._fast import loop
+    except ImportError as exc:  # not built (no compiler at install time) or built for another Python
+        return None, str(exc)
+    return loop, ""
+
+
+_COMPILED, _WHY_NOT = _load()
+_forced = "python" if _switched_off() else None
+
+
+def available() -> bool:
+    """True when the compiled loop is built and importable."""
+    return _COMPILED is not None
+
+
+def selected() -> str:
+    """"compiled" or "python": what the next Session will run."""
+    if _forced is not None:
+        return _forced
+    return "compiled" if _COMPILED is not None else "python"
+
+
+def use(name: str | None) -> None:
+    """Force an implementation ("compiled", "python"), or None for the default.
+
+    ValueError for "compiled" when it is not built (tests skip on that).
+    """
+    global _forced
+    if name is not None and name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {name!r} (choose from {', '.join(IMPLEMENTATIONS)})")
+    if name == "compiled" and _COMPILED is None:
+        raise ValueError(f"the compiled loop is not built ({_WHY_NOT})")
+    _forced = name
+
+
+def read_file():
+    """The compiled Session.read_file, or None when the Python one is to run."""
+    if selected() == "compiled":
+        return _COMPILED.read_file
+    return None
+
+
+def protocols(specs: tuple) -> tuple:
+    """The registry's specs, with each module that has a built twin pointed at it.
+
+    Only while the compiled implementation is selected; detection, the
+    dissector class and roles then all come from the twin.
+    """
+    if selected() != "compiled":
+        return specs
+    from dataclasses import replace
+    from importlib.util import find_spec
+
+    out = []
+    for spec in specs:
+        twin = TWINS.get(spec.module)
+        if twin is not None and _is_compiled(find_spec(twin)):
+            _with_helpers(twin)
+            spec = replace(spec, module=twin)
+        out.append(spec)
+    return tuple(out)
+
+
+def _is_compiled(found) -> bool:
+    return found is not None and found.origin is not None and not found.origin.endswith(".py")
+
+
+def _with_helpers(twin: str) -> None:
+    """Give a twin its C helpers (the twin looks its globals up at call time)."""
+    from importlib import import_module
+
+    module = import_module(twin)
+    for name, (reference, choose) in HELPERS.get(twin, {}).items():
+        helper = helper_for(twin, name)
+        if helper is not None:
+            setattr(module, name, helper)
+
+
+def helper_for(twin: str, name: str):
+    """The C function that stands in for `name` in `twin`, or None (not built, or
+    no longer answering as the reference does)."""
+    from importlib import import_module
+
+    reference, choose = HELPERS[twin][name]
+    try:
+        return choose(import_module(reference))
+    except ImportError:
+        return None
+
+
+def notice() -> str:
+    """One line for stderr when the compiled loop is missing (not when switched off); else ""."""
+    if _COMPILED is not None or _switched_off():
+        return ""
+    return ("analyzer: the compiled fast path is not built (no C compiler when it was installed?); "
+            f"running the pure-Python engine, {PYTHON_SLOWDOWN} slower "
+            "(install gcc and python3-dev, then reinstall; ANALYZER_NO_EXTENSIONS=1 hides this)")

@@ -1,0 +1,546 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# The compiled packet loop: the same work as engines/native.py's
+# Session.read_file (the pure-Python reference), done without a Python call
+# for the packets that need none.
+#
+# Per packet, in C: the pcap record walk over the chunk buffer (pcapng
+# records still come from capture/pcapng.py's generator), and link/IP/TCP
+# decode for the common cases -- Ethernet with any VLAN tags, Linux SLL and
+# SLL2, raw IP, BSD null/loop, IPv4 with or without options, IPv6 without
+# extension headers.  Anything else (fragments, tunnels, extension headers,
+# 802.11, truncations, non-TCP) goes to the Python Decoder with the packet's
+# bytes, so every skip reason is counted by the reference code.
+#
+# Then the flow lookup in the FlowTable's own dict, and three lanes that do
+# what FlowTable.packet's hot path would do, on the same Python objects:
+#   * a pure ACK on a dissected connection: last_ts only;
+#   * the next in-order segment of an HTTP body of known length that it does
+#     not finish: counted against the body in place, no payload object and
+#     no Python call (HttpDissector.feed's own hot path, as data);
+#   * any other next in-order segment of a dissected connection: straight
+#     to dissector.feed, skipping the table's Python frame.
+# Whatever a lane does not cover exactly (SYN/FIN/RST, a sweep due, an ACK
+# that tells something, out-of-order or cut segments, connections still in
+# detection...) is handed to FlowTable.packet as the reference tuple: a lane
+# checks every condition before it changes anything.
+#
+# The lanes read attributes the Python modules define (Stream.next_seq,
+# HttpDissector.sides, _Side.remaining...); tests/test_fast_path.py runs
+# every sample and corpus capture through both loops and requires identical
+# outputs, so a change there that the lanes do not follow fails a test.
+#
+# Limits: nanosecond pcap timestamps are divided with Python integers (the
+# float must be the correctly rounded one, which 64-bit doubles cannot give
+# for ~1e18 ticks); microsecond ones are exact in C (below 2**53).
+import sys
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.float cimport PyFloat_FromDouble
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+from analyzer.capture import open_capture
+from analyzer.capture.pcap import MAX_RECORD_BYTES, _packets, refill
+from analyzer.errors import AnalyzerError, CaptureError
+from analyzer.protocols.http.dissector import BODY_LENGTH as _BODY_LENGTH, HttpDissector
+try:  # the same class compiled (a twin, see setup.py): the lanes take both
+    from analyzer._fast.http_dissector import HttpDissector as HttpDissectorTwin
+except ImportError:
+    HttpDissectorTwin = HttpDissector
+from analyzer.tcp.table import MODE_DISSECT as _MODE_DISSECT
+
+cdef int MODE_DISSECT = _MODE_DISSECT
+cdef int BODY_LENGTH = _BODY_LENGTH
+cdef Py_ssize_t MAX_RECORD = MAX_RECORD_BYTES
+cdef object NO_EVENTS = []   # never appended to, as the dissector's own _NO_EVENTS
+# As in Session.read_file: progress and first_epoch now and then, not per packet.
+cdef Py_ssize_t TICK = 20000
+# Ctrl-C is seen by Python code only; lanes may run long stretches without any.
+cdef Py_ssize_t SIGNAL_EVERY = 1024
+
+cdef struct Seg:
+    const uint8_t* src
+    const uint8_t* dst
+    int alen
+    unsigned int sport
+    unsigned int dport
+    uint32_t seq
+    uint32_t ack
+    int flags
+    Py_ssize_t pay       # payload start
+    Py_ssize_t avail     # payload end within the captured bytes
+    Py_ssize_t seglen    # payload length the IP header claims
+
+
+cdef inline unsigned int u16(const uint8_t* p) noexcept nogil:
+    return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t u32be(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint32_t u32le(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+# -- decode: 1 = a segment, exactly what decode/packets.py returns; 0 = ask it --
+
+cdef inline int _tcp(const uint8_t* d, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end, Seg* s) noexcept nogil:
+    cdef Py_ssize_t avail = n if end > n else end
+    if avail - start < 20:
+        return 0
+    cdef int doff = d[start + 12]
+    cdef Py_ssize_t p = start + ((doff >> 4) << 2)
+    if p > avail or doff < 0x50:
+        return 0
+    s.sport = u16(d + start)
+    s.dport = u16(d + start + 2)
+    s.seq = u32be(d + start + 4)
+    s.ack = u32be(d + start + 8)
+    s.flags = d[start + 13]
+    s.pay = p
+    s.avail = avail
+    s.seglen = end - p
+    return 1
+
+
+cdef inline int _ip4(const uint8_t* d, Py_ssize_t n, Py_ssize_t off, int64_t cut, Seg* s) noexcept nogil:
+    if n - off < 20:
+        return 0
+    cdef int vihl = d[off]
+    if vihl >> 4 != 4:
+        return 0
+    cdef Py_ssize_t ihl = (vihl & 15) << 2
+    if ihl < 20 or n - off < ihl:
+        return 0
+    cdef Py_ssize_t tot = u16(d + off + 2)
+    cdef Py_ssize_t end
+    if tot == 0:
+        end = n              # segmentation offload: as the reference decoder
+    elif tot < ihl:
+        return 0
+    else:
+        end = off + tot
+        if end > n and end > n + cut:
+            end = n + cut
+    if u16(d + off + 6) & 0x3FFF or d[off + 9] != 6:
+        return 0             # fragments and other protocols: the reference decides
+    s.src = d + off + 12
+    s.dst = d + off + 16
+    s.alen = 4
+    return _tcp(d, n, off + ihl, end, s)
+
+
+cdef inline int _ip6(const uint8_t* d, Py_ssize_t n, Py_ssize_t off, int64_t cut, Seg* s) noexcept nogil:
+    if n - off < 40 or d[off] >> 4 != 6 or d[off + 6] != 6:
+        return 0             # extension headers: the reference decides
+    cdef Py_ssize_t plen = u16(d + off + 4)
+    cdef Py_ssize_t p = off + 40
+    cdef Py_ssize_t end = p + plen if plen else n
+    if end > n and end > n + cut:
+        end = n + cut
+    s.src = d + off + 8
+    s.dst = d + off + 24
+    s.alen = 16
+    return _tcp(d, n, p, end, s)
+
+
+cdef inline int _ethertype(unsigned int et, const uint8_t* d, Py_ssize_t n, Py_ssize_t off, int64_t cut,
+                           Seg* s) noexcept nogil:
+    while et == 0x8100 or et == 0x88A8 or et == 0x9100 or et == 0x9200:
+        if n - off < 4:
+            return 0
+        et = u16(d + off + 2)
+        off += 4
+    if et == 0x0800:
+        return _ip4(d, n, off, cut, s)
+    if et == 0x86DD:
+        return _ip6(d, n, off, cut, s)
+    return 0
+
+
+cdef inline int _sll(unsigned int hatype, unsigned int proto, const uint8_t* d, Py_ssize_t n, Py_ssize_t off,
+                     int64_t cut, Seg* s) noexcept nogil:
+    if hatype == 824 or proto == 0x0004 or proto == 0x0001 or proto == 0x000C or proto == 0x000D:
+        return 0
+    return _ethertype(proto, d, n, off, cut, s)
+
+
+cdef inline int _family(uint32_t af, const uint8_t* d, Py_ssize_t n, int64_t cut, Seg* s) noexcept nogil:
+    if af == 2:
+        return _ip4(d, n, 4, cut, s)
+    if af == 24 or af == 28 or af == 30:
+        return _ip6(d, n, 4, cut, s)
+    return 0
+
+
+cdef int decode(int linktype, const uint8_t* d, Py_ssize_t n, int64_t cut, Seg* s) noexcept nogil:
+    cdef uint32_t af
+    if linktype == 1:
+        if n < 14:
+            return 0
+        return _ethertype(u16(d + 12), d, n, 14, cut, s)
+    if linktype == 113:
+        if n < 16:
+            return 0
+        return _sll(u16(d + 2), u16(d + 14), d, n, 16, cut, s)
+    if linktype == 276:
+        if n < 20:
+            return 0
+        return _sll(u16(d + 8), u16(d), d, n, 20, cut, s)
+    if linktype == 101 or linktype == 12 or linktype == 14:
+        if n < 1:
+            return 0
+        if d[0] >> 4 == 4:
+            return _ip4(d, n, 0, cut, s)
+        if d[0] >> 4 == 6:
+            return _ip6(d, n, 0, cut, s)
+        return 0
+    if linktype == 228:
+        return _ip4(d, n, 0, cut, s)
+    if linktype == 229:
+        return _ip6(d, n, 0, cut, s)
+    if linktype == 0 or linktype == 108:
+        if n < 4:
+            return 0
+        if linktype == 108:
+            af = u32be(d)
+        else:
+            af = u32le(d)
+            if af > 0xFFFF:
+                af = u32be(d)
+        return _family(af, d, n, cut, s)
+    return 0
+
+
+cdef inline uint64_t _mix(uint64_t key) noexcept nogil:
+    # engines/native.py's _mix: Linux hands out ephemeral ports of one parity.
+    return (key * 0x9E3779B1ULL >> 16) & 0xFFFF
+
+
+def decode_segment(int linktype, bytes data, wirelen):
+    """The segment the C decoder makes of one packet, as decode/packets.py's tuple,
+    or None where it leaves the packet to that decoder (for the tests)."""
+    cdef Seg s
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int64_t cut = wirelen - n
+    if cut < 0:
+        cut = 0
+    cdef const uint8_t* d = <const uint8_t*>PyBytes_AS_STRING(data)
+    if not decode(linktype, d, n, cut, &s):
+        return None
+    return (PyBytes_FromStringAndSize(<const char*>s.src, s.alen), PyBytes_FromStringAndSize(<const char*>s.dst, s.alen),
+            s.sport, s.dport, s.seq, s.ack, s.flags, data[s.pay:s.avail], s.seglen)
+
+
+cdef class Loop:
+    """One file of a Session, read by the compiled loop (see the module comment)."""
+
+    cdef object session, result, table, tdict, decoder, table_packet, reader
+    cdef object progress, last_ts
+    cdef Py_ssize_t done_before, total, frame, next_tick, fast_decoded, elsewhere
+    cdef int share, shares
+    # The flow keys of the last two packets (both directions of a busy
+    # connection): the dict key tuple is reused instead of made again.
+    cdef uint8_t key_src[2][16]
+    cdef uint8_t key_dst[2][16]
+    cdef int key_alen[2]
+    cdef unsigned int key_ports[2][2]
+    cdef object keys0, keys1
+    cdef int key_next
+    # The reference's check for capture time going backwards, when its
+    # Session has one (BACKWARDS_SECONDS and _went_backwards beside it).
+    cdef bint check_back
+    cdef double back, newest
+    cdef object went_backwards
+
+    def __cinit__(self, session, partition, progress, done_before, total):
+        self.session = session
+        self.result = session.result
+        self.table = session.table
+        self.tdict = session.table.table
+        self.decoder = session.decoder
+        self.table_packet = session.table.packet
+        self.progress = progress
+        self.done_before = done_before
+        self.total = total
+        self.frame = 0
+        self.next_tick = 1
+        self.last_ts = None
+        self.fast_decoded = 0
+        self.elsewhere = 0
+        self.key_alen[0] = self.key_alen[1] = 0
+        self.key_next = 0
+        back = getattr(sys.modules.get(type(session).__module__), "BACKWARDS_SECONDS", None)
+        self.went_backwards = getattr(session, "_went_backwards", None)
+        self.check_back = back is not None and self.went_backwards is not None
+        self.back = back if self.check_back else 0.0
+        self.newest = float("-inf")
+        if partition is None:
+            self.share, self.shares = 0, 0
+        else:
+            self.share, self.shares = partition
+
+    # -- one packet ------------------------------------------------------------
+    cdef int packet(self, object ts_obj, double ts, int linktype, const uint8_t* d, Py_ssize_t n,
+                    int64_t wirelen, object data) except -1:
+        # 1: left to another share before decoding (no progress tick); else 0.
+        cdef Seg s
+        cdef int64_t cut = wirelen - n
+        if cut < 0:
+            cut = 0
+        if self.shares and linktype == 1 and self._other(d, n):
+            self.elsewhere += 1     # another process dissects it
+            return 1                # and, as in the reference, no progress tick for it
+        if not decode(linktype, d, n, cut, &s):
+            if data is None:
+                data = PyBytes_FromStringAndSize(<const char*>d, n)
+            seg = self.decoder.decode(linktype, data, ts_obj, wirelen)
+            if seg is not None and (not self.shares or self._mine_seg(seg)):
+                self.table_packet(seg, ts_obj, self.frame)
+            return 0
+        self.fast_decoded += 1
+        if self.shares and not self._mine(&s):
+            return 0
+        return self.segment(&s, ts_obj, ts, d)
+
+    cdef int _other(self, const uint8_t* d, Py_ssize_t n) noexcept:
+        # _other_share in engines/native.py, byte for byte.
+        cdef uint64_t key
+        if n < 38 or d[12] != 8 or d[13] != 0 or d[14] != 0x45 or d[23] != 6 or d[20] & 0x3F or d[21]:
+            return 0
+        if memcmp(d + 26, d + 30, 4) != 0:
+            key = <uint64_t>d[28] + d[29] + d[32] + d[33]
+        else:
+            key = <uint64_t>u16(d + 34) + u16(d + 36)
+        return <int>(_mix(key) % <uint64_t>self.shares != <uint64_t>self.share)
+
+    cdef int _mine(self, Seg* s) noexcept:
+        # _share_filter in engines/native.py.
+        cdef uint64_t key
+        cdef int a = s.alen
+        if memcmp(s.src, s.dst, a) != 0:
+            key = <uint64_t>s.src[a - 2] + s.src[a - 1] + s.dst[a - 2] + s.dst[a - 1]
+        else:
+            key = <uint64_t>s.sport + s.dport
+        return <int>(_mix(key) % <uint64_t>self.shares == <uint64_t>self.share)
+
+    cdef int _mine_seg(self, tuple seg) except -1:
+        cdef bytes src = seg[0]
+        cdef bytes dst = seg[1]
+        cdef uint64_t key
+        cdef Py_ssize_t a = len(src), b = len(dst)
+        if src != dst:
+            key = src[a - 2] + src[a - 1] + dst[b - 2] + dst[b - 1]
+        else:
+            key = seg[2] + seg[3]
+        return <int>(_mix(key) % <uint64_t>self.shares == <uint64_t>self.share)
+
+    cdef int segment(self, Seg* s, object ts_obj, double ts, const uint8_t* d) except -1:
+        cdef Py_ssize_t caplen = s.avail - s.pay
+        cdef Py_ssize_t seglen = s.seglen
+        cdef tuple key = self.flow_key(s)
+        cdef PyObject* found = PyDict_GetItem(self.tdict, key)
+        cdef tuple entry
+        cdef uint32_t next_seq
+        if found is not NULL and not s.flags & 0x07:
+            entry = <tuple>found
+            conn = entry[0]
+            other = entry[3]
+            if <int>conn.mode == MODE_DISSECT and other is not None and ts < <double>self.table.next_sweep \
+                    and (not s.flags & 0x10 or s.ack == <uint32_t>other.next_seq):
+                if seglen == 0:
+                    conn.last_ts = ts_obj          # a pure ACK that tells nothing new
+                    return 0
+                stream = entry[2]
+                next_seq = <uint32_t>stream.next_seq
+                if caplen == seglen and s.seq == next_seq and stream.synced and not stream.held \
+                        and not stream.ended:
+                    # Stream.take_next accepts it: the next in-order bytes, whole.
+                    direction = entry[1]
+                    dissector = conn.dissector
+                    kind = type(dissector)
+                    if (kind is HttpDissector or kind is HttpDissectorTwin) and dissector.upgraded is None:
+                        side = dissector.sides[direction]
+                        if <int>side.state == BODY_LENGTH and side.sniff is None and seglen < side.remaining \
+                                and not (caplen >= 5 and memcmp(d + s.pay, b"HTTP/", 5) == 0):
+                            # Inside a body of known length that goes on: only counted.
+                            conn.last_ts = ts_obj
+                            stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
+                            stream.pos += seglen
+                            stream.delivered += seglen
+                            side.remaining -= seglen
+                            side.seen = True
+                            if dissector.anomalies or dissector.expectations:
+                                self.table.drain(conn, NO_EVENTS)
+                            return 0
+                    conn.last_ts = ts_obj
+                    stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
+                    stream.pos += seglen
+                    stream.delivered += seglen
+                    payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
+                    events = dissector.feed(payload, direction, ts_obj, self.frame)
+                    if events or dissector.anomalies or dissector.expectations:
+                        self.table.drain(conn, events)
+                    return 0
+        payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
+        self.table_packet((key[0], key[2], key[1], key[3], s.seq, s.ack, s.flags, payload, seglen),
+                          ts_obj, self.frame)
+        return 0
+
+    cdef tuple flow_key(self, Seg* s):
+        """(src, sport, dst, dport) as the FlowTable keys its dict, reused when it repeats."""
+        cdef int i, a = s.alen
+        for i in range(2):
+            if self.key_alen[i] == a and self.key_ports[i][0] == s.sport and self.key_ports[i][1] == s.dport \
+                    and memcmp(self.key_src[i], s.src, a) == 0 and memcmp(self.key_dst[i], s.dst, a) == 0:
+                return self.keys0 if i == 0 else self.keys1
+        key = (PyBytes_FromStringAndSize(<const char*>s.src, a), s.sport,
+               PyBytes_FromStringAndSize(<const char*>s.dst, a), s.dport)
+        i = self.key_next
+        self.key_next = 1 - i
+        memcpy(self.key_src[i], s.src, a)
+        memcpy(self.key_dst[i], s.dst, a)
+        self.key_alen[i] = a
+        self.key_ports[i][0] = s.sport
+        self.key_ports[i][1] = s.dport
+        if i == 0:
+            self.keys0 = key
+        else:
+            self.keys1 = key
+        return key
+
+    cdef inline int clock(self, object ts_obj, double ts) except -1:
+        # As Session.read_file, before anything else is done with the packet.
+        if self.check_back:
+            if ts > self.newest:
+                self.newest = ts
+            elif ts < self.newest - self.back:
+                self.newest = self.went_backwards(ts_obj, self.newest, self.frame)
+        return 0
+
+    cdef int tick(self, object ts_obj) except -1:
+        if self.frame % SIGNAL_EVERY == 0:
+            PyErr_CheckSignals()
+        if self.frame >= self.next_tick:
+            self.next_tick = self.frame + TICK
+            if self.result.first_epoch is None:
+                self.result.first_epoch = ts_obj
+            if self.progress is not None:
+                self.progress(self.done_before + (self.reader.bytes_read or 0), self.total)
+        return 0
+
+    # -- record walks ------------------------------------------------------------
+    def walk_pcap(self, reader, header, buf, fill):
+        """capture/pcap.py's records(), the record loop in C; same damage messages."""
+        self.reader = reader
+        name = reader.name
+        cdef bint big = header.byte_order == ">"
+        cdef bint micro = header.units == 1_000_000
+        units = header.units
+        cdef int linktype = header.linktype
+        cdef Py_ssize_t pos = 0, end, need, start, stop, n = 0
+        cdef const uint8_t* p
+        cdef uint32_t sec, frac, incl, orig
+        cdef double ts
+        cdef int skipped
+        if not isinstance(buf, bytes):
+            buf = bytes(buf)
+        while True:
+            end = PyBytes_GET_SIZE(buf)
+            p = <const uint8_t*>PyBytes_AS_STRING(buf)
+            need = 16
+            while pos + 16 <= end:
+                if big:
+                    sec = u32be(p + pos)
+                    frac = u32be(p + pos + 4)
+                    incl = u32be(p + pos + 8)
+                    orig = u32be(p + pos + 12)
+                else:
+                    sec = u32le(p + pos)
+                    frac = u32le(p + pos + 4)
+                    incl = u32le(p + pos + 8)
+                    orig = u32le(p + pos + 12)
+                start = pos + 16
+                stop = start + incl
+                if stop > end:
+                    if incl > MAX_RECORD:
+                        raise CaptureError(
+                            f"{name}: damaged record after {_packets(n)}: it claims "
+                            f"{incl} captured bytes (more than {MAX_RECORD_BYTES})", n)
+                    need = stop - pos
+                    break
+                if micro:
+                    ts = <double>(<uint64_t>sec * 1000000ULL + frac) / 1000000.0
+                    ts_obj = PyFloat_FromDouble(ts)
+                else:
+                    ts_obj = (sec * units + frac) / units
+                    ts = ts_obj
+                self.frame += 1
+                self.last_ts = ts_obj
+                self.clock(ts_obj, ts)
+                skipped = self.packet(ts_obj, ts, linktype, p + start, incl, orig, None)
+                n += 1
+                pos = stop
+                if not skipped:
+                    self.tick(ts_obj)
+            reader._progress(n)
+            more = refill(name, fill, need - (end - pos), n)
+            if not more:
+                if pos == end:
+                    return
+                what = "a packet header" if end - pos < 16 else "a packet"
+                raise CaptureError(f"{name}: cut short in the middle of {what} after {_packets(n)}", n)
+            if not isinstance(more, bytes):
+                more = bytes(more)
+            buf = buf[pos:] + more if pos < end else more
+            pos = 0
+
+    def walk_records(self, reader):
+        """Any other format: records from the reader, decoded here."""
+        self.reader = reader
+        cdef bytes data
+        for ts_obj, linktype, raw, wirelen in reader:
+            data = raw if type(raw) is bytes else bytes(raw)
+            self.frame += 1
+            self.last_ts = ts_obj
+            self.clock(ts_obj, ts_obj)
+            if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), wirelen, data):
+                self.tick(ts_obj)
+
+    def settle(self):
+        """Counters kept in C back to their Python owners (once, at the end of the file)."""
+        self.decoder.decoded += self.fast_decoded
+        self.session.elsewhere += self.elsewhere
+        self.fast_decoded = self.elsewhere = 0
+        return self.frame, self.last_ts
+
+
+def read_file(session, path, progress=None, done_before=0, total=0, partition=None):
+    """Session.read_file, compiled: one capture file; an error ends this file only."""
+    report = session.begin(path, "<stdin>" if path == "-" else None)
+    result = session.result
+    loop = Loop(session, partition, progress, done_before, total)
+    try:
+        with open_capture(path) as reader:
+            report.format, report.compression = reader.format, reader.compression
+            source = reader.pcap_source
+            if source is not None:
+                loop.walk_pcap(reader, *source)
+            else:
+                loop.walk_records(reader)
+    except AnalyzerError as exc:
+        report.error = str(exc)
+        result.errors.append(exc)
+    finally:
+        frame, ts = loop.settle()
+        if ts is not None:
+            result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
+        report.packets = frame
+        result.packets += frame
+        session.frame = frame
