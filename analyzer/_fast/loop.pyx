@@ -430,6 +430,10 @@ cdef class Loop:
             self.next_tick = self.frame + TICK
             if self.result.first_epoch is None:
                 self.result.first_epoch = ts_obj
+            counters = self.session.counters
+            if counters is not None:
+                counters.packets = self.result.packets + self.frame
+                counters.events = self.session.events.count
             if self.progress is not None:
                 self.progress(self.done_before + (self.reader.bytes_read or 0), self.total)
         return 0

@@ -179,7 +179,8 @@ class Session:
         The compiled loop (analyzer/_fast) does the same when it is built;
         the code below is the reference it is tested against.
         """
-        compiled = _fast.read_file()
+        # -f (a libpcap filter on each record) is the reference loop's alone.
+        compiled = _fast.read_file() if self.packet_filter is None else None
         if compiled is not None:
             return compiled(self, path, progress, done_before, total, partition)
         report = self.begin(path, "<stdin>" if path == "-" else None)
