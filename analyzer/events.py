@@ -24,7 +24,7 @@ CONTRACT_COLUMNS = (
 # Columns that follow the contract ones (stable order, documented in README).
 EXTRA_COLUMNS = (
     "direction", "inferred", "lines", "substatus", "substatus_source",
-    "data_bytes", "flags", "capture", "community_id",
+    "data_bytes", "flags", "capture", "community_id", "last_frame",
 )
 # What the catalogue adds to every event (one join on protocol, code, substatus).
 ANNOTATION_COLUMNS = ("class", "name", "meaning", "standard")
@@ -39,7 +39,8 @@ EVENT_TYPES = {
     "code": "int64", "text": "string", "request": "string", "host": "string",
     "latency_ms": "float64", "connection": "string", "direction": "string", "inferred": "bool",
     "lines": "int64", "substatus": "string", "substatus_source": "string", "data_bytes": "int64",
-    "flags": "string", "capture": "string", "community_id": "string", "class": "string", "name": "string",
+    "flags": "string", "capture": "string", "community_id": "string", "last_frame": "int64",
+    "class": "string", "name": "string",
     "meaning": "string", "standard": "bool",
 }
 # connections.csv: one row per dissected TCP connection (tcp.table.Connection.row).
@@ -76,6 +77,10 @@ class Event:
     substatus_source: str = ""  # where substatus came from ("body")
     data_bytes: int | None = None  # ftp: bytes moved on the data connection for this command
     flags: tuple[str, ...] = ()     # named anomalies attached to this event
+    # The packet holding the message's last byte (end of an HTTP body, an FTP
+    # reply's final line, a whole close frame): the frame Wireshark reports
+    # the message in.  None when the message never ended in the capture.
+    last_frame: int | None = None
     # Filled by the flow table.
     client_ip: str = ""
     client_port: int = 0
@@ -126,7 +131,7 @@ def event_values(ev: Event, ends: tuple) -> tuple:
     cip, cport, sip, sport, cid, capture = ends
     return (ev.epoch, ev.frame, ev.protocol, cip, cport, sip, sport, ev.code, ev.text, ev.request, ev.host,
             ev.latency_ms, cid, ev.direction, ev.inferred, ev.lines, ev.substatus, ev.substatus_source,
-            ev.data_bytes, ";".join(ev.flags), capture)
+            ev.data_bytes, ";".join(ev.flags), capture, ev.last_frame)
 
 
 def endpoint_label(ip: str, port: int) -> str:

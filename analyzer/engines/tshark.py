@@ -249,11 +249,12 @@ def _norm_ip(text: str) -> str:
 # ----------------------------------------------------- per-connection state --
 
 class _Response:
-    __slots__ = ("code", "text", "frame", "ts", "sender", "upgrade", "flags", "request_in")
+    __slots__ = ("code", "text", "frame", "ts", "sender", "upgrade", "flags", "request_in", "shown")
 
-    def __init__(self, code, text, frame, ts, sender, upgrade="", flags=(), request_in=0) -> None:
+    def __init__(self, code, text, frame, ts, sender, upgrade="", flags=(), request_in=0, shown=None) -> None:
         self.code, self.text, self.frame, self.ts, self.sender = code, text, frame, ts, sender
         self.upgrade, self.flags, self.request_in = upgrade, flags, request_in
+        self.shown = shown   # the frame tshark reported it in: the message's last segment
 
 
 class _Conn:
@@ -759,7 +760,8 @@ class TsharkSession:
         request_in = _text(_find(layer, "http.request_in"))
         if self._duplicate(conn, d, ("response", raw, phrase), ts, frame):
             return
-        resp = _Response(int(raw), phrase, frame, ts, d, up, request_in=int(request_in) if request_in.isdigit() else 0)
+        resp = _Response(int(raw), phrase, frame, ts, d, up, request_in=int(request_in) if request_in.isdigit() else 0,
+                         shown=self._last_frame)
         conn.waiting.append(resp)
         if len(conn.waiting) > MAX_WAITING_RESPONSES:
             self._pair_waiting(conn, flush=1)
@@ -811,7 +813,8 @@ class TsharkSession:
                                     "http_response_not_reported")
 
     def _emit_response(self, conn: _Conn, resp: _Response, req: Request | None) -> None:
-        self._emit(conn, response_event(resp.code, resp.text, resp.ts, resp.frame, resp.sender, req, resp.flags))
+        self._emit(conn, response_event(resp.code, resp.text, resp.ts, resp.frame, resp.sender, req, resp.flags,
+                                        resp.shown))
         if resp.code == 101:
             proto = resp.upgrade or (req.upgrade if req else "")
             if proto == "websocket":
@@ -875,7 +878,7 @@ class TsharkSession:
                     del conn.h2_requests[sid]
                 if req is None:
                     conn.note("http_response_without_request", ts, frame, str(code))
-                self._emit_response(conn, _Response(code, "", frame, ts, d), req)
+                self._emit_response(conn, _Response(code, "", frame, ts, d, shown=self._last_frame), req)
 
     # -- WebSocket -------------------------------------------------------------------
     def _websocket(self, conn: _Conn, layer, d: int, frame: int, ts: float) -> None:
@@ -909,7 +912,7 @@ class TsharkSession:
             flags.append("websocket_duplicate_close")
         ev = Event(protocol="websocket", code=code, text=reason, request=conn.ws_request, epoch=ts, frame=frame,
                    sender=d, direction=side_label(d, conn.server if conn.server is not None else 1),
-                   inferred=inferred, flags=tuple(close_flags(flags)))
+                   inferred=inferred, flags=tuple(close_flags(flags)), last_frame=self._last_frame)
         conn.ws_close.add(ev)
         self._emit(conn, ev)
 
@@ -986,7 +989,8 @@ class TsharkSession:
         flags: list[str] = []
         cmd = conn.ftp.reply(code, text, ts, frame, flags)
         ev = Event(protocol="ftp", code=code, text=text, request=cmd.request if cmd else "", epoch=ts, frame=frame,
-                   sender=conn.server if conn.server is not None else 1, flags=tuple(flags))
+                   sender=conn.server if conn.server is not None else 1, flags=tuple(flags),
+                   last_frame=self._last_frame)
         self._emit(conn, ev)
 
     # -- output ----------------------------------------------------------------------

@@ -79,7 +79,7 @@ _EVENT_DEFAULTS = {
     "server_ip": "", "server_port": 0, "code": 0, "text": "", "request": "", "host": "",
     "latency_ms": np.nan, "connection": "", "direction": "", "inferred": False, "lines": pd.NA,
     "substatus": "", "substatus_source": "", "data_bytes": pd.NA, "flags": "", "capture": "",
-    "community_id": "", "class": "", "name": "", "meaning": "", "standard": False,
+    "community_id": "", "last_frame": pd.NA, "class": "", "name": "", "meaning": "", "standard": False,
 }
 _CONNECTION_DEFAULTS = {
     "connection": "", "protocol": "http", "client_ip": "", "client_port": 0, "server_ip": "",

@@ -313,6 +313,7 @@ class FtpDissector(Dissector):
         self._tls = False
         self._auth_sent = False
         self._closed = False
+        self._frame: int | None = None  # packet of the bytes being handled; None for a flush
         self._data_total = 0
 
     # --- contract -----------------------------------------------------------
@@ -327,6 +328,7 @@ class FtpDissector(Dissector):
             return []
         data = self._telnet[direction](data)
         events: list[Event] = []
+        self._frame = frame     # a line that ends in these bytes ends in this packet
         reader = self._lines[direction]
         for item in reader.feed(data, ts, frame):
             self._line(item, direction, events)
@@ -353,10 +355,12 @@ class FtpDissector(Dissector):
         if self._tls or self._closed:
             return []
         events: list[Event] = []
+        self._frame = None      # a line cut by the end did not end
         self._flush_partial(direction, events)
         return events
 
     def close(self, ts: float) -> list[Event]:
+        self._frame = None
         if self._closed:
             return []
         events: list[Event] = []
@@ -447,7 +451,7 @@ class FtpDissector(Dissector):
             if excess and "ftp_reply_too_long" not in reply.flags:
                 reply.flags.append("ftp_reply_too_long")
             if line[:3] == reply.prefix and (len(line) == 3 or line[3:4] == b" "):
-                self._close_reply(reply, events)
+                self._close_reply(reply, events, ended=True)
                 return
             m = _REPLY_RE.match(line)
             if reply.gap and m and m.group(2) != b"-":
@@ -479,18 +483,20 @@ class FtpDissector(Dissector):
         if m.group(2) == b"-":
             self._reply = _OpenReply(code, text, ts, frame, flags)
             return
-        events.append(self._complete(code, text, 1, ts, frame, flags))
+        events.append(self._complete(code, text, 1, ts, frame, flags, self._frame))
 
-    def _close_reply(self, reply, events: list, anomaly: str = "", detail: str = "") -> None:
-        """End the open multi-line reply and emit it, with a named anomaly if given."""
+    def _close_reply(self, reply, events: list, anomaly: str = "", detail: str = "", ended: bool = False) -> None:
+        """End the open multi-line reply and emit it, with a named anomaly if
+        given; `ended`: its final line ended in the packet being handled."""
         self._reply = None
         if anomaly:
             reply.flags.append(anomaly)
             self._note(anomaly, reply.ts, reply.frame, detail)
-        events.append(self._complete(reply.code, reply.text, reply.lines, reply.ts, reply.frame, reply.flags))
+        events.append(self._complete(reply.code, reply.text, reply.lines, reply.ts, reply.frame, reply.flags,
+                                     self._frame if ended else None))
 
     def _complete(self, code: int, text: str, lines: int, ts: float, frame: int,
-                  flags: list[str]) -> Event:
+                  flags: list[str], last_frame: int | None = None) -> Event:
         """A whole reply: pair it, track the session, build the event."""
         cmd = self.session.reply(code, text, ts, frame, flags)
         data_bytes = cmd.data_bytes if cmd is not None else None
@@ -507,7 +513,7 @@ class FtpDissector(Dissector):
             protocol="ftp", code=code, text=text,
             request=cmd.request if cmd is not None else "",
             epoch=ts, frame=frame, sender=self.server_direction if self.server_direction is not None else 1,
-            lines=lines, data_bytes=data_bytes, flags=tuple(dict.fromkeys(flags)),
+            lines=lines, data_bytes=data_bytes, flags=tuple(dict.fromkeys(flags)), last_frame=last_frame,
         )
 
     # --- client side -------------------------------------------------------------------

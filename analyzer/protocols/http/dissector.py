@@ -166,7 +166,7 @@ class _Side:
     """Parser state of one direction."""
 
     __slots__ = ("state", "buf", "remaining", "chunk", "msg_ts", "msg_frame", "held", "held_bytes",
-                 "sniff", "after_gap", "seen")
+                 "sniff", "after_gap", "seen", "deferred")
 
     def __init__(self, state: int) -> None:
         self.state = state
@@ -178,6 +178,7 @@ class _Side:
         self.held: list = []
         self.held_bytes = 0
         self.sniff = None    # [event fields, bytearray, content-encoding] of a deferred 4xx/5xx
+        self.deferred = None  # event fields of another response, until its body ends (last_frame)
         self.after_gap = False
         self.seen = False    # any byte of this direction delivered yet
 
@@ -195,6 +196,7 @@ class HttpDissector(Dissector):
         self.tunnel = ""
         self.midstream = midstream
         self._events: list[Event] = []
+        self._frame = 0       # packet of the bytes being handled: a message ending now ends there
 
     # -- contract --------------------------------------------------------------
     def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
@@ -219,6 +221,7 @@ class HttpDissector(Dissector):
         return self._events
 
     def _gap(self, direction: int, nbytes: int, ts: float, frame: int) -> None:
+        self._frame = frame
         side = self.sides[direction]
         st = side.state
         if (st == BODY_LENGTH and nbytes > side.remaining) or (st == HEAD and not side.buf) or \
@@ -249,6 +252,7 @@ class HttpDissector(Dissector):
         if self.upgraded is not None:
             return self._forward(self.upgraded.end(direction, ts, frame, rst))
         self._events = []
+        self._frame = frame
         side = self.sides[direction]
         if side.state == BODY_CLOSE:
             self._message_done(direction)
@@ -286,6 +290,7 @@ class HttpDissector(Dissector):
         return data.lstrip(b"\r\n")[:5] == b"HTTP/"
 
     def _consume(self, d: int, data: bytes, ts: float, frame: int) -> None:
+        self._frame = frame
         side = self.sides[d]
         side.seen = True
         pos = 0
@@ -488,15 +493,20 @@ class HttpDissector(Dissector):
         method = req.method if req else ""
         fields = response_fields(code, reason, side.msg_ts, side.msg_frame, d, req, flags)
         state, length = framing(True, method, code, headers)
+        # A head cut short (extra_flags) never ended; a bodiless message ends with its head.
+        ended = None if extra_flags else self._frame
         if code == 101 or (state == TUNNEL):
-            self._events.append(Event(**fields))
+            self._events.append(Event(**fields, last_frame=ended))
             self._switch(d, req, code, headers)
             return
         side.state, side.remaining, side.chunk = state, length, CHUNK_SIZE
-        if 400 <= code < 600 and state != HEAD:
+        if state == HEAD:
+            self._events.append(Event(**fields, last_frame=ended))
+        elif 400 <= code < 600:
             side.sniff = [fields, bytearray(), headers.get("content-encoding", "")]
         else:
-            self._events.append(Event(**fields))
+            # Out when the body ends, to say where (Wireshark reports it there).
+            side.deferred = fields
         if req is not None and req.upgrade and not interim(code):
             # The server declined the switch: the client's held bytes are HTTP.
             self._release_hold(1 - d)
@@ -630,7 +640,7 @@ class HttpDissector(Dissector):
 
     def _message_done(self, d: int) -> None:
         side = self.sides[d]
-        self._flush_sniff(d)
+        self._flush_sniff(d, ended=True)
         side.state = HEAD
         side.remaining = 0
         side.chunk = CHUNK_SIZE
@@ -641,8 +651,15 @@ class HttpDissector(Dissector):
         if room > 0:
             buf += chunk[:room]
 
-    def _flush_sniff(self, d: int) -> None:
+    def _flush_sniff(self, d: int, ended: bool = False) -> None:
+        """Emit the response waiting for its body's end; `ended`: it ended
+        in the packet being handled (else it never did: gap, cut, close)."""
         side = self.sides[d]
+        last_frame = self._frame if ended else None
+        if side.deferred is not None:
+            fields, side.deferred = side.deferred, None
+            self._events.append(Event(**fields, last_frame=last_frame))
+            return
         if side.sniff is None:
             return
         fields, body, encoding = side.sniff
@@ -655,7 +672,7 @@ class HttpDissector(Dissector):
             sub = find_substatus(fields["code"], bytes(body), encoding)
             if sub:
                 fields = dict(fields, substatus=sub, substatus_source="body")
-        self._events.append(Event(**fields))
+        self._events.append(Event(**fields, last_frame=last_frame))
 
     def _salvage_head(self, d: int, reason: str) -> None:
         """A response head cut short still proves its status line."""

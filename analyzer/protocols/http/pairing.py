@@ -148,5 +148,5 @@ def response_fields(code: int, text: str, ts: float, frame: int, sender: int, re
 
 
 def response_event(code: int, text: str, ts: float, frame: int, sender: int, req: Request | None,
-                   flags: tuple[str, ...] = ()) -> Event:
-    return Event(**response_fields(code, text, ts, frame, sender, req, flags))
+                   flags: tuple[str, ...] = (), last_frame: int | None = None) -> Event:
+    return Event(**response_fields(code, text, ts, frame, sender, req, flags), last_frame=last_frame)

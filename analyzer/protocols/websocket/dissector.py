@@ -486,6 +486,7 @@ class WebSocketDissector(Dissector):
         self.handshake = CloseHandshake()   # close frames, first FIN/RST, outcome (pairing.py)
         self._first_ts: float | None = None
         self._finished = False
+        self._frame: int | None = None   # packet of the bytes being decoded (None: a gap or a flush)
         self.anomaly_counts: dict[str, int] = {}
 
     # -- contract ------------------------------------------------------
@@ -496,8 +497,10 @@ class WebSocketDissector(Dissector):
         if self._first_ts is None:
             self._first_ts = ts
         events: list[Event] = []
+        self._frame = frame     # frames decoded from these bytes end in this packet
         for decoded in side.decoder.feed(data, ts, frame):
             self._on_frame(direction, side, decoded, events)
+        self._frame = None
         return events
 
     def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
@@ -645,7 +648,7 @@ class WebSocketDissector(Dissector):
             flags.append("websocket_midstream")
         return Event(
             protocol=self.protocol, code=code, text=text, request=self.request,
-            epoch=f.ts, frame=f.frame, sender=direction,
+            epoch=f.ts, frame=f.frame, sender=direction, last_frame=None if f.cut else self._frame,
             direction=side_label(direction, self.server_direction),
             inferred=inferred, flags=tuple(dict.fromkeys(flags)),
         )
