@@ -130,6 +130,10 @@ _TABLE: dict[str, tuple] = {
                                   "关闭帧的状态码落在抓包缺口中。"),
     "websocket_gap_lost_framing": (WARNING, "A capture gap broke the frame boundaries; later frames unread.",
                                    "抓包缺口破坏了帧边界，其后的帧无法解析。"),
+    # -- capture --------------------------------------------------------------------
+    "timestamp_outlier": (WARNING, "An event whose timestamp lies far from the rest of the capture "
+                                   "(corrupt clock or file); left off the time axis.",
+                          "事件的时间戳远离抓包中的其余部分（时钟或文件损坏），未放在时间轴上。"),
     # -- TLS / tshark engine ---------------------------------------------------------
     "tls_undecrypted": (INFO, "A TLS session with no key in the key log: status codes unknown.",
                         "密钥日志中没有该 TLS 会话的密钥，状态码未知。"),

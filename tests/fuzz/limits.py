@@ -1,0 +1,110 @@
+# Running one analyzer invocation under a time and a memory limit, and what
+# came of it.  Shared by the fuzz harness (tests/fuzz/, benchmarks/fuzz.py)
+# and the resource-attack figures (benchmarks/attacks.py).
+#
+# The analyzer runs as a child process, exactly as a user runs it
+# (`python -m analyzer analyze FILE -o OUT -q -j 1`); a watchdog thread reads
+# the child's resident set from /proc every 50 ms and kills it past the
+# memory limit, and the wall-clock limit kills it too.  Peak RSS is the
+# kernel's ru_maxrss of the child (wait4), so a spike between two watchdog
+# reads is still reported.  A kill by the watchdog is a "blowup", by the
+# clock a "hang"; exit 1 or any exit status outside README's table, or a
+# traceback on stderr, is an "internal error".
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# README "Exit codes" for `analyze` on a file input (5, 6, 7 need options the
+# harness does not pass; 130 needs a signal).
+DOCUMENTED = frozenset((0, 3, 4))
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: int | None      # exit status; None when killed by the harness
+    verdict: str            # "ok" | "internal-error" | "hang" | "blowup" | "undocumented-exit"
+    seconds: float
+    peak_rss_mb: float
+    stderr: str
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict != "ok"
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def analyzer_command(capture: Path, outdir: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "analyzer", "analyze", str(capture), "-o", str(outdir), "-q", "-j", "1", *extra]
+
+
+def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path = REPO,
+                env: dict | None = None) -> Outcome:
+    """Run `argv`; kill it past `seconds` of wall time or `memory_mb` of RSS."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("ANALYZER_DEBUG", None)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    killed: list[str] = []
+    limit = memory_mb * 1024 * 1024
+    done = threading.Event()
+
+    # The watcher never reaps the child (wait4 below does, for ru_maxrss).
+    def watch() -> None:
+        while not done.is_set():
+            if _rss_bytes(proc.pid) > limit:
+                killed.append("blowup")
+                _kill(proc)
+                return
+            if time.monotonic() - start > seconds:
+                killed.append("hang")
+                _kill(proc)
+                return
+            done.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    err = proc.stderr.read()
+    _pid, raw_status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(raw_status)
+    done.set()
+    watcher.join()
+    elapsed = time.monotonic() - start
+    stderr = err.decode("utf-8", "replace")
+    peak = usage.ru_maxrss / 1024.0
+    if killed:
+        return Outcome(None, killed[0], elapsed, peak, stderr)
+    status = proc.returncode
+    if status == 1 or "Traceback (most recent call last)" in stderr or "internal error" in stderr:
+        verdict = "internal-error"
+    elif status not in DOCUMENTED:
+        verdict = "undocumented-exit"
+    elif peak > memory_mb:
+        verdict = "blowup"
+    else:
+        verdict = "ok"
+    return Outcome(status, verdict, elapsed, peak, stderr)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
