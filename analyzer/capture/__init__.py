@@ -126,6 +126,8 @@ class CaptureReader:
       interfaces  [(linktype, tsresol text like "10^-6" or "2^-20")]; for
                   pcapng it grows as Interface Description Blocks are read
       decryption_secrets  [(secrets_type, data)] from pcapng DSBs read so far
+      records_cut  records longer than pcap.KEEP_RECORD_BYTES, yielded cut to
+                  that length (and skipped pcapng blocks of that size)
     """
 
     def __init__(self, path: str) -> None:
@@ -134,6 +136,7 @@ class CaptureReader:
         self.interfaces: list[tuple[int, str]] = []
         self.decryption_secrets: list[tuple[int, bytes]] = []
         self.packets_read = 0
+        self.records_cut = 0
         self._gen = None
         if path == "-":
             self.name = "<stdin>"
@@ -197,7 +200,7 @@ class CaptureReader:
             self.format = "pcap"
             self.interfaces.append((header.linktype, header.tsresol))
             self._gen = pcap.records(name, header, buf[pcap.FILE_HEADER_BYTES:],
-                                     fill, self._progress)
+                                     fill, self._progress, self._cut)
         elif magic == b"\x0a\x0d\x0d\x0a":
             if len(buf) < 12:
                 raise CaptureError(f"{name}: cut short in the pcapng section header", 0)
@@ -206,7 +209,7 @@ class CaptureReader:
                                  f"the byte-order magic is {buf[8:12].hex()})")
             self.format = "pcapng"
             self._gen = pcapng.records(name, buf, fill, self._progress,
-                                       self.interfaces, self.decryption_secrets)
+                                       self.interfaces, self.decryption_secrets, self._cut)
         else:
             if len(buf) < _DESCRIBE_BYTES:
                 try:
@@ -221,6 +224,9 @@ class CaptureReader:
 
     def _progress(self, n: int) -> None:
         self.packets_read = n
+
+    def _cut(self) -> None:
+        self.records_cut += 1
 
     @property
     def bytes_read(self) -> int:
