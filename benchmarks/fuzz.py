@@ -32,6 +32,7 @@ def main() -> int:
     ap.add_argument("--minimise-into", type=Path, default=None, help="keep minimised failures here")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--save-case", type=Path, default=None, help="with --case: write the input here")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="cases analysed at once (default 1)")
     args = ap.parse_args()
     harness.prepare()
     pool = harness.seeds()
@@ -56,7 +57,7 @@ def main() -> int:
             print(f"... case {case.index}", flush=True)
 
     c = harness.campaign(args.seed, args.cases, start=args.start, minimise_into=args.minimise_into,
-                         on_case=progress, pool=pool)
+                         on_case=progress, pool=pool, jobs=args.jobs)
     figures = c.figures()
     print(f"seed {c.seed}: {c.cases} cases ({c.total_bytes / 2**20:.1f} MiB) in {c.wall:.0f} s; "
           f"verdicts {dict(c.verdicts)}; exit statuses {figures['statuses']}")

@@ -52,6 +52,13 @@ CLOSE_LINGER = 5.0
 # Bytes per direction kept while no dissector has recognised the content:
 # enough for the longest request head we accept (64 KiB, see http.py).
 DETECT_MAX_BYTES = 64 * 1024
+# Memory kept for the replay while detection waits (payload plus
+# REPLAY_ENTRY_OVERHEAD per delivery, as tcp/stream.py counts held segments):
+# past it detection decides with what it has, so a head trickling in one
+# byte per segment cannot keep ~200 bytes per byte (issue 17: 2.4 GB from an
+# 8 MB capture) nor re-run detection over a growing head for ever.
+DETECT_MAX_REPLAY_BYTES = 4 * DETECT_MAX_BYTES
+REPLAY_ENTRY_OVERHEAD = 150    # the 5-tuple 80, bytes header 33, int and float 52
 # Connections tracked at once: ntopng's default max_num_flows (131072).
 # Suricata's flow.memcap 128 MiB is ~500k of its flows, but ours cost ~1.1 KB
 # even when only a SYN was seen (2.3 KB before streams were made lazily), so
@@ -107,6 +114,7 @@ class Connection:
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
         "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq",
+        "replay_cost",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -122,6 +130,7 @@ class Connection:
         self.syn_seen = False
         self.dissector = None
         self.replay: list = []
+        self.replay_cost = 0            # memory of `replay` (DETECT_MAX_REPLAY_BYTES)
         self.heads = _NO_HEADS          # a list once data can arrive (open_streams)
         self.first_ts = ts
         self.last_ts = ts
@@ -195,10 +204,17 @@ class Connection:
         elif mode == MODE_DETECT:
             self.replay.append((direction, kind, value, ts, frame))
             if kind == DATA:
+                self.replay_cost += len(value) + REPLAY_ENTRY_OVERHEAD
                 head = self.heads[direction]
                 if len(head) < DETECT_MAX_BYTES:
                     self.heads[direction] = head + value[: DETECT_MAX_BYTES - len(head)]
-                self.detect()
+                if self.replay_cost > DETECT_MAX_REPLAY_BYTES:
+                    self.table.limits["detect_replay_bytes"] += 1
+                    self.detect(final=True)
+                else:
+                    self.detect()
+            else:
+                self.replay_cost += REPLAY_ENTRY_OVERHEAD
 
 
     def detect(self, final: bool = False) -> None:
@@ -349,6 +365,9 @@ class FlowTable:
             self._sweep(ts)
         mode = conn.mode
         if mode == MODE_IGNORE:
+            streams = conn.streams
+            if streams is not None and (streams[0].held or streams[1].held):
+                self._release_held(conn)
             if seglen:
                 conn.bytes[d] += seglen
             if flags & (FIN | RST):
@@ -507,6 +526,11 @@ class FlowTable:
                 if conn.mode == MODE_DISSECT:
                     self.connections_with_gaps += 1
                 self.missed_bytes += s0.missed + s1.missed
+        elif conn.streams is not None:
+            self._release_held(conn)
+            s0, s1 = conn.streams
+            if s0.limit_hits or s1.limit_hits:
+                self.limits["tcp_held_bytes"] += s0.limit_hits + s1.limit_hits
         conn.state = state
         if self.on_connection is not None and (conn.dissector is not None or conn.mode == MODE_DATA):
             self.on_connection(conn.row())
@@ -519,6 +543,15 @@ class FlowTable:
         self.live -= 1
         if state in ("closed", "reset"):   # the others are forgotten at once
             self.lingering.append(conn)
+
+    def _release_held(self, conn: Connection) -> None:
+        """An ignored connection's held segments are never delivered: their
+        memory goes back to the global budget at once (called outside any
+        stream callback, so no stream is releasing at the time)."""
+        for s in conn.streams:
+            if s.held:
+                self.budget.held -= s.held_bytes
+                s.held, s.held_bytes = [], 0
 
     def _forget(self, conn: Connection) -> None:
         (a, b), (pa, pb) = conn.addr, conn.ports
