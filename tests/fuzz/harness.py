@@ -152,7 +152,8 @@ class Child:
     """One forked analysis of one input file, under its limits."""
 
     def __init__(self, data: bytes, *, seconds: float | None = None, memory_mb: float = MEMORY_MB,
-                 workdir: Path | None = None, extra: tuple[str, ...] = (), tag=None) -> None:
+                 workdir: Path | None = None, extra: tuple[str, ...] = (), tag=None,
+                 outdir: Path | None = None) -> None:
         prepare()
         self.tag = tag
         self.tmp = Path(tempfile.mkdtemp(prefix="fuzz-", dir=workdir))
@@ -164,7 +165,8 @@ class Child:
         self.errfile = self.tmp / "stderr.txt"
         self.killed = None
         self.result: Result | None = None
-        argv = ["analyze", str(capture), "-o", str(self.tmp / "out"), "-q", "-j", "1", *extra]
+        # `outdir` (kept) lets a test read the reports; by default they go with the case.
+        argv = ["analyze", str(capture), "-o", str(outdir or self.tmp / "out"), "-q", "-j", "1", *extra]
         sys.stdout.flush()
         sys.stderr.flush()
         self.start = time.monotonic()
