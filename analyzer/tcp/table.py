@@ -66,6 +66,19 @@ REPLAY_ENTRY_OVERHEAD = 150    # the 5-tuple 80, bytes header 33, int and float 
 # Beyond it the least recently active one is finalised early and counted in
 # limits["connections"].
 MAX_CONNECTIONS = 131_072
+# Connection state is also bounded by memory (issue 17: 200,000 connections
+# stopped half-way through a response header took 865 MB at the count limit,
+# ~4.5 KB each).  Each connection is charged what its state costs (measured
+# with tracemalloc on HTTP connections, CPython 3.11): the record itself,
+# then its two reassembly streams, then its dissector.  Past the budget the
+# least recently active connection is finalised early, as at the count
+# limit, and counted in limits["connection_memory"].  A SYN flood stays
+# bounded by the count (131,072 x 1.1 KB fit); fully dissected connections
+# by memory (~36,000 of them in 160 MiB).
+CONNECTION_COST = 1_100
+STREAMS_COST = 1_500
+DISSECTOR_COST = 1_900
+MAX_CONNECTION_MEMORY = 160 * 1024 * 1024
 # Announced connections (FTP data) remembered at once; Zeek expires them after
 # 5 minutes, we also bound their number.
 MAX_EXPECTATIONS = 10_000
@@ -114,7 +127,7 @@ class Connection:
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
         "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq",
-        "replay_cost",
+        "replay_cost", "cost",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -147,11 +160,17 @@ class Connection:
         self.ends = None
         self.queued = ts                # last_ts when put in FlowTable.order
         self.serial = table.count       # creation order
+        self.cost = CONNECTION_COST     # memory charged to table.memory
 
     def open_streams(self) -> tuple:
         """The two reassembly streams, made at the first packet that is not a bare SYN."""
-        budget = self.table.budget
+        table = self.table
+        budget = table.budget
         s0, s1 = self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
+        self.cost += STREAMS_COST
+        table.memory += STREAMS_COST
+        if table.memory > MAX_CONNECTION_MEMORY:
+            table.make_room(self.last_ts, keep=self)
         if self.syn_seq is not None:
             s0.syn(self.syn_seq)
         self.heads = [b"", b""]
@@ -250,6 +269,10 @@ class Connection:
         self.name = name
         self.mode = MODE_DISSECT
         self.table.dissected += 1
+        # Charged now, enforced at the next new connection or stream (not
+        # here: this runs inside a stream's delivery).
+        self.cost += DISSECTOR_COST
+        self.table.memory += DISSECTOR_COST
         replay, self.replay, self.heads = self.replay, [], [b"", b""]
         for direction, kind, value, ts, frame in replay:
             self._deliver(direction, kind, value, ts, frame)
@@ -309,6 +332,7 @@ class FlowTable:
         self.anomaly_counts = Counter()
         self.next_sweep = float("-inf")
         self.live = 0
+        self.memory = 0                 # what live connections are charged (MAX_CONNECTION_MEMORY)
         self.order: list = []           # heap of (queued, serial, conn): least recently active first, lazily
         self.lingering: deque = deque() # finalised connections, in the order they closed
 
@@ -414,8 +438,11 @@ class FlowTable:
             d = 0
         if self.live >= MAX_CONNECTIONS:
             self._evict(ts)
+        if self.memory + CONNECTION_COST > MAX_CONNECTION_MEMORY:
+            self.make_room(ts)
         self.count += 1
         self.live += 1
+        self.memory += CONNECTION_COST
         conn = Connection(self, src, sport, dst, dport, ts, self.capture)
         if flags & SYN:
             conn.syn_seen = True
@@ -541,6 +568,8 @@ class FlowTable:
         conn.dissector = None   # free parser state; the row is already out
         conn.streams = None
         self.live -= 1
+        self.memory -= conn.cost
+        conn.cost = 0
         if state in ("closed", "reset"):   # the others are forgotten at once
             self.lingering.append(conn)
 
@@ -583,8 +612,10 @@ class FlowTable:
         for conn in idle:
             self._forget(conn)
 
-    def _evict(self, ts: float) -> None:
+    def _evict(self, ts: float, why: str = "connections", keep: Connection | None = None) -> bool:
+        """Finalise the least recently active connection (not `keep`); False when none is left."""
         order = self.order
+        kept = None
         while order:
             _, serial, conn = heapq.heappop(order)
             if conn.mode == MODE_CLOSED:
@@ -593,10 +624,24 @@ class FlowTable:
                 conn.queued = conn.last_ts
                 heapq.heappush(order, (conn.queued, serial, conn))
                 continue
-            self.limits["connections"] += 1
+            if conn is keep:
+                kept = (conn.queued, serial, conn)
+                continue
+            self.limits[why] += 1
             self._finalise(conn, ts, 0, "evicted")
             self._forget(conn)
-            return
+            if kept is not None:
+                heapq.heappush(order, kept)
+            return True
+        if kept is not None:
+            heapq.heappush(order, kept)
+        return False
+
+    def make_room(self, ts: float, keep: Connection | None = None) -> None:
+        """Evict least recently active connections (not `keep`) until the state fits MAX_CONNECTION_MEMORY."""
+        while self.memory > MAX_CONNECTION_MEMORY - CONNECTION_COST:
+            if not self._evict(ts, "connection_memory", keep):
+                return
 
     def finish(self) -> None:
         """End of the run: finalise every open connection (open, not timed out)."""

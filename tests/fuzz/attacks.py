@@ -260,6 +260,31 @@ def detection_replay(connections: int = 4, segments: int = 60_000) -> bytes:
     return pcap_at(frames)
 
 
+def half_headers(connections: int = 200_000) -> bytes:
+    """Connections whose response stops half-way through its header: each
+    keeps a dissector with a partial line until the end of the run."""
+    eth = MAC + b"\x08\x00"
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Le"
+    t = 1_700_000_000_000_000
+    for i in range(connections):
+        n, port = divmod(i, 64512)
+        cli = bytes([10, 1 + (n >> 8), n & 0xFF, 1])
+        sport = 1024 + port
+        c, s = 1000, 9000
+        for src, dst, sp, dp, seq, ack, flags, payload in (
+                (cli, SERVER, sport, 80, c, 0, SYN, b""),
+                (SERVER, cli, 80, sport, s, c + 1, SYN | ACK, b""),
+                (cli, SERVER, sport, 80, c + 1, s + 1, PSH | ACK, req),
+                (SERVER, cli, 80, sport, s + 1, c + 1 + len(req), PSH | ACK, resp)):
+            frame = eth + ipv4(src, dst, 6, tcp(sp, dp, seq, ack, flags, payload), ident=i)
+            t += 1
+            out.append(struct.pack("<IIII", t // 1_000_000, t % 1_000_000, len(frame), len(frame)))
+            out.append(frame)
+    return b"".join(out)
+
+
 def syn_flood(syns: int) -> bytes:
     """`syns` SYNs from distinct (address, port) pairs to one server, 1 µs apart."""
     eth = MAC + b"\x08\x00"
@@ -287,4 +312,6 @@ ATTACKS = {
     "gzip_cut": gzip_cut,
     "jumbo_records_zstd": jumbo_records_zstd,
     "detection_replay": detection_replay,
+    "syn_flood_502k": lambda: syn_flood(502_000),
+    "half_headers_200k": half_headers,
 }
