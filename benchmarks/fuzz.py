@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,19 +47,27 @@ def main() -> int:
         print(r.stderr.strip())
         return 0 if not r.failed else 1
     last = [time.monotonic()]
+    seen = [0, Counter(), 0.0, 0.0]
 
     def progress(case, result):
         if result.failed:
             print(f"FAIL case {case.index}: {case.source} {'+'.join(case.operators)} -> {result.verdict} "
                   f"exit {result.status} {result.seconds:.1f} s {result.peak_rss_mb:.0f} MB: "
                   f"{result.stderr.strip()[-160:]}", flush=True)
+        seen[0] += 1
+        seen[1][result.verdict] += 1
+        seen[2] = max(seen[2], result.peak_rss_mb)
+        seen[3] = max(seen[3], result.seconds)
         if time.monotonic() - last[0] > 60:
             last[0] = time.monotonic()
-            print(f"... case {case.index}", flush=True)
+            print(f"... {seen[0]} cases, verdicts {dict(seen[1])}, peak RSS {seen[2]:.0f} MB, "
+                  f"slowest {seen[3]:.2f} s", flush=True)
 
     c = harness.campaign(args.seed, args.cases, start=args.start, minimise_into=args.minimise_into,
                          on_case=progress, pool=pool, jobs=args.jobs)
     figures = c.figures()
+    if c.interrupted:
+        print("interrupted: the figures below are for the cases that finished")
     print(f"seed {c.seed}: {c.cases} cases ({c.total_bytes / 2**20:.1f} MiB) in {c.wall:.0f} s; "
           f"verdicts {dict(c.verdicts)}; exit statuses {figures['statuses']}")
     print(f"slowest case {c.max_seconds:.2f} s; worst {c.max_seconds_per_mb:.2f} s/MiB (cases >= 64 KiB); "

@@ -328,6 +328,7 @@ class Campaign:
     max_rss_mb: float = 0.0
     total_bytes: int = 0
     wall: float = 0.0
+    interrupted: bool = False
 
     def figures(self) -> dict:
         d = asdict(self)
@@ -345,6 +346,18 @@ def campaign(seed: int, cases: int, *, start: int = 0, minimise_into: Path | Non
     began = time.monotonic()
     pending = iter(range(start, start + cases))
     running: list[tuple[Case, Child]] = []
+    try:
+        _drive(out, pool, seed, pending, running, jobs, minimise_into, on_case)
+    except KeyboardInterrupt:      # a long run stopped by hand: the figures so far
+        out.interrupted = True
+        for _case, child in running:
+            os.kill(child.pid, 9)
+            child.wait()
+    out.wall = time.monotonic() - began
+    return out
+
+
+def _drive(out, pool, seed, pending, running, jobs, minimise_into, on_case) -> None:
     while True:
         while len(running) < max(1, jobs):
             index = next(pending, None)
@@ -364,9 +377,7 @@ def campaign(seed: int, cases: int, *, start: int = 0, minimise_into: Path | Non
                 _record(out, case, result, minimise_into)
                 if on_case is not None:
                     on_case(case, result)
-        running = still
-    out.wall = time.monotonic() - began
-    return out
+        running[:] = still
 
 
 def _record(out: Campaign, case: Case, result: Result, minimise_into: Path | None) -> None:
