@@ -280,3 +280,28 @@ def _frame_end(data: bytes, pos: int) -> int:
     obj = zstandard.ZstdDecompressor().decompressobj()
     obj.decompress(data[pos:])
     return len(data) - len(obj.unused_data)
+
+
+def test_connection_state_is_bounded_by_memory(monkeypatch):
+    # 200,000 connections stopped half-way through a response header cost
+    # ~4.5 KB each at the count limit (865 MB); the table now charges each
+    # connection its state and evicts the least recently active past the budget.
+    from analyzer.tcp import table as flows
+
+    monkeypatch.setattr(flows, "MAX_CONNECTION_MEMORY", 200 * (flows.CONNECTION_COST + flows.STREAMS_COST
+                                                             + flows.DISSECTOR_COST))
+    events = []
+    t = FlowTable(lambda ev, ends: events.append(ev), lambda a: None, lambda row: None)
+    srv = bytes([10, 0, 0, 2])
+    req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    for i in range(1000):
+        cli = bytes([10, 1, i >> 8, i & 0xFF])
+        ts = 1.0 + i * 1e-3
+        t.packet((cli, srv, 40000, 80, 100, 0, SYN, b"", 0), ts, 1)
+        t.packet((srv, cli, 80, 40000, 900, 101, SYN | ACK, b"", 0), ts, 2)
+        t.packet((cli, srv, 40000, 80, 101, 901, ACK, req, len(req)), ts, 3)
+        t.packet((srv, cli, 80, 40000, 901, 101 + len(req), ACK, b"HTTP/1.1 200 OK\r\nContent-Le", 27), ts, 4)
+        assert t.memory <= flows.MAX_CONNECTION_MEMORY
+    assert t.limits["connection_memory"] >= 790 and t.live <= 210
+    t.finish()
+    assert t.memory == 0
