@@ -21,8 +21,9 @@
 #     lengths, corrupt compressed data, I/O error).
 #   * Anything else escaping is a bug.
 #
-# Limits: the whole file is never in memory (chunks of CHUNK_BYTES; one
-# record at most MAX_RECORD_BYTES); magic sniffing reads 24 bytes (more
+# Limits: the whole file is never in memory (chunks of CHUNK_BYTES; of one
+# record at most KEEP_RECORD_BYTES are kept, longer ones are yielded cut, and
+# lengths above MAX_RECORD_BYTES are damage); magic sniffing reads 24 bytes (more
 # only to describe a file that is not a capture), so a pipe works.
 from __future__ import annotations
 
