@@ -305,3 +305,20 @@ def test_connection_state_is_bounded_by_memory(monkeypatch):
     assert t.limits["connection_memory"] >= 790 and t.live <= 210
     t.finish()
     assert t.memory == 0
+
+
+def test_parallel_processes_share_the_run_limits():
+    # With -j 2 each worker had the whole 256 MiB held-bytes total (and the
+    # whole connection table): a parallel run held twice what -j 1 promises.
+    from analyzer.tcp import table as flows
+
+    t = FlowTable(lambda ev, ends: None, lambda a: None)
+    t.share(4)
+    assert t.budget.limit == reassembly.MAX_HELD_BYTES_TOTAL // 4
+    assert t.max_memory == flows.MAX_CONNECTION_MEMORY // 4
+    assert t.max_connections == flows.MAX_CONNECTIONS // 4
+    s = reassembly.Stream(lambda *a: None, t.budget)
+    s.syn(0)
+    t.budget.held = t.budget.limit - 10            # as if other streams held the rest of the share
+    s.segment(100, b"y" * 1000, 1000, False, 1.0, 1)   # ahead of a hole: would be held
+    assert s.limit_hits == 1 and t.budget.held <= t.budget.limit

@@ -166,6 +166,7 @@ class Session:
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
         others = None
         if partition is not None:
+            self.table.share(partition[1])      # the run's limits, split between the processes
             packet = _share_filter(packet, *partition)
             others = _other_share(*partition)
         frame = 0

@@ -52,13 +52,17 @@ MAX_INFERRED_LEAD = 1024 * 1024
 
 
 class HeldBudget:
-    """Global account of held out-of-order bytes (one per flow table)."""
+    """Global account of held out-of-order memory (one per flow table).
 
-    __slots__ = ("held", "limit_hits")
+    `limit` is MAX_HELD_BYTES_TOTAL, or its share in one process of a
+    parallel run (the total is for the run, not per process)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("held", "limit_hits", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
         self.held = 0
         self.limit_hits = 0
+        self.limit = MAX_HELD_BYTES_TOTAL if limit is None else limit
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -222,13 +226,13 @@ class Stream:
         self.ooo_segments += 1
         cost = len(payload) + HELD_SEGMENT_OVERHEAD
         if self.held_bytes + cost > MAX_HELD_BYTES_PER_STREAM or \
-                self.budget.held + cost > MAX_HELD_BYTES_TOTAL:
+                self.budget.held + cost > self.budget.limit:
             # Give up on the oldest hole rather than grow without bound.
             self.limit_hits += 1
             self.budget.limit_hits += 1
             target = self.pos + off
             while self.held and (self.held_bytes + cost > MAX_HELD_BYTES_PER_STREAM // 2
-                                 or self.budget.held + cost > MAX_HELD_BYTES_TOTAL):
+                                 or self.budget.held + cost > self.budget.limit):
                 first = self.held[0][0]
                 if first > self.pos:
                     self._gap(first - self.pos, ts, frame)

@@ -41,7 +41,7 @@ from functools import partial
 from analyzer.decode.packets import addr_to_str
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.tcp.stream import DATA, GAP, HeldBudget, Stream, seq_diff
+from analyzer.tcp.stream import DATA, GAP, MAX_HELD_BYTES_TOTAL, HeldBudget, Stream, seq_diff
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -169,7 +169,7 @@ class Connection:
         s0, s1 = self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
         self.cost += STREAMS_COST
         table.memory += STREAMS_COST
-        if table.memory > MAX_CONNECTION_MEMORY:
+        if table.memory > table.max_memory:
             table.make_room(self.last_ts, keep=self)
         if self.syn_seq is not None:
             s0.syn(self.syn_seq)
@@ -332,7 +332,9 @@ class FlowTable:
         self.anomaly_counts = Counter()
         self.next_sweep = float("-inf")
         self.live = 0
-        self.memory = 0                 # what live connections are charged (MAX_CONNECTION_MEMORY)
+        self.memory = 0                 # what live connections are charged (max_memory)
+        self.max_connections = MAX_CONNECTIONS
+        self.max_memory = MAX_CONNECTION_MEMORY
         self.order: list = []           # heap of (queued, serial, conn): least recently active first, lazily
         self.lingering: deque = deque() # finalised connections, in the order they closed
 
@@ -436,9 +438,9 @@ class FlowTable:
             d = 1
         else:
             d = 0
-        if self.live >= MAX_CONNECTIONS:
+        if self.live >= self.max_connections:
             self._evict(ts)
-        if self.memory + CONNECTION_COST > MAX_CONNECTION_MEMORY:
+        if self.memory + CONNECTION_COST > self.max_memory:
             self.make_room(ts)
         self.count += 1
         self.live += 1
@@ -638,10 +640,19 @@ class FlowTable:
         return False
 
     def make_room(self, ts: float, keep: Connection | None = None) -> None:
-        """Evict least recently active connections (not `keep`) until the state fits MAX_CONNECTION_MEMORY."""
-        while self.memory > MAX_CONNECTION_MEMORY - CONNECTION_COST:
+        """Evict least recently active connections (not `keep`) until the state fits max_memory."""
+        while self.memory > self.max_memory - CONNECTION_COST:
             if not self._evict(ts, "connection_memory", keep):
                 return
+
+    def share(self, processes: int) -> None:
+        """This table is one of `processes` in a parallel run: the run's
+        limits (connections, their memory, held bytes) are split between them,
+        so that `-j N` holds what `-j 1` holds, not N times as much."""
+        n = max(1, processes)
+        self.max_connections = max(1, MAX_CONNECTIONS // n)
+        self.max_memory = MAX_CONNECTION_MEMORY // n
+        self.budget.limit = MAX_HELD_BYTES_TOTAL // n
 
     def finish(self) -> None:
         """End of the run: finalise every open connection (open, not timed out)."""
