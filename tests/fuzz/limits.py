@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.fuzz.harness import classify
+
 REPO = Path(__file__).resolve().parents[2]
-# README "Exit codes" for `analyze` on a file input (5, 6, 7 need options the
-# harness does not pass; 130 needs a signal).
-DOCUMENTED = frozenset((0, 3, 4))
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -92,15 +91,7 @@ def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path 
     if killed:
         return Outcome(None, killed[0], elapsed, peak, stderr)
     status = proc.returncode
-    if status == 1 or "Traceback (most recent call last)" in stderr or "internal error" in stderr:
-        verdict = "internal-error"
-    elif status not in DOCUMENTED:
-        verdict = "undocumented-exit"
-    elif peak > memory_mb:
-        verdict = "blowup"
-    else:
-        verdict = "ok"
-    return Outcome(status, verdict, elapsed, peak, stderr)
+    return Outcome(status, classify(status, stderr, peak, memory_mb), elapsed, peak, stderr)
 
 
 def _kill(proc: subprocess.Popen) -> None:
