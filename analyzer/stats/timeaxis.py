@@ -68,6 +68,17 @@ class Axis:
         return int(math.floor(self.last / self.step) - math.floor(self.first / self.step)) + 1
 
 
+def _fold(rows: dict, key: float, n: int, lo: float, hi: float) -> None:
+    """Add n events between lo and hi to the bucket `key`."""
+    row = rows.get(key)
+    if row is None:
+        rows[key] = [n, lo, hi]
+    else:
+        row[0] += n
+        row[1] = min(row[1], lo)
+        row[2] = max(row[2], hi)
+
+
 class TimeHistogram:
     """Events per bucket (count, earliest, latest), bounded to 2 * max_buckets buckets."""
 
@@ -96,26 +107,12 @@ class TimeHistogram:
         rows = self._rows
         for key, a, b in zip(uniq.tolist(), start.tolist(), stops.tolist()):
             part = epochs[a:b]
-            lo, hi, n = float(part.min()), float(part.max()), b - a
-            row = rows.get(key)
-            if row is None:
-                rows[key] = [n, lo, hi]
-            else:
-                row[0] += n
-                row[1] = min(row[1], lo)
-                row[2] = max(row[2], hi)
+            _fold(rows, key, b - a, float(part.min()), float(part.max()))
 
     def _coarsen(self, step: int) -> None:
         merged: dict[float, list] = {}
         for key, (n, lo, hi) in self._rows.items():
-            k = math.floor(key / step) * step
-            row = merged.get(k)
-            if row is None:
-                merged[k] = [n, lo, hi]
-            else:
-                row[0] += n
-                row[1] = min(row[1], lo)
-                row[2] = max(row[2], hi)
+            _fold(merged, math.floor(key / step) * step, n, lo, hi)
         self._rows = merged
         self.step = step
 

@@ -18,26 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from tests.fuzz.harness import classify
+from tests.fuzz.harness import Result as Outcome, classify
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: int | None      # exit status; None when killed by the harness
-    verdict: str            # "ok" | "internal-error" | "hang" | "blowup" | "undocumented-exit"
-    seconds: float
-    peak_rss_mb: float
-    stderr: str
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict != "ok"
 
 
 def _rss_bytes(pid: int) -> int:
@@ -89,9 +75,9 @@ def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path 
     stderr = err.decode("utf-8", "replace")
     peak = usage.ru_maxrss / 1024.0
     if killed:
-        return Outcome(None, killed[0], elapsed, peak, stderr)
+        return Outcome(killed[0], None, elapsed, peak, stderr)
     status = proc.returncode
-    return Outcome(status, classify(status, stderr, peak, memory_mb), elapsed, peak, stderr)
+    return Outcome(classify(status, stderr, peak, memory_mb), status, elapsed, peak, stderr)
 
 
 def _kill(proc: subprocess.Popen) -> None:
