@@ -274,6 +274,7 @@ class Connection:
         self.cost += DISSECTOR_COST
         self.table.memory += DISSECTOR_COST
         replay, self.replay, self.heads = self.replay, [], [b"", b""]
+        self.replay_cost = 0
         for direction, kind, value, ts, frame in replay:
             self._deliver(direction, kind, value, ts, frame)
             if self.mode != MODE_DISSECT:
