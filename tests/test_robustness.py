@@ -322,3 +322,13 @@ def test_parallel_processes_share_the_run_limits():
     t.budget.held = t.budget.limit - 10            # as if other streams held the rest of the share
     s.segment(100, b"y" * 1000, 1000, False, 1.0, 1)   # ahead of a hole: would be held
     assert s.limit_hits == 1 and t.budget.held <= t.budget.limit
+
+
+def test_a_content_length_of_non_ascii_digits_is_no_length():
+    # Found by the long fuzz run (seed 2026, case 7525): one flipped bit made
+    # "Content-Length: 3" into "\xb3", which str.isdigit() accepts and int()
+    # refuses: ValueError, exit 1.  Kept as tests/data/fuzz/internal-error-e201751951cf.cap.
+    from analyzer.protocols.http.dissector import BODY_CLOSE, HEAD, framing
+
+    assert framing(False, "POST", 0, {"content-length": "\xb3"}) == (HEAD, 0)
+    assert framing(True, "GET", 200, {"content-length": "\u0663"}) == (BODY_CLOSE, 0)   # Arabic-Indic 3
