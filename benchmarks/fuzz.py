@@ -34,8 +34,20 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--save-case", type=Path, default=None, help="with --case: write the input here")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="cases analysed at once (default 1)")
+    ap.add_argument("--replay", type=Path, default=None,
+                    help="run every *.cap in this folder (e.g. tests/data/fuzz) instead of a campaign")
     args = ap.parse_args()
     harness.prepare()
+    if args.replay is not None:
+        results = {}
+        for path in sorted(args.replay.glob("*.cap")):
+            r = harness.run_bytes(path.read_bytes())
+            results[path.name] = {"verdict": r.verdict, "status": r.status, "seconds": round(r.seconds, 2),
+                                  "peak_rss_mb": round(r.peak_rss_mb, 1), "stderr": r.stderr.strip()[-300:]}
+            print(f"{path.name}: {r.verdict} exit {r.status} {r.seconds:.2f} s {r.peak_rss_mb:.0f} MB")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0 if all(v["verdict"] == "ok" for v in results.values()) else 1
     pool = harness.seeds()
     if args.case is not None:
         case = harness.make_case(pool, args.seed, args.case)

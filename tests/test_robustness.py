@@ -25,10 +25,14 @@ from tests import captures_builder as cb
 from tests.fuzz import attacks, harness, limits
 
 
-def analysed(tmp_path, data: bytes, **limits):
-    """Run the CLI on `data` under the harness limits; (result, summary.json, outdir)."""
+def analysed(tmp_path, data: bytes, seconds: float | None = None):
+    """Run the CLI on `data` in a fresh process under the harness limits
+    (tests/fuzz/limits.py); (result, summary.json, outdir)."""
+    capture = tmp_path / "case.cap"
+    capture.write_bytes(data)
     out = tmp_path / "out"
-    result = harness.Child(data, outdir=out, **limits).wait()
+    result = limits.run_limited(limits.analyzer_command(capture, out),
+                                seconds=seconds or harness.time_limit(len(data)), memory_mb=harness.MEMORY_MB)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
     return result, summary, out
 

@@ -4,12 +4,14 @@
 #
 # The analyzer runs as a child process, exactly as a user runs it
 # (`python -m analyzer analyze FILE -o OUT -q -j 1`); a watchdog thread reads
-# the child's resident set from /proc every 50 ms and kills it past the
+# the child's resident set from /proc every 20 ms and kills it past the
 # memory limit, and the wall-clock limit kills it too.  Peak RSS is the
-# kernel's ru_maxrss of the child (wait4), so a spike between two watchdog
-# reads is still reported.  A kill by the watchdog is a "blowup", by the
-# clock a "hang"; exit 1 or any exit status outside README's table, or a
-# traceback on stderr, is an "internal error".
+# largest VmHWM (the kernel's high-water mark of the process's own memory)
+# the watchdog read; not ru_maxrss from wait4, because Linux carries the
+# *parent's* high-water mark into a child across fork+exec, so a test
+# runner holding 300 MB would make every child look that big.  A kill by
+# the watchdog is a "blowup", by the clock a "hang"; the rest is classified
+# as the harness does (harness.classify).
 from __future__ import annotations
 
 import os
@@ -34,6 +36,18 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _hwm_bytes(pid: int) -> int:
+    """VmHWM of `pid` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def analyzer_command(capture: Path, outdir: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "analyzer", "analyze", str(capture), "-o", str(outdir), "-q", "-j", "1", *extra]
 
@@ -51,9 +65,12 @@ def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path 
     limit = memory_mb * 1024 * 1024
     done = threading.Event()
 
-    # The watcher never reaps the child (wait4 below does, for ru_maxrss).
+    hwm = [0]
+
+    # The watcher never reaps the child (wait4 below does).
     def watch() -> None:
         while not done.is_set():
+            hwm[0] = max(hwm[0], _hwm_bytes(proc.pid))
             if _rss_bytes(proc.pid) > limit:
                 killed.append("blowup")
                 _kill(proc)
@@ -62,7 +79,7 @@ def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path 
                 killed.append("hang")
                 _kill(proc)
                 return
-            done.wait(0.05)
+            done.wait(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -73,7 +90,7 @@ def run_limited(argv: list[str], *, seconds: float, memory_mb: float, cwd: Path 
     watcher.join()
     elapsed = time.monotonic() - start
     stderr = err.decode("utf-8", "replace")
-    peak = usage.ru_maxrss / 1024.0
+    peak = (hwm[0] or usage.ru_maxrss * 1024) / 2 ** 20
     if killed:
         return Outcome(killed[0], None, elapsed, peak, stderr)
     status = proc.returncode
