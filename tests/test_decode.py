@@ -25,7 +25,7 @@ from scapy.layers.vxlan import VXLAN
 
 from analyzer.decode.packets import ACK, FIN, PSH, SYN, Decoder, addr_to_str
 from analyzer.errors import CaptureError
-from analyzer.decode.ipfrag import FragmentTable
+from analyzer.decode.ipfrag import PIECE_OVERHEAD, FragmentTable
 from analyzer.capture import open_capture
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -437,7 +437,7 @@ def test_fragment_table_partial_overlaps_keep_first_bytes():
     assert table.add(key, 0, True, b"A" * 16, 0.0) == "ipv4-fragment-held"
     assert table.add(key, 32, True, b"C" * 16, 0.0) == "ipv4-fragment-held"
     assert table.add(key, 8, True, b"b" * 32, 0.0) == "ipv4-fragment-held"   # fills 16..32
-    assert table.pending_bytes == 48
+    assert table.pending_bytes == 48 + 3 * PIECE_OVERHEAD                    # memory: three pieces
     payload, _ = table.add(key, 40, False, b"d" * 16, 0.0)                   # adds 48..56
     assert payload == b"A" * 16 + b"b" * 16 + b"C" * 16 + b"d" * 8
     assert table.pending_bytes == 0 and len(table) == 0

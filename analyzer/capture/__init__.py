@@ -21,8 +21,9 @@
 #     lengths, corrupt compressed data, I/O error).
 #   * Anything else escaping is a bug.
 #
-# Limits: the whole file is never in memory (chunks of CHUNK_BYTES; one
-# record at most MAX_RECORD_BYTES); magic sniffing reads 24 bytes (more
+# Limits: the whole file is never in memory (chunks of CHUNK_BYTES; of one
+# record at most KEEP_RECORD_BYTES are kept, longer ones are yielded cut, and
+# lengths above MAX_RECORD_BYTES are damage); magic sniffing reads 24 bytes (more
 # only to describe a file that is not a capture), so a pipe works.
 from __future__ import annotations
 
@@ -129,6 +130,8 @@ class CaptureReader:
       pcap_source (header, bytes after the file header, fill) of a classic
                   pcap, for a record walk of its own (the compiled loop,
                   analyzer/_fast); None for pcapng
+      records_cut  records longer than pcap.KEEP_RECORD_BYTES, yielded cut to
+                  that length (and skipped pcapng blocks of that size)
     """
 
     def __init__(self, path: str) -> None:
@@ -138,6 +141,7 @@ class CaptureReader:
         self.decryption_secrets: list[tuple[int, bytes]] = []
         self.packets_read = 0
         self.pcap_source = None
+        self.records_cut = 0
         self._gen = None
         if path == "-":
             self.name = "<stdin>"
@@ -202,7 +206,7 @@ class CaptureReader:
             self.interfaces.append((header.linktype, header.tsresol))
             self.pcap_source = (header, buf[pcap.FILE_HEADER_BYTES:], fill)
             self._gen = pcap.records(name, header, buf[pcap.FILE_HEADER_BYTES:],
-                                     fill, self._progress)
+                                     fill, self._progress, self._cut)
         elif magic == b"\x0a\x0d\x0d\x0a":
             if len(buf) < 12:
                 raise CaptureError(f"{name}: cut short in the pcapng section header", 0)
@@ -211,7 +215,7 @@ class CaptureReader:
                                  f"the byte-order magic is {buf[8:12].hex()})")
             self.format = "pcapng"
             self._gen = pcapng.records(name, buf, fill, self._progress,
-                                       self.interfaces, self.decryption_secrets)
+                                       self.interfaces, self.decryption_secrets, self._cut)
         else:
             if len(buf) < _DESCRIBE_BYTES:
                 try:
@@ -226,6 +230,9 @@ class CaptureReader:
 
     def _progress(self, n: int) -> None:
         self.packets_read = n
+
+    def _cut(self) -> None:
+        self.records_cut += 1
 
     @property
     def bytes_read(self) -> int:

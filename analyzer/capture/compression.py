@@ -17,8 +17,16 @@
 # cut-short compressed data) becomes one `StreamError` carrying a human
 # message; the readers add the file name and the packet count.
 #
+# zstandard's stream reader returns end-of-stream, not an error, when its
+# input stops inside a frame, so the compressed bytes of a zstd capture also
+# pass through `ZstdFrames`, which walks the frame and block headers (RFC
+# 8878: cheap, no decompression) and tells whether the input ended on a frame
+# boundary; when it did not, the stream is "cut short" like a gzip member.
+#
 # Limits: one level of compression only (a .gz inside a .xz is "not a
-# capture").
+# capture").  A stream cut exactly between two zstd frames (or two gzip
+# members) is a valid, shorter stream: when the cut is also a record
+# boundary, nothing can tell it from a complete capture.
 from __future__ import annotations
 
 import bz2
@@ -122,6 +130,130 @@ class CountingReader:
         pass
 
 
+class ZstdFrames:
+    """Follows zstd frame structure (RFC 8878 section 3.1) over the compressed
+    bytes fed to it; `at_boundary` is True between frames."""
+
+    __slots__ = ("_need", "_state", "_buf", "_checksum", "_last")
+
+    # states: what the next `_need` bytes are
+    _MAGIC, _FHD, _HEADER_REST, _BLOCK_HEADER, _SKIP, _SKIP_SIZE = range(6)
+
+    def __init__(self) -> None:
+        self._state = self._MAGIC
+        self._need = 4
+        self._buf = b""
+        self._checksum = False
+        self._last = False
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._state == self._MAGIC and not self._buf
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._state == self._SKIP:        # block body, checksum or skippable content
+                take = min(self._need, n - pos)
+                self._need -= take
+                pos += take
+                if self._need == 0:
+                    self._after_skip()
+                continue
+            take = min(self._need - len(self._buf), n - pos)
+            self._buf += data[pos:pos + take]
+            pos += take
+            if len(self._buf) == self._need:
+                field, self._buf = self._buf, b""
+                self._field(field)
+
+    def _after_skip(self) -> None:
+        if self._last:                           # the frame (or skippable frame) is over
+            self._state, self._need, self._last, self._checksum = self._MAGIC, 4, False, False
+        else:
+            self._state, self._need = self._BLOCK_HEADER, 3
+
+    def _field(self, field: bytes) -> None:
+        state = self._state
+        if state == self._MAGIC:
+            magic = int.from_bytes(field, "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:    # skippable frame: 4-byte size, content
+                self._state, self._need = self._SKIP_SIZE, 4
+            else:                                    # the decompressor judges a bad magic
+                self._state, self._need = self._FHD, 1
+        elif state == self._SKIP_SIZE:
+            self._state, self._need, self._last = self._SKIP, int.from_bytes(field, "little"), True
+            if self._need == 0:
+                self._after_skip()
+        elif state == self._FHD:
+            fhd = field[0]
+            single = fhd & 0x20
+            self._checksum = bool(fhd & 0x04)
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+            if rest:
+                self._state, self._need = self._HEADER_REST, rest
+            else:
+                self._state, self._need = self._BLOCK_HEADER, 3
+        elif state == self._HEADER_REST:
+            self._state, self._need = self._BLOCK_HEADER, 3
+        elif state == self._BLOCK_HEADER:
+            header = int.from_bytes(field, "little")
+            last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+            body = 1 if kind == 1 else size              # an RLE block stores its byte once
+            if last:
+                body += 4 if self._checksum else 0
+            self._last = bool(last)
+            self._state, self._need = self._SKIP, body
+            if body == 0:
+                self._after_skip()
+
+
+class _TrackedSource:
+    """The compressed bytes on their way to the zstd reader, shown to ZstdFrames."""
+
+    __slots__ = ("_source", "frames")
+
+    def __init__(self, source) -> None:
+        self._source = source
+        self.frames = ZstdFrames()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        self.frames.feed(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class _ZstdReader:
+    """zstandard's stream reader, plus "cut short" when the input ends inside a frame."""
+
+    def __init__(self, source: CountingReader) -> None:
+        self._source = _TrackedSource(source)
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            self._source, read_across_frames=True, closefd=False)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._reader.read(n)
+        if not data and n != 0 and not self._source.frames.at_boundary:
+            raise EOFError("zstd frame cut short")
+        return data
+
+    def read1(self, n: int = -1) -> bytes:
+        data = self._reader.read1(n)
+        if not data and n != 0 and not self._source.frames.at_boundary:
+            raise EOFError("zstd frame cut short")
+        return data
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 def open_stream(kind: str, source: CountingReader):
     """A reader object with `read(n)` yielding the decompressed bytes."""
     if kind == "gzip":
@@ -131,8 +263,7 @@ def open_stream(kind: str, source: CountingReader):
     if kind == "xz":
         return lzma.LZMAFile(source, mode="rb")
     if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(
-            source, read_across_frames=True, closefd=False)
+        return _ZstdReader(source)
     raise ValueError(f"unknown compression {kind!r}")
 
 

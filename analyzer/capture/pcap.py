@@ -15,6 +15,13 @@
 # we accept up to MAX_RECORD_BYTES so that odd but real jumbo/USB/D-Bus
 # captures still read, while a garbage length cannot make us allocate.
 #
+# Memory: a record longer than KEEP_RECORD_BYTES is read through in chunks
+# and yielded cut to its first KEEP_RECORD_BYTES, with its original length
+# as the wire length, so the decoder treats the rest like a snaplen cut (a
+# gap) and no record costs more than that much memory, whatever its length
+# (a 20 KB zstd capture of 200 MiB zero records used to take 1.2 GB).  Each
+# such record is reported through `oversized()`.
+#
 # Limits: the "modified" (Kuznetzov, a1b2cd34) and other pcap variants are
 # refused as unknown formats (Wireshark guesses between several incompatible
 # layouts for that magic); the FCS-length bits of the link-type field are
@@ -31,6 +38,10 @@ from analyzer.capture.compression import StreamError
 # maxima go from 262144 (WTAP_MAX_PACKET_SIZE_STANDARD) to 128 MiB
 # (WTAP_MAX_PACKET_SIZE_DBUS / USBPCAP); twice that is plainly garbage.
 MAX_RECORD_BYTES = 256 * 1024 * 1024
+# Bytes of one record kept for decoding: 4x Wireshark's standard maximum
+# (262144), twice Linux BIG TCP's 512 KiB GSO packets, so every real TCP
+# packet is kept whole.
+KEEP_RECORD_BYTES = 1024 * 1024
 
 FILE_HEADER_BYTES = 24
 _RECORD_HEADER_BYTES = 16
@@ -79,7 +90,39 @@ def _packets(n: int) -> str:
     return f"{n} packet" if n == 1 else f"{n} packets"
 
 
-def records(name: str, header: PcapHeader, buf: bytes, fill, progress):
+def read_past(name: str, fill, rest: bytes, size: int, n: int, keep: int) -> tuple[bytes, bytes, bytes]:
+    """A record (or block) of `size` bytes whose first bytes are `rest`:
+    (its first `keep` bytes, its last 4 bytes, the bytes read after it).
+
+    Reads the rest in chunks and keeps only the head, so memory stays at
+    `keep` plus one chunk whatever `size` is.
+    """
+    if len(rest) >= size:
+        return rest[:keep], rest[size - 4:size], rest[size:]
+    head = [rest[:keep]]
+    kept, got = len(head[0]), len(rest)
+    last = rest[-4:]
+    tail = b""
+    while got < size:
+        more = refill(name, fill, min(size - got, 1 << 18), n)
+        if not more:
+            raise CaptureError(f"{name}: cut short in the middle of a packet after {_packets(n)}", n)
+        if kept < keep:
+            head.append(more[:keep - kept])
+            kept += len(head[-1])
+        got += len(more)
+        if got > size:
+            tail = more[len(more) - (got - size):]
+            more = more[:len(more) - (got - size)]
+        last = (last + more)[-4:]
+    return b"".join(head), last, tail
+
+
+def _ignore(_n: int = 1) -> None:
+    pass
+
+
+def records(name: str, header: PcapHeader, buf: bytes, fill, progress, oversized=_ignore):
     """Yield (ts, linktype, data, wirelen) for every record after the header.
 
     `buf` holds the bytes already read past the file header, `fill(need)`
@@ -103,6 +146,13 @@ def records(name: str, header: PcapHeader, buf: bytes, fill, progress):
                     raise CaptureError(
                         f"{name}: damaged record after {_packets(n)}: it claims "
                         f"{incl} captured bytes (more than {MAX_RECORD_BYTES})", n)
+                if incl > KEEP_RECORD_BYTES:
+                    data, _last, buf = read_past(name, fill, buf[start:], incl, n, KEEP_RECORD_BYTES)
+                    oversized()
+                    yield ((sec * units + frac) / units, linktype, data, max(orig, incl))
+                    n += 1
+                    pos, end = 0, len(buf)
+                    continue
                 need = stop - pos
                 break
             yield ((sec * units + frac) / units, linktype, buf[start:stop], orig)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 
 from analyzer.errors import CaptureError
-from analyzer.capture.pcap import MAX_RECORD_BYTES, _packets, refill
+from analyzer.capture.pcap import KEEP_RECORD_BYTES, MAX_RECORD_BYTES, _ignore, _packets, read_past, refill
 
 SHB = 0x0A0D0D0A
 IDB = 0x00000001
@@ -42,6 +42,9 @@ BOM_LITTLE = b"\x4d\x3c\x2b\x1a"
 # its largest packet plus a fixed allowance), so that a garbage length cannot
 # make us buffer the rest of the file.
 MAX_BLOCK_BYTES = MAX_RECORD_BYTES + 64 * 1024
+# Blocks longer than this are read through and their packet cut to
+# KEEP_RECORD_BYTES (pcap.py, "Memory"); other long blocks are skipped.
+KEEP_BLOCK_BYTES = KEEP_RECORD_BYTES + 64 * 1024
 
 _OPT_IF_TSRESOL = 9
 _OPT_IF_TSOFFSET = 14
@@ -83,7 +86,7 @@ def _interface(order: str, buf: bytes, pos: int, nxt: int):
     return linktype, units, offset, snaplen, resol
 
 
-def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: list):
+def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: list, oversized=_ignore):
     """Yield (ts, linktype, data, wirelen) for every packet block.
 
     `buf` starts at the first Section Header Block.  `interfaces` receives
@@ -120,6 +123,19 @@ def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: li
             if nxt > end:
                 if blen > MAX_BLOCK_BYTES:
                     raise damaged(f"block length {blen} is larger than {MAX_BLOCK_BYTES}")
+                if blen > KEEP_BLOCK_BYTES:
+                    head, last, buf = read_past(name, fill, buf[pos:], blen, n, KEEP_BLOCK_BYTES)
+                    pos, end = 0, len(buf)
+                    if u32(last, 0)[0] != blen:
+                        raise damaged(f"block length {blen} does not match its trailing copy")
+                    oversized()
+                    packet = _long_block(btype, order, head, blen, section, damaged)
+                    if packet is not None:
+                        yield packet
+                        n += 1
+                    elif btype == SHB:
+                        section = []
+                    continue
                 need = blen
                 break
             if u32(buf, nxt - 4)[0] != blen:
@@ -182,3 +198,34 @@ def records(name: str, buf: bytes, fill, progress, interfaces: list, secrets: li
                 f"{name}: cut short in the middle of a block after {_packets(n)}", n)
         buf = buf[pos:] + more if pos < end else more
         pos = 0
+
+
+def _long_block(btype: int, order: str, head: bytes, blen: int, section: list, damaged):
+    """The packet of a block longer than KEEP_BLOCK_BYTES, of which `head`
+    holds the first KEEP_BLOCK_BYTES: (ts, linktype, data cut to
+    KEEP_RECORD_BYTES, wire length), or None for a block that is not a packet."""
+    if btype == EPB or btype == PB:
+        ifid, hi, lo, caplen, wirelen = struct.unpack_from(order + "IIIII", head, 8)
+        if btype == PB:
+            ifid = struct.unpack_from(order + "H", head, 8)[0]
+        if caplen > blen - 32:
+            raise damaged(f"packet of {caplen} bytes in a block of {blen}")
+        if ifid >= len(section):
+            raise damaged(f"packet on interface {ifid}, but only {len(section)} interfaces are described")
+        linktype, units, offset, _snaplen = section[ifid]
+        return (((hi << 32) | lo) / units + offset, linktype,
+                head[28:28 + min(caplen, KEEP_RECORD_BYTES)], max(wirelen, caplen))
+    if btype == SPB:
+        if not section:
+            raise damaged("simple packet block before any interface description")
+        wirelen = struct.unpack_from(order + "I", head, 8)[0]
+        linktype, _units, _offset, snaplen = section[0]
+        caplen = min(wirelen, blen - 16)
+        if snaplen:
+            caplen = min(caplen, snaplen)
+        return (0.0, linktype, head[12:12 + min(caplen, KEEP_RECORD_BYTES)], max(wirelen, caplen))
+    if btype == SHB:
+        major = struct.unpack_from(order + "H", head, 12)[0]
+        if major != 1:
+            raise damaged(f"section header of unsupported version {major}")
+    return None   # interface, secrets, statistics...: far too long to be real; skipped

@@ -238,18 +238,26 @@ class Decoder:
         return self._ethertype(et, data, off + 14, ts, depth)
 
     def _ethertype(self, et: int, data: bytes, off: int, ts: float, depth: int):
-        while et in VLAN_TPIDS:
-            if len(data) - off < 4:
-                return self._skip("truncated-vlan")
-            et = (data[off + 2] << 8) | data[off + 3]
-            off += 4
+        # A loop, not recursion: VLAN tags and LLC/SNAP headers announcing
+        # another 802.3 length can be stacked as deep as the frame allows,
+        # and each costs 4-8 bytes (a 64 KiB frame holds thousands).
+        while True:
+            while et in VLAN_TPIDS:
+                if len(data) - off < 4:
+                    return self._skip("truncated-vlan")
+                et = (data[off + 2] << 8) | data[off + 3]
+                off += 4
+            if et > 1500:
+                break
+            # 802.3 length field: an 802.2 LLC header follows.
+            got = self._llc(data, off)
+            if got.__class__ is str:
+                return self._skip(got)
+            et, off = got
         if et == 0x0800:
             return self._ip4(data, off, ts, depth)
         if et == 0x86DD:
             return self._ip6(data, off, ts, depth)
-        if et <= 1500:
-            # 802.3 length field: an 802.2 LLC header follows.
-            return self._llc(data, off, ts, depth)
         if et == 0x8864:
             return self._pppoe(data, off, ts, depth)
         if et == 0x8847 or et == 0x8848:
@@ -261,28 +269,37 @@ class Decoder:
         name = ETHERTYPE_NAMES.get(et)
         return self._skip(name or f"other-ethertype-0x{et:04x}")
 
-    def _llc(self, data: bytes, off: int, ts: float, depth: int):
+    @staticmethod
+    def _llc(data: bytes, off: int):
+        """An 802.2 LLC header at `off`: (ethertype, offset after it) for
+        SNAP with an Ethernet OUI, else the skip reason (a str)."""
         if len(data) - off < 3:
-            return self._skip("truncated-llc")
+            return "truncated-llc"
         dsap = data[off]
         ssap = data[off + 1]
         if dsap == 0xAA and ssap == 0xAA and data[off + 2] == 0x03:
             if len(data) - off < 8:
-                return self._skip("truncated-llc")
+                return "truncated-llc"
             oui = data[off + 3:off + 6]
             if oui != b"\x00\x00\x00" and oui != b"\x00\x00\xf8":
-                return self._skip("llc-snap-other-oui")
-            et = (data[off + 6] << 8) | data[off + 7]
-            return self._ethertype(et, data, off + 8, ts, depth)
+                return "llc-snap-other-oui"
+            return (data[off + 6] << 8) | data[off + 7], off + 8
         if dsap == 0xFF and ssap == 0xFF:
-            return self._skip("ipx")     # "raw 802.3" Novell framing
+            return "ipx"     # "raw 802.3" Novell framing
         if dsap == 0xE0:
-            return self._skip("ipx")
+            return "ipx"
         if dsap == 0x42:
-            return self._skip("stp")
+            return "stp"
         if dsap == 0xFE:
-            return self._skip("osi")
-        return self._skip("llc")
+            return "osi"
+        return "llc"
+
+    def _llc_frame(self, data: bytes, off: int, ts: float, depth: int):
+        """A frame whose link layer is an LLC header (802.11, SLL protocol 4)."""
+        got = self._llc(data, off)
+        if got.__class__ is str:
+            return self._skip(got)
+        return self._ethertype(got[0], data, got[1], ts, depth)
 
     def _pppoe(self, data: bytes, off: int, ts: float, depth: int):
         if len(data) - off < 8:
@@ -356,7 +373,7 @@ class Decoder:
         if hatype == 824:
             return self._skip("netlink")
         if proto == 0x0004:
-            return self._llc(data, off, ts, 0)
+            return self._llc_frame(data, off, ts, 0)
         if proto == 0x0001:
             return self._skip("ipx")
         if proto == 0x000C or proto == 0x000D:
@@ -488,7 +505,7 @@ class Decoder:
         p = off + hl
         if n - p < 8:
             return self._skip("truncated-llc")
-        return self._llc(data, p, ts, 0)
+        return self._llc_frame(data, p, ts, 0)
 
     # -- IP ----------------------------------------------------------------
 
@@ -598,6 +615,12 @@ class Decoder:
 
     def _transport(self, proto: int, src: bytes, dst: bytes, data: bytes,
                    start: int, end: int, ts: float, depth: int):
+        # IPsec AH headers (RFC 4302) can be chained as long as the datagram
+        # allows (a 64 KiB datagram holds 5,000 of them): a loop, not recursion.
+        while proto == 51:
+            if min(len(data), end) - start < 8:
+                return self._skip("truncated-ah")
+            proto, start = data[start], start + ((data[start + 1] + 2) << 2)
         if proto == 6:
             return self._tcp(src, dst, data, start, end)
         if proto == 17:
@@ -610,11 +633,6 @@ class Decoder:
             if proto == 41:
                 return self._ip6(data, start, ts, depth + 1)
             return self._gre(data, start, end, ts, depth + 1)
-        if proto == 51:      # AH inside IPv4
-            if min(len(data), end) - start < 8:
-                return self._skip("truncated-ah")
-            return self._transport(data[start], src, dst, data,
-                                   start + ((data[start + 1] + 2) << 2), end, ts, depth)
         name = IP_PROTO_NAMES.get(proto)
         return self._skip(name or f"other-ip-proto-{proto}")
 

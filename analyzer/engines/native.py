@@ -187,14 +187,17 @@ class Session:
         result, decode, packet = self.result, self.decoder.decode, self.table.packet
         others = None
         if partition is not None:
+            self.table.share(partition[1])      # the run's limits, split between the processes
             packet = _share_filter(packet, *partition)
             others = _other_share(*partition)
         frame = 0
         ts = None
         newest = float("-inf")
         keep = self.packet_filter.keep if self.packet_filter is not None else None
+        opened = None
         try:
             with open_capture(path) as reader:
+                opened = reader
                 report.format, report.compression = reader.format, reader.compression
                 next_tick = 1
                 for ts, linktype, data, wirelen in reader:
@@ -224,6 +227,9 @@ class Session:
             report.error = str(exc)
             result.errors.append(exc)
         finally:
+            # Every process of a parallel run reads every record: share 0 counts.
+            if opened is not None and opened.records_cut and (partition is None or partition[0] == 0):
+                self.table.limits["record_bytes"] += opened.records_cut
             if ts is not None:
                 result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
             report.packets = frame

@@ -111,6 +111,11 @@ TSHARK_UNREADABLE = frozenset({"bzip2", "xz", "zstd"})
 _FTP_REPLY = re.compile(r"([1-6]\d\d)([ -]|$)")
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "³" and "٣", which int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 # ------------------------------------------------------------- the tool --
 
 _VERSION_CACHE: dict[str, tuple[str, str]] = {}
@@ -688,7 +693,7 @@ class TsharkSession:
         first = None
         for item in _all(segs):
             if isinstance(item, dict):
-                frames = [int(s) for s in _all(item.get("tcp.segment")) if str(s).isdigit()]
+                frames = [int(s) for s in _all(item.get("tcp.segment")) if _digits(str(s))]
                 if frames:
                     first = min(frames) if first is None else min(first, min(frames))
         if first is not None and first < number:
@@ -749,7 +754,7 @@ class TsharkSession:
         if code is None:
             return
         raw = _text(code)
-        if not (raw.isdigit() and len(raw) == 3 and 100 <= int(raw)):
+        if not (_digits(raw) and len(raw) == 3 and 100 <= int(raw)):
             # tshark reads "HTTP/1.0 2XX OK" as status 2: RFC 9112 section 4 wants 3 digits.
             self._anomaly(conn, "http_bad_status_line", ts, frame, f"tshark status code {raw!r}")
             return
@@ -760,7 +765,7 @@ class TsharkSession:
         request_in = _text(_find(layer, "http.request_in"))
         if self._duplicate(conn, d, ("response", raw, phrase), ts, frame):
             return
-        resp = _Response(int(raw), phrase, frame, ts, d, up, request_in=int(request_in) if request_in.isdigit() else 0,
+        resp = _Response(int(raw), phrase, frame, ts, d, up, request_in=int(request_in) if _digits(request_in) else 0,
                          shown=self._last_frame)
         conn.waiting.append(resp)
         if len(conn.waiting) > MAX_WAITING_RESPONSES:
@@ -866,7 +871,7 @@ class TsharkSession:
                 conn.http.requests += 1
             elif ":status" in headers:
                 status = headers[":status"]
-                if not (status.isdigit() and len(status) == 3):
+                if not (_digits(status) and len(status) == 3):
                     self._anomaly(conn, "http2_bad_status", ts, frame, status[:20])
                     continue
                 code = int(status)
@@ -899,7 +904,7 @@ class TsharkSession:
             return
         length = _text(layer.get("websocket.payload_length"))
         flags: list[str] = []
-        if status.isdigit():
+        if _digits(status):
             code, inferred = int(status), False
             if not close_code_ok(code):
                 flags.append("websocket_reserved_close_code")     # RFC 6455 section 7.4
@@ -1298,7 +1303,7 @@ def tshark_port_table(tshark: str) -> dict:
         for line in out.splitlines():
             field_, _, rest = line.partition("\t")
             value, _, proto = rest.partition("\t")
-            if field_ == "tcp.port" and value.isdigit():
+            if field_ == "tcp.port" and _digits(value):
                 table.setdefault(proto, set()).add(int(value))
         _PORT_TABLES[tshark] = table
     return table

@@ -153,6 +153,10 @@ _TABLE: dict[str, tuple] = {
                                   "SOCKS 握手报文无法解析。"),
     "socks_handshake_too_long": (WARNING, "More bytes than any SOCKS handshake holds, without one completing.",
                                  "字节数超过任何 SOCKS 握手的长度，且握手未完成。"),
+    # -- capture --------------------------------------------------------------------
+    "timestamp_outlier": (WARNING, "An event whose timestamp lies far from the rest of the capture "
+                                   "(corrupt clock or file); left off the time axis.",
+                          "事件的时间戳远离抓包中的其余部分（时钟或文件损坏），未放在时间轴上。"),
     # -- TLS / tshark engine ---------------------------------------------------------
     "tls_undecrypted": (INFO, "A TLS session with no key in the key log: status codes unknown.",
                         "密钥日志中没有该 TLS 会话的密钥，状态码未知。"),

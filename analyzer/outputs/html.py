@@ -36,6 +36,7 @@ from markupsafe import Markup
 from analyzer.outputs.visible import visible_html
 from analyzer.protocols import get as _protocol
 from analyzer.stats.hosts import PROTOCOLS, class_label, iso
+from analyzer.stats.timeaxis import MAX_BUCKETS, choose_step
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAX_TABLE_ROWS = 300
@@ -75,6 +76,8 @@ TEXT = {
                    "按协议列出所有出现的代码；颜色表示类别，红色描边表示计为错误的代码。"),
     "timeline": ("Over time", "时间分布"),
     "timeline_hint": ("Events per time bucket, stacked by class. Bucket:", "每个时间桶内的事件数，按类别堆叠。时间桶："),
+    "outliers_hint": ("events have timestamps far from the rest of the capture (a corrupt clock or file) and are left off the time axis (timestamp_outlier); they are in every other count.",
+                      "个事件的时间戳远离抓包中的其余部分（时钟或文件损坏），未放在时间轴上（timestamp_outlier）；其他统计中均包含它们。"),
     "spark_title": ("Errors over time — most affected servers", "错误随时间变化 — 受影响最严重的服务器"),
     "host_table": ("Per-host statistics", "按主机统计"),
     "host_hint": ("Click a column header to sort. One row per host, role and protocol; hosts.csv has every row.",
@@ -367,12 +370,12 @@ def _code_charts(stats, names) -> list[dict]:
 
 def _series(stats, first, last) -> tuple[list, list]:
     ts = stats.timeseries
-    step = int(stats.summary.get("bucket_seconds") or 1)
-    if not len(ts) or first is None or last is None:
+    if not len(ts):
         return [], []
-    start = math.floor(first / step) * step
-    n = int(math.floor(last / step) - math.floor(first / step)) + 1
-    span = last - first
+    axis = _axis(stats.summary, first, last)
+    if axis is None:
+        return [], []
+    start, n, step, span = axis
     charts = []
     for proto in PROTOCOLS:
         rows = ts[ts["protocol"] == proto]
@@ -398,6 +401,21 @@ def _series(stats, first, last) -> tuple[list, list]:
         chart["first_error"] = fmt_time(iso(float(first_error.min()))) if len(first_error) else "–"
         sparks.append(chart)
     return charts, sparks
+
+
+def _axis(summary: dict, first, last) -> tuple[float, int, int, float] | None:
+    """(start, buckets, step, span) of the time axis: the statistics' axis, which
+    leaves timestamp outliers out (stats/timeaxis.py); never more than
+    MAX_BUCKETS buckets, whatever the summary says."""
+    axis = summary.get("time_axis")
+    step = int(summary.get("bucket_seconds") or 1)
+    if axis:
+        first, last, step = axis["first_epoch"], axis["last_epoch"], int(axis["bucket_seconds"])
+    if first is None or last is None or not (math.isfinite(first) and math.isfinite(last)):
+        return None
+    step = max(step, choose_step(first, last, MAX_BUCKETS))
+    start = math.floor(first / step) * step
+    return start, int(math.floor(last / step) - math.floor(first / step)) + 1, step, last - first
 
 
 def _stacked_chart(proto, label, stacks, start, n, step, span, *, height, compact=False) -> dict:

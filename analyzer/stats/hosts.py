@@ -33,9 +33,11 @@
 #   and last error (epoch, frame, capture file); exact, since servers are few
 #   next to events.
 # - Time series: counts per (server, protocol, code, bucket); the bucket is
-#   the smallest step of BUCKET_STEPS giving at most MAX_BUCKETS buckets over
-#   the capture.  Steps divide each other, so coarsening while streaming gives
-#   exactly the counts one pass at the final step would.
+#   the smallest step giving at most MAX_BUCKETS buckets over the time axis,
+#   which leaves out timestamp outliers (stats/timeaxis.py: bounded whatever
+#   the timestamps; outliers are counted, `timestamp_outlier`).  Steps divide
+#   each other, so coarsening while streaming gives exactly the counts one
+#   pass at the final step would.
 from __future__ import annotations
 
 import ipaddress
@@ -49,6 +51,7 @@ import pandas as pd
 from analyzer.events import CONNECTION_COLUMNS, EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
 from analyzer.stats.paths import MAX_URI_CHARS, URI_GROUPINGS, failing_keys
+from analyzer.stats.timeaxis import BUCKET_STEPS, MAX_BUCKETS, TimeHistogram, choose_step
 
 from analyzer import protocols as _registry
 
@@ -62,8 +65,6 @@ HOST_NAMES_SHOWN = 10         # in hosts.csv / the HTML table, most frequent fir
 MAX_FAILING_URIS = 100_000    # distinct failing (server, Host, URI, code); ~30 MB worst case
 MAX_LOGIN_ROWS = 100_000      # distinct FTP (client, server, user) rows
 TOP_FAILING_URIS = 100        # rows in StatsResult.top_failing_uris
-MAX_BUCKETS = 120             # time-series buckets over the capture
-BUCKET_STEPS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 604800)
 COMPACT_MIN_ROWS = 200_000    # partial rows tolerated before a merge
 
 # Latency histogram: bin 0 holds values under 1 µs (captures have µs
@@ -140,13 +141,6 @@ def class_label(protocol: str, code: int) -> str:
         return _registry.get(protocol).class_label(code)
     except KeyError:
         return "other"
-
-
-def choose_step(first: float, last: float, max_buckets: int = MAX_BUCKETS) -> int:
-    for step in BUCKET_STEPS:
-        if math.floor(last / step) - math.floor(first / step) + 1 <= max_buckets:
-            return step
-    return BUCKET_STEPS[-1]
 
 
 class _Table:
@@ -428,6 +422,8 @@ class StatsAccumulator:
         self._names: dict[tuple[str, str], dict[str, int]] = {}
         self.host_names_dropped = 0
         self._step = BUCKET_STEPS[0]
+        self._hist = TimeHistogram(max_buckets)
+        self._axis = None
         self._first: float | None = None
         self._last: float | None = None
         self.events = 0
@@ -468,7 +464,8 @@ class StatsAccumulator:
             lo, hi = float(epoch[ok].min()), float(epoch[ok].max())
             self._first = lo if self._first is None else min(self._first, lo)
             self._last = hi if self._last is None else max(self._last, hi)
-            self._rebucket(choose_step(self._first, self._last, self.max_buckets))
+            self._hist.add(epoch[ok])
+            self._rebucket(self._hist.step)
             ts = _frame({"server_ip": server[ok], "protocol": proto[ok], "code": code[ok],
                                "bucket": np.floor(epoch[ok] / self._step) * self._step,
                                "count": np.ones(int(ok.sum()), dtype=np.int64)})
@@ -674,7 +671,12 @@ class StatsAccumulator:
                     first = chosen
                 else:
                     last = chosen
-        if first is not None and last is not None:
+        # The axis leaves outliers out; the capture's first and last packet
+        # widen it where they are near the events (timeaxis.py).
+        self._axis = self._hist.axis((coverage.get("first_epoch"), coverage.get("last_epoch")))
+        if self._axis is not None:
+            self._rebucket(self._axis.step)
+        elif first is not None and last is not None:
             self._rebucket(choose_step(first, last, self.max_buckets))
 
         codes_long = self._codes.frame().copy()
@@ -934,11 +936,17 @@ class StatsAccumulator:
         errors = int(srv.loc[srv["error"], "count"].sum())
         cov = dict(coverage)
         cov["events_without_request"] = without
+        if self._axis is not None and self._axis.outliers:
+            cov["anomalies"] = {**(cov.get("anomalies") or {}), "timestamp_outlier": self._axis.outliers}
         duration = (last - first) if first is not None and last is not None else None
         return {
             "events": total, "errors": errors, "error_rate": (errors / total) if total else None,
             "first_epoch": first, "last_epoch": last, "first": iso(first), "last": iso(last),
             "duration_s": duration, "bucket_seconds": self._step, "uri_grouping": self.uri_grouping,
+            "time_axis": ({"first_epoch": self._axis.first, "last_epoch": self._axis.last,
+                           "bucket_seconds": self._axis.step, "buckets": self._axis.buckets}
+                          if self._axis is not None else None),
+            "timestamp_outliers": self._axis.outliers if self._axis is not None else 0,
             "protocols": protocols, "coverage": cov, "policy": self.policy.describe(),
             "limits": {
                 "host_names_dropped": self.host_names_dropped,

@@ -28,12 +28,20 @@ HALF = 1 << 31
 
 DATA, GAP, END = 0, 1, 2
 
-# Out-of-order bytes held for one direction before we give up on the hole.
+# Held segments are counted by the memory they take, not by their payload:
+# each costs its payload plus HELD_SEGMENT_OVERHEAD, the Python objects that
+# hold it (measured with sys.getsizeof on CPython 3.11: the 6-tuple heap
+# entry 88, the bytes header 33, three ints 84, a list slot 8).  A million
+# one-byte segments are ~210 MB, not 1 MB (issue 17).
+HELD_SEGMENT_OVERHEAD = 213
+# Out-of-order memory held for one direction before we give up on the hole.
 # Suricata's stream.reassembly.depth default is 1 MiB; Zeek bounds the data
 # above a hole at 16 KiB before an ACK (tcp_max_above_hole_without_any_acks).
 MAX_HELD_BYTES_PER_STREAM = 1024 * 1024
-# Held bytes across all streams: Suricata's stream.reassembly.memcap is 256 MiB.
-MAX_HELD_BYTES_TOTAL = 256 * 1024 * 1024
+# Held memory across all streams.  Suricata's stream.reassembly.memcap is
+# 256 MiB of payload; ours counts the objects too and must leave room for the
+# rest of the run under a 300 MB peak, so half of that.
+MAX_HELD_BYTES_TOTAL = 128 * 1024 * 1024
 # A segment claiming to start further ahead than this is not kept (a window
 # larger than the RFC 7323 maximum of 1 GiB is impossible).
 MAX_AHEAD = 1 << 30
@@ -44,13 +52,17 @@ MAX_INFERRED_LEAD = 1024 * 1024
 
 
 class HeldBudget:
-    """Global account of held out-of-order bytes (one per flow table)."""
+    """Global account of held out-of-order memory (one per flow table).
 
-    __slots__ = ("held", "limit_hits")
+    `limit` is MAX_HELD_BYTES_TOTAL, or its share in one process of a
+    parallel run (the total is for the run, not per process)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("held", "limit_hits", "limit")
+
+    def __init__(self, limit: int | None = None) -> None:
         self.held = 0
         self.limit_hits = 0
+        self.limit = MAX_HELD_BYTES_TOTAL if limit is None else limit
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -76,7 +88,7 @@ class Stream:
         self.pos = 0              # unwrapped stream offset of next_seq
         self.isn = None           # from the SYN, when seen
         self.held: list = []      # heap of (pos, order, payload, seglen, ts, frame)
-        self.held_bytes = 0
+        self.held_bytes = 0       # memory of the held segments (HELD_SEGMENT_OVERHEAD)
         self.fin_seq = None       # sequence number of the FIN, once seen
         self.ended = False        # END delivered
         self.delivered = 0
@@ -212,14 +224,15 @@ class Stream:
 
     def _hold(self, off: int, payload: bytes, seglen: int, ts: float, frame: int) -> None:
         self.ooo_segments += 1
-        if self.held_bytes + seglen > MAX_HELD_BYTES_PER_STREAM or \
-                self.budget.held + seglen > MAX_HELD_BYTES_TOTAL:
+        cost = len(payload) + HELD_SEGMENT_OVERHEAD
+        if self.held_bytes + cost > MAX_HELD_BYTES_PER_STREAM or \
+                self.budget.held + cost > self.budget.limit:
             # Give up on the oldest hole rather than grow without bound.
             self.limit_hits += 1
             self.budget.limit_hits += 1
             target = self.pos + off
-            while self.held and (self.held_bytes + seglen > MAX_HELD_BYTES_PER_STREAM // 2
-                                 or self.budget.held + seglen > MAX_HELD_BYTES_TOTAL):
+            while self.held and (self.held_bytes + cost > MAX_HELD_BYTES_PER_STREAM // 2
+                                 or self.budget.held + cost > self.budget.limit):
                 first = self.held[0][0]
                 if first > self.pos:
                     self._gap(first - self.pos, ts, frame)
@@ -237,15 +250,16 @@ class Stream:
                 return
         self._order += 1
         heapq.heappush(self.held, (self.pos + off, self._order, payload, seglen, ts, frame))
-        self.held_bytes += seglen
-        self.budget.held += seglen
+        self.held_bytes += cost
+        self.budget.held += cost
 
     def _release(self) -> None:
         held = self.held
         while held and held[0][0] <= self.pos:
             start, _, payload, seglen, ts, frame = heapq.heappop(held)
-            self.held_bytes -= seglen
-            self.budget.held -= seglen
+            cost = len(payload) + HELD_SEGMENT_OVERHEAD
+            self.held_bytes -= cost
+            self.budget.held -= cost
             self._deliver_at(start - self.pos, payload, seglen, ts, frame)
 
     def _gap(self, n: int, ts: float, frame: int) -> None:

@@ -57,7 +57,7 @@ from analyzer.decode.packets import addr_to_str
 from analyzer.events import Anomaly
 from analyzer.meaning.anomalies import sample
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED
-from analyzer.tcp.stream import DATA, END, GAP, HeldBudget, Stream, seq_diff
+from analyzer.tcp.stream import DATA, END, GAP, MAX_HELD_BYTES_TOTAL, HeldBudget, Stream, seq_diff
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -68,6 +68,13 @@ CLOSE_LINGER = 5.0
 # Bytes per direction kept while no dissector has recognised the content:
 # enough for the longest request head we accept (64 KiB, see http.py).
 DETECT_MAX_BYTES = 64 * 1024
+# Memory kept for the replay while detection waits (payload plus
+# REPLAY_ENTRY_OVERHEAD per delivery, as tcp/stream.py counts held segments):
+# past it detection decides with what it has, so a head trickling in one
+# byte per segment cannot keep ~200 bytes per byte (issue 17: 2.4 GB from an
+# 8 MB capture) nor re-run detection over a growing head for ever.
+DETECT_MAX_REPLAY_BYTES = 4 * DETECT_MAX_BYTES
+REPLAY_ENTRY_OVERHEAD = 150    # the 5-tuple 80, bytes header 33, int and float 52
 # Connections tracked at once: ntopng's default max_num_flows (131072).
 # Suricata's flow.memcap 128 MiB is ~500k of its flows, but ours cost ~1.1 KB
 # even when only a SYN was seen (2.3 KB before streams were made lazily), so
@@ -75,6 +82,19 @@ DETECT_MAX_BYTES = 64 * 1024
 # Beyond it the least recently active one is finalised early and counted in
 # limits["connections"].
 MAX_CONNECTIONS = 131_072
+# Connection state is also bounded by memory (issue 17: 200,000 connections
+# stopped half-way through a response header took 865 MB at the count limit,
+# ~4.5 KB each).  Each connection is charged what its state costs (measured
+# with tracemalloc on HTTP connections, CPython 3.11): the record itself,
+# then its two reassembly streams, then its dissector.  Past the budget the
+# least recently active connection is finalised early, as at the count
+# limit, and counted in limits["connection_memory"].  A SYN flood stays
+# bounded by the count (131,072 x 1.1 KB fit); fully dissected connections
+# by memory (~36,000 of them in 160 MiB).
+CONNECTION_COST = 1_100
+STREAMS_COST = 1_500
+DISSECTOR_COST = 1_900
+MAX_CONNECTION_MEMORY = 160 * 1024 * 1024
 # Announced connections (FTP data) remembered at once; Zeek expires them after
 # 5 minutes, we also bound their number.
 MAX_EXPECTATIONS = 10_000
@@ -140,7 +160,7 @@ class Connection:
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
         "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq", "reset_at",
-        "tunnel",
+        "tunnel", "replay_cost", "cost",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -156,6 +176,7 @@ class Connection:
         self.syn_seen = False
         self.dissector = None
         self.replay: list = []
+        self.replay_cost = 0            # memory of `replay` (DETECT_MAX_REPLAY_BYTES)
         self.heads = _NO_HEADS          # a list once data can arrive (open_streams)
         self.first_ts = ts
         self.last_ts = ts
@@ -174,11 +195,17 @@ class Connection:
         self.serial = table.count       # creation order
         self.reset_at = None            # (ts, direction) of a RST whose peer may still send
         self.tunnel = None              # what the connection became a tunnel of (Handover.info + outcome)
+        self.cost = CONNECTION_COST     # memory charged to table.memory
 
     def open_streams(self) -> tuple:
         """The two reassembly streams, made at the first packet that is not a bare SYN."""
-        budget = self.table.budget
+        table = self.table
+        budget = table.budget
         s0, s1 = self.streams = (Stream(partial(self._deliver, 0), budget), Stream(partial(self._deliver, 1), budget))
+        self.cost += STREAMS_COST
+        table.memory += STREAMS_COST
+        if table.memory > table.max_memory:
+            table.make_room(self.last_ts, keep=self)
         if self.syn_seq is not None:
             s0.syn(self.syn_seq)
         self.heads = [b"", b""]
@@ -234,10 +261,17 @@ class Connection:
         elif mode == MODE_DETECT:
             self.replay.append((direction, kind, value, ts, frame))
             if kind == DATA:
+                self.replay_cost += len(value) + REPLAY_ENTRY_OVERHEAD
                 head = self.heads[direction]
                 if len(head) < DETECT_MAX_BYTES:
                     self.heads[direction] = head + value[: DETECT_MAX_BYTES - len(head)]
-                self.detect()
+                if self.replay_cost > DETECT_MAX_REPLAY_BYTES:
+                    self.table.limits["detect_replay_bytes"] += 1
+                    self.detect(final=True)
+                else:
+                    self.detect()
+            else:
+                self.replay_cost += REPLAY_ENTRY_OVERHEAD
 
 
     def detect(self, final: bool = False) -> None:
@@ -276,7 +310,12 @@ class Connection:
         self.name = name
         self.mode = MODE_DISSECT
         self.table.dissected += 1
+        # Charged now, enforced at the next new connection or stream (not
+        # here: this runs inside a stream's delivery).
+        self.cost += DISSECTOR_COST
+        self.table.memory += DISSECTOR_COST
         replay, self.replay, self.heads = self.replay, [], [b"", b""]
+        self.replay_cost = 0
         for direction, kind, value, ts, frame in replay:
             self._deliver(direction, kind, value, ts, frame)
             if self.mode != MODE_DISSECT:
@@ -339,6 +378,9 @@ class FlowTable:
         self.anomaly_counts = Counter()
         self.next_sweep = float("-inf")
         self.live = 0
+        self.memory = 0                 # what live connections are charged (max_memory)
+        self.max_connections = MAX_CONNECTIONS
+        self.max_memory = MAX_CONNECTION_MEMORY
         self.order: list = []           # heap of (queued, serial, conn): least recently active first, lazily
         self.lingering: deque = deque() # finalised connections, in the order they closed
         self.resetting: deque = deque() # reset connections whose peer may still send, in reset order
@@ -402,6 +444,9 @@ class FlowTable:
             self._sweep(ts)
         mode = conn.mode
         if mode == MODE_IGNORE:
+            streams = conn.streams
+            if streams is not None and (streams[0].held or streams[1].held):
+                self._release_held(conn)
             if seglen:
                 conn.bytes[d] += seglen
             if flags & (FIN | RST):
@@ -467,10 +512,13 @@ class FlowTable:
             d = 1
         else:
             d = 0
-        if self.live >= MAX_CONNECTIONS:
+        if self.live >= self.max_connections:
             self._evict(ts)
+        if self.memory + CONNECTION_COST > self.max_memory:
+            self.make_room(ts)
         self.count += 1
         self.live += 1
+        self.memory += CONNECTION_COST
         conn = Connection(self, src, sport, dst, dport, ts, self.capture)
         if flags & SYN:
             conn.syn_seen = True
@@ -573,6 +621,8 @@ class FlowTable:
         hand = outer.handover
         conn.tunnel = {**outer.outcome(), **hand.info}   # e.g. protocol, target, reply
         conn.dissector = None
+        conn.cost -= DISSECTOR_COST        # the inner dissector will be charged when it starts
+        self.memory -= DISSECTOR_COST
         conn.name = ""
         conn.mode = MODE_DETECT
         conn.heads = [b"", b""]
@@ -628,6 +678,11 @@ class FlowTable:
                 if conn.mode == MODE_DISSECT:
                     self.connections_with_gaps += 1
                 self.missed_bytes += s0.missed + s1.missed
+        elif conn.streams is not None:
+            self._release_held(conn)
+            s0, s1 = conn.streams
+            if s0.limit_hits or s1.limit_hits:
+                self.limits["tcp_held_bytes"] += s0.limit_hits + s1.limit_hits
         if conn.reset_at is not None and state in ("open", "timeout"):
             state = "reset"
         conn.state = state
@@ -641,8 +696,19 @@ class FlowTable:
         conn.dissector = None   # free parser state; the row is already out
         conn.streams = None
         self.live -= 1
+        self.memory -= conn.cost
+        conn.cost = 0
         if state in ("closed", "reset"):   # the others are forgotten at once
             self.lingering.append(conn)
+
+    def _release_held(self, conn: Connection) -> None:
+        """An ignored connection's held segments are never delivered: their
+        memory goes back to the global budget at once (called outside any
+        stream callback, so no stream is releasing at the time)."""
+        for s in conn.streams:
+            if s.held:
+                self.budget.held -= s.held_bytes
+                s.held, s.held_bytes = [], 0
 
     def _forget(self, conn: Connection) -> None:
         (a, b), (pa, pb) = conn.addr, conn.ports
@@ -679,8 +745,10 @@ class FlowTable:
         for conn in idle:
             self._forget(conn)
 
-    def _evict(self, ts: float) -> None:
+    def _evict(self, ts: float, why: str = "connections", keep: Connection | None = None) -> bool:
+        """Finalise the least recently active connection (not `keep`); False when none is left."""
         order = self.order
+        kept = None
         while order:
             _, serial, conn = heapq.heappop(order)
             if conn.mode == MODE_CLOSED:
@@ -689,10 +757,33 @@ class FlowTable:
                 conn.queued = conn.last_ts
                 heapq.heappush(order, (conn.queued, serial, conn))
                 continue
-            self.limits["connections"] += 1
+            if conn is keep:
+                kept = (conn.queued, serial, conn)
+                continue
+            self.limits[why] += 1
             self._finalise(conn, ts, 0, "evicted")
             self._forget(conn)
-            return
+            if kept is not None:
+                heapq.heappush(order, kept)
+            return True
+        if kept is not None:
+            heapq.heappush(order, kept)
+        return False
+
+    def make_room(self, ts: float, keep: Connection | None = None) -> None:
+        """Evict least recently active connections (not `keep`) until the state fits max_memory."""
+        while self.memory > self.max_memory - CONNECTION_COST:
+            if not self._evict(ts, "connection_memory", keep):
+                return
+
+    def share(self, processes: int) -> None:
+        """This table is one of `processes` in a parallel run: the run's
+        limits (connections, their memory, held bytes) are split between them,
+        so that `-j N` holds what `-j 1` holds, not N times as much."""
+        n = max(1, processes)
+        self.max_connections = max(1, MAX_CONNECTIONS // n)
+        self.max_memory = MAX_CONNECTION_MEMORY // n
+        self.budget.limit = MAX_HELD_BYTES_TOTAL // n
 
     def finish(self) -> None:
         """End of the run: finalise every open connection (open, not timed out)."""

@@ -130,7 +130,9 @@ def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) 
     cl = headers.get("content-length")
     if cl is not None:
         first = cl.split(",")[0].strip()
-        if first.isdigit():
+        # ASCII digits only: str.isdigit() is also true for "³" (latin-1 0xB3),
+        # which int() refuses (found by the fuzz harness).
+        if first.isascii() and first.isdigit():
             n = int(first)
             return (BODY_LENGTH, n) if n else (HEAD, 0)
         return (BODY_CLOSE, 0) if is_response else (HEAD, 0)
