@@ -43,7 +43,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 from analyzer.capture import open_capture
-from analyzer.capture.pcap import MAX_RECORD_BYTES, _packets, refill
+from analyzer.capture.pcap import KEEP_RECORD_BYTES, MAX_RECORD_BYTES, _packets, read_past, refill
 from analyzer.errors import AnalyzerError, CaptureError
 from analyzer.protocols.http.dissector import BODY_LENGTH as _BODY_LENGTH, HttpDissector
 try:  # the same class compiled (a twin, see setup.py): the lanes take both
@@ -55,6 +55,7 @@ from analyzer.tcp.table import MODE_DISSECT as _MODE_DISSECT
 cdef int MODE_DISSECT = _MODE_DISSECT
 cdef int BODY_LENGTH = _BODY_LENGTH
 cdef Py_ssize_t MAX_RECORD = MAX_RECORD_BYTES
+cdef Py_ssize_t KEEP_RECORD = KEEP_RECORD_BYTES
 cdef object NO_EVENTS = []   # never appended to, as the dissector's own _NO_EVENTS
 # As in Session.read_file: progress and first_epoch now and then, not per packet.
 cdef Py_ssize_t TICK = 20000
@@ -476,6 +477,23 @@ cdef class Loop:
                         raise CaptureError(
                             f"{name}: damaged record after {_packets(n)}: it claims "
                             f"{incl} captured bytes (more than {MAX_RECORD_BYTES})", n)
+                    if incl > KEEP_RECORD:
+                        # As records(): read through, keep the first KEEP_RECORD_BYTES.
+                        data, _last, buf = read_past(name, fill, buf[start:], incl, n, KEEP_RECORD_BYTES)
+                        reader.records_cut += 1
+                        ts_obj = (sec * units + frac) / units
+                        self.frame += 1
+                        self.last_ts = ts_obj
+                        self.clock(ts_obj, ts_obj)
+                        skipped = self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
+                                              PyBytes_GET_SIZE(data), max(orig, incl), data)
+                        n += 1
+                        if not skipped:
+                            self.tick(ts_obj)
+                        pos = 0
+                        end = PyBytes_GET_SIZE(buf)
+                        p = <const uint8_t*>PyBytes_AS_STRING(buf)
+                        continue
                     need = stop - pos
                     break
                 if micro:
@@ -530,8 +548,10 @@ def read_file(session, path, progress=None, done_before=0, total=0, partition=No
     report = session.begin(path, "<stdin>" if path == "-" else None)
     result = session.result
     loop = Loop(session, partition, progress, done_before, total)
+    opened = None
     try:
         with open_capture(path) as reader:
+            opened = reader
             report.format, report.compression = reader.format, reader.compression
             source = reader.pcap_source
             if source is not None:
@@ -542,6 +562,9 @@ def read_file(session, path, progress=None, done_before=0, total=0, partition=No
         report.error = str(exc)
         result.errors.append(exc)
     finally:
+        # As the reference: records cut to KEEP_RECORD_BYTES are a limit hit, counted once per run.
+        if opened is not None and opened.records_cut and (partition is None or partition[0] == 0):
+            session.table.limits["record_bytes"] += opened.records_cut
         frame, ts = loop.settle()
         if ts is not None:
             result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
