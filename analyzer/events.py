@@ -119,6 +119,25 @@ class Expectation:
     owner: object = field(default=None, compare=False, repr=False)
 
 
+class BatchConsumer:
+    """What engines/sink.py hands event batches to: `write(batch)` for each
+    Arrow record batch, `flush()` when a live report is due, `commit()` at
+    the end of the run, `abort()` when it failed.  A consumer that keeps no
+    files needs only `write`."""
+
+    def write(self, batch) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
 def with_endpoints(ev: Event, ends: tuple) -> Event:
     """The event with the flow table's endpoint fields filled in."""
     cip, cport, sip, sport, cid, capture = ends

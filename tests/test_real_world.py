@@ -203,26 +203,35 @@ def _sysctl(name: str, value: str):
         path.write_text(old)
 
 
-def _http_server(sock: socket.socket, delay: float = 0.0) -> threading.Thread:
+def _serve(sock: socket.socket, handle, threaded: bool = False) -> threading.Thread:
+    """Accept connections on `sock` until it is closed; `handle(conn)` each."""
     def serve():
         while True:
             try:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            with conn:
-                with contextlib.suppress(OSError):
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    time.sleep(delay)
-                    conn.sendall(RESP)
+            if threaded:
+                threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            else:
+                handle(conn)
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
+
+
+def _http_server(sock: socket.socket, delay: float = 0.0) -> threading.Thread:
+    def answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            time.sleep(delay)
+            conn.sendall(RESP)
+    return _serve(sock, answer)
 
 
 @pytest.mark.skipif(not IS_ROOT or not shutil.which("tcpdump") or not shutil.which("curl"),
@@ -500,16 +509,7 @@ def _proxy_server(sock: socket.socket) -> threading.Thread:
                 relay(c, up)
                 t.join(5)
 
-    def serve():
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
+    return _serve(sock, handle, threaded=True)
 
 
 PROXIES = {

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from analyzer.events import EVENT_COLUMNS, EVENT_TYPES
+from analyzer.events import BatchConsumer, EVENT_COLUMNS, EVENT_TYPES
 from analyzer.outputs.csvfile import DANGEROUS_PREFIXES, AtomicWriter, DirectFile
 from analyzer.outputs.visible import UNSAFE_RE2, json_text, may_hold_unsafe, visible
 
@@ -122,7 +122,7 @@ class EventsParquet(_EventFile):
         self._writer.close()
 
 
-class EventsKept:
+class EventsKept(BatchConsumer):
     """Keeps every batch in memory (the Python API returns them as one DataFrame)."""
 
     def __init__(self) -> None:
@@ -130,15 +130,6 @@ class EventsKept:
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.batches.append(batch)
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
     def table(self) -> pa.Table:
         return pa.Table.from_batches(self.batches, schema=EVENT_SCHEMA)

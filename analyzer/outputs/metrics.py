@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analyzer.events import endpoint_label
+from analyzer.events import BatchConsumer, endpoint_label
 
 # Servers with a label of their own: a dashboard legend stays readable, and
 # the series stay in the low thousands (per server: its codes, 2 error and
@@ -87,7 +87,7 @@ def _add(table: dict, key, n: int) -> None:
     table[key] = table.get(key, 0) + n
 
 
-class EventMetrics:
+class EventMetrics(BatchConsumer):
     """A batch consumer (write/flush/commit/abort) and a prometheus_client collector."""
 
     def __init__(self, policy, *, max_servers: int = MAX_SERVERS, max_codes: int = MAX_CODES,
@@ -200,15 +200,6 @@ class EventMetrics:
             entry = self._counts.latency.setdefault(server, [np.zeros(width, dtype=np.int64), 0.0])
             entry[0] += np.bincount(slots, minlength=width)
             entry[1] += float(seconds.sum())
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
     # -- what the capture says ---------------------------------------------------------
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from analyzer.events import endpoint_label
+from analyzer.events import BatchConsumer, endpoint_label
 
 MAX_SERVERS = 10_000
 MAX_KEYS = 50
@@ -69,7 +69,7 @@ def _add(table: dict, key, n: int, limit: int) -> None:
         table[OTHER_KEY] = table.get(OTHER_KEY, 0) + n
 
 
-class RecentActivity:
+class RecentActivity(BatchConsumer):
     """A batch consumer (write/flush/commit/abort); `snapshot()` once a tick."""
 
     def __init__(self, policy) -> None:
@@ -145,15 +145,6 @@ class RecentActivity:
             self._tick_lat_n += len(keep)
         slots = np.floor(np.log(np.maximum(ms, _LAT_BASE_MS) / _LAT_BASE_MS) / _LAT_STEP).astype(np.int64)
         self._run_lat += np.bincount(np.clip(slots, 0, _LAT_BUCKETS - 1), minlength=_LAT_BUCKETS)
-
-    def flush(self) -> None:
-        pass
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
     def snapshot(self, failing: int = 8) -> ActivitySnapshot:
         """The numbers now; the tick counters start again."""
