@@ -147,3 +147,13 @@ def test_dissectors_do_not_import_meaning():
     bad = {m: sorted(e for e in deps if e.startswith("analyzer.meaning"))
            for m, deps in g.items() if m.startswith("analyzer.protocols") and m not in KNOWN_MEANING_IMPORTS}
     assert not {m: e for m, e in bad.items() if e}
+
+
+def test_every_package_is_installed():
+    # pyproject.toml lists the packages by hand: a new one left out installs
+    # an analyzer that fails on import (the tests, run from the tree, would not see it).
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PKG.rglob("__init__.py")}
+    assert found - listed == set()
