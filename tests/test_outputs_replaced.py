@@ -37,13 +37,13 @@ def analyzer(*args, stdin=subprocess.DEVNULL, **kwargs):
                           env=env, timeout=300, **kwargs)
 
 
-def start(*args, reference: bool = False) -> subprocess.Popen:
+def start(*args, reference: bool = False, stdin=subprocess.DEVNULL) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if reference:
-        # The pure-Python loop: the compiled one reads this capture in well
-        # under the 1.5 s these tests wait before their signal.
+        # The pure-Python loop: the compiled one may read this capture before
+        # these tests' signal arrives.
         env["ANALYZER_NO_EXTENSIONS"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "analyzer", *map(str, args)], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "analyzer", *map(str, args)], stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
 
 
@@ -319,9 +319,7 @@ def test_sigint_stops_the_compiled_loop(large_capture, tmp_path):
         pytest.skip("the compiled fast path is not built")
     data = large_capture.read_bytes()
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "analyzer", "analyze", "-", "-o", str(out), "-q", "-j", "1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
+    proc = start("analyze", "-", "-o", out, "-q", "-j", "1", stdin=subprocess.PIPE)
     half = len(data) // 2
     proc.stdin.write(data[:half])
     proc.stdin.flush()

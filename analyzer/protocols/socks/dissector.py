@@ -131,13 +131,6 @@ def _socks4_reply(buf: bytes):
 
 # --- detection ----------------------------------------------------------------------
 
-def _maybe(reader, buf: bytes):
-    try:
-        return reader(buf) is not None
-    except ValueError:
-        return False
-
-
 def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool = False) -> str:
     """A SOCKS client greeting/request from one side, answered by the proxy's
     reply shape from the other.  A handshake has no mid-stream form."""
@@ -162,7 +155,7 @@ def detect(head0: bytes, head1: bytes, port_hint: bool = False, midstream: bool 
                 continue
             if not server:
                 return NEED_MORE if request is None or len(client) < 600 else REJECTED
-            return DETECTED if _maybe(_socks4_reply, server) else (NEED_MORE if len(server) < 8 else REJECTED)
+            return DETECTED if _try(_socks4_reply, server) is True else (NEED_MORE if len(server) < 8 else REJECTED)
     return REJECTED if (head0 and head0[0] not in (4, 5)) or (head1 and head1[0] not in (0, 4, 5)) else NEED_MORE
 
 
