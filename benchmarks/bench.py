@@ -764,6 +764,7 @@ def build_capture(path: Path, profile: str, packets: int, host_lo: bool, port: i
         partial.unlink(missing_ok=True)
     meta.update({
         "profile": profile,
+        "server_port": port,  # for tshark -d tcp.port==PORT,http (see benchmarks/README.md, "api")
         "packets": capinfos_packets(path),
         "bytes": path.stat().st_size,
         "build_seconds": round(time.monotonic() - started, 1),
