@@ -2,6 +2,7 @@
 # The compiled fast path against the pure-Python loop and tshark, side by side.
 #
 #   python3 benchmarks/fastpath.py                          # tiny and web, 1,000,000 packets each
+#   python3 benchmarks/fastpath.py --profile api            # api, 2,000,000 packets
 #   python3 benchmarks/fastpath.py --packets 200000 --repeat 3
 #   python3 benchmarks/fastpath.py --capture my.pcap
 #
@@ -141,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         epilog="example: python3 benchmarks/fastpath.py --packets 200000 --repeat 3")
     parser.add_argument("--profile", action="append", choices=bench.PROFILES,
                         help="profile of a built capture (repeatable; default: tiny and web)")
-    parser.add_argument("--packets", type=int, default=1_000_000, help="capture size (default %(default)s)")
+    parser.add_argument("--packets", type=int,
+                        help="capture size (default: bench.py's for the profile, 1,000,000; api 2,000,000)")
     parser.add_argument("--capture", type=Path, action="append", help="measure this capture instead (repeatable)")
+    parser.add_argument("--port", type=int, help="building a capture: bench.py's --port")
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool; the fastest is kept (default 1)")
     args = parser.parse_args(argv)
-    if args.packets < 1:
+    if args.packets is not None and args.packets < 1:
         parser.error("--packets must be at least 1")
     with_compiled = compiled_built()
     if not with_compiled:
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         captures = []
         for profile in args.profile or ["tiny", "web"]:
-            path, meta = bench.capture_for(profile, args.packets, False, False)
+            packets = args.packets or bench.DEFAULT_PACKETS[profile]
+            path, meta = bench.capture_for(profile, packets, False, False, args.port)
             captures.append((path, profile, meta.get("packets") or bench.count_packets(path)))
     print(f"before: {bench.uptime()}  ({os.cpu_count()} CPUs)", flush=True)
     ok = True
