@@ -61,7 +61,7 @@ class EventOutputs:
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
     uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
     selection: object = None  # an engines.selection.Selection: only matching events reach the consumers
-    part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
+    part: str | None = None   # a parallel worker's Arrow IPC part file (the parent writes the files above)
     also: tuple = ()          # further consumers of the batches (outputs.metrics.EventMetrics)
 
 
@@ -87,6 +87,12 @@ class StatsFeed:
 
             self._accumulator = StatsAccumulator(self.policy, uri_grouping=self.uri_grouping)
         return self._accumulator
+
+    def absorb(self, other: "StatsFeed") -> None:
+        """Another share's statistics (a parallel worker's), merged exactly."""
+        other.flush()
+        if other._accumulator is not None:  # a share with no event made none
+            self.accumulator.merge(other._accumulator)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -130,9 +136,9 @@ class PartFile:
 
 def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False):
     """(consumers, StatsFeed or None, in-memory copy or None) for a run."""
-    if outputs.part is not None:
-        return [PartFile(outputs.part)], None, None
     consumers: list = []
+    if outputs.part is not None:
+        consumers.append(PartFile(outputs.part))
     if outputs.csv:
         consumers.append(EventsCsv(outdir / "events.csv", atomic=not stream))
     if outputs.jsonl:

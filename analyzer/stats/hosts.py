@@ -289,8 +289,8 @@ class _Latency:
             self._spill(over)
 
     def _spill(self, ids: np.ndarray) -> None:
-        all_ids = np.concatenate(self._raw_ids)
-        all_vals = np.concatenate(self._raw_vals)
+        all_ids = np.concatenate(self._raw_ids) if self._raw_ids else np.zeros(0, dtype=np.int64)
+        all_vals = np.concatenate(self._raw_vals) if self._raw_vals else np.zeros(0, dtype=float)
         move = np.isin(all_ids, ids)
         start = len(self.hist)
         self.hist = np.vstack([self.hist, np.zeros((len(ids), _LAT_BINS), dtype=np.int64)])
@@ -300,6 +300,20 @@ class _Latency:
         self._raw_vals = [all_vals[~move]]
         self.raw_total = int((~move).sum())
         self.raw_counts[ids] = 0
+
+    def merge(self, other: "_Latency") -> None:
+        """Add another accumulator's samples: raw ones as raw (spilled here
+        past the same limits), histogram rows into this key's histogram."""
+        if other._raw_ids:
+            ids = np.concatenate(other._raw_ids)
+            self.add(ids, other.keys, np.concatenate(other._raw_vals))
+        spilled = np.flatnonzero(other.spilled_row >= 0)
+        if len(spilled):
+            mine = self._intern([other.keys[int(i)] for i in spilled])
+            fresh = np.unique(mine[self.spilled_row[mine] < 0])
+            if len(fresh):
+                self._spill(fresh)
+            self.hist[self.spilled_row[mine]] += other.hist[other.spilled_row[spilled]]
 
     def percentiles(self, qs=(50, 95, 99)) -> dict[tuple, tuple]:
         """key -> (p50, p95, p99, samples, exact)."""
@@ -557,6 +571,57 @@ class StatsAccumulator:
             else:
                 self.host_names_dropped += 1
 
+    # -- shares ---------------------------------------------------------------
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        """Add what `other` counted from another share of the same run (a
+        parallel worker's connections).
+
+        Exact wherever one pass is: sums, minima and maxima regroup; the time
+        histogram and buckets coarsen to the coarser step (steps divide each
+        other); raw latencies stay raw and spill past the same per-host limit;
+        the first/last errors keep the extreme (epoch, frame).  What is
+        bounded by order in one pass stays bounded, not exact: host names past
+        MAX_HOST_NAMES, failing URIs and login rows past their pruning limits,
+        and which hosts the latency budget spills first.
+        """
+        self.events += other.events
+        self.connections += other.connections
+        self.host_names_dropped += other.host_names_dropped
+        for bound, pick in (("_first", min), ("_last", max)):
+            theirs = getattr(other, bound)
+            if theirs is not None:
+                mine = getattr(self, bound)
+                setattr(self, bound, theirs if mine is None else pick(mine, theirs))
+        self._hist.merge(other._hist)
+        step = max(self._step, other._step, self._hist.step)
+        self._rebucket(step)
+        ts = other._ts.frame()
+        if len(ts) and other._step < step:
+            ts = ts.assign(bucket=np.floor(ts["bucket"].to_numpy(dtype=float) / step) * step)
+        self._ts.add(ts)
+        for name in ("_codes", "_substatus", "_uris", "_endpoints", "_endpoint_codes", "_endpoint_names",
+                     "_conns", "_logins", "_ws"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            mine.add(theirs.frame())
+            mine.pruned += theirs.pruned
+        self._first_errors.add(other._first_errors.frame())
+        self._last_errors.add(other._last_errors.frame())
+        self._latency.merge(other._latency)
+        for key, meaning in other._meanings.items():
+            old = self._meanings.get(key)
+            if old is None or (not old[4] and meaning[4]):
+                self._meanings[key] = meaning
+        for key, names in other._names.items():
+            seen = self._names.setdefault(key, {})
+            for name, n in names.items():
+                if name in seen:
+                    seen[name] += n
+                elif len(seen) < self.max_host_names:
+                    seen[name] = n
+                else:
+                    self.host_names_dropped += 1
+
     def _rebucket(self, step: int) -> None:
         if step <= self._step:
             return
@@ -785,7 +850,9 @@ class StatsAccumulator:
         seen = self._names.get((ip, role))
         if not seen:
             return ""
-        ranked = sorted(seen.items(), key=lambda kv: -kv[1])
+        # Ties by name, not by which was seen first: shares merged from
+        # parallel workers see them in another order (merge()).
+        ranked = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
         text = "; ".join(name for name, _ in ranked[:HOST_NAMES_SHOWN])
         if len(ranked) > HOST_NAMES_SHOWN:
             text += f"; (+{len(ranked) - HOST_NAMES_SHOWN} more)"
@@ -838,7 +905,8 @@ class StatsAccumulator:
         names = self._endpoint_names.frame()
         by_end: dict[tuple, list] = {}
         if len(names):
-            for row in names.sort_values("count", ascending=False, kind="stable").itertuples(index=False):
+            ranked = names.sort_values(["count", "host"], ascending=[False, True], kind="stable")
+            for row in ranked.itertuples(index=False):
                 by_end.setdefault((row.server_ip, int(row.server_port)), []).append(row.host)
         out["host_names"] = ["; ".join(by_end.get((ip, int(port)), [])[:HOST_NAMES_SHOWN]) if proto == "http" else ""
                              for ip, port, proto in zip(out["server_ip"], out["server_port"], out["protocol"])]
