@@ -195,3 +195,17 @@ def test_timestamps_no_calendar_holds_do_not_break_reports(tmp_path):
     rows = events(tmp_path / "out")
     assert [(r["code"], r["time"]) for r in rows] == [("200", "")]
     assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_explain_imports_no_data_stack():
+    # `analyzer explain 404` answers from the catalogue: startup must not pay
+    # for numpy/pyarrow/pandas (~0.8 s on a loaded 2-core machine); the
+    # commands that need them import them where they are used.
+    program = ("import sys\nfrom analyzer.cli import main\n"
+               "status = main(['explain', '404'])\n"
+               "heavy = sorted(m for m in ('numpy', 'pyarrow', 'pandas', 'scapy') if m in sys.modules)\n"
+               "print('HEAVY', heavy)\nsys.exit(status)\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout[-300:]

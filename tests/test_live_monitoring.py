@@ -357,7 +357,8 @@ def test_interim_report_says_live_and_reloads_itself_in_a_browser(tmp_path, live
     run = Live(tmp_path, f"tcp port {NGINX_PORTS[0]}", "--interval", "1", "-o", out, "-q")
     live_runs.append(run)
     assert curl(NGINX_PORTS[0], ["/ok", "/missing"]) == [200, 404]
-    until(lambda: (out / "report.html").exists() and
+    # summary.json is written last (the manifest): once it is there, so is the report.
+    until(lambda: (out / "summary.json").exists() and
           json.loads((out / "summary.json").read_text()).get("events") == 2, what="an interim report with 2 events")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["running"] is True and summary["as_of"].endswith("Z")

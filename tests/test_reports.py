@@ -126,7 +126,9 @@ def test_csv_injection_neutralised(written):
         assert not [c for c in cells if c.startswith(DANGEROUS_PREFIXES)], name
     hosts = read_csv_cells(outdir / "hosts.csv")
     names = {r[HOST_COLUMNS.index("hosts_seen")] for r in hosts[1:]}
-    assert any(n.startswith("'=cmd") for n in names)
+    # The names tie (12 each) and rank by name; the tab is shown escaped, so
+    # the cell starts with no formula character and needs no quote.
+    assert "\\x09TAB; +1+1; -2+3; =cmd|' /C calc'!A0; @SUM(A1)" in names, names
     codes = read_csv_cells(outdir / "codes.csv")
     assert ["192.0.2.1", "http", "500", "15", "5xx", "OK", "'-starts with a minus"] in codes
 

@@ -180,6 +180,61 @@ def test_batches_give_identical_results(cuts, seed):
     results_equal(whole.finish(coverage), split.finish(coverage))
 
 
+def _shares(events: pd.DataFrame, seed: int, shares: int) -> list[pd.DataFrame]:
+    """Events dealt to `shares` accumulators as parallel workers get them:
+    by client (a connection's events stay together), each share in time order."""
+    rnd = random.Random(seed)
+    owner = {ip: rnd.randrange(shares) for ip in sorted(set(events["client_ip"]))}
+    which = events["client_ip"].map(owner)
+    return [events[which == k] for k in range(shares)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 50), shares=st.integers(1, 4), span=st.sampled_from([90.0, 900.0, 86400.0 * 9]),
+       exact_latencies=st.sampled_from([4096, 40]))
+def test_merged_shares_give_what_one_pass_gives(seed, shares, span, exact_latencies):
+    # Parallel runs: each worker accumulates its share; the parent merges them.
+    events = random_events(seed % 4, n=500, span=span)
+    conns = small_connections()
+    coverage = {"first_epoch": 1_699_999_990.0, "last_epoch": 1_700_000_000.0 + span + 10}
+    whole = StatsAccumulator(exact_latencies=exact_latencies)
+    for lo in range(0, len(events), 128):
+        whole.add_events(events.iloc[lo:lo + 128])
+    whole.add_connections(conns)
+    parts = []
+    for k, share in enumerate(_shares(events, seed, shares)):
+        acc = StatsAccumulator(exact_latencies=exact_latencies)
+        for lo in range(0, len(share), 97):
+            acc.add_events(share.iloc[lo:lo + 97])
+        acc.add_connections(conns.iloc[k::shares])
+        parts.append(acc)
+    merged = StatsAccumulator(exact_latencies=exact_latencies)
+    for acc in parts:
+        merged.merge(acc)
+    a, b = whole.finish(coverage), merged.finish(coverage)
+    results_equal(a, b)
+    pd.testing.assert_frame_equal(a.failing, b.failing, check_dtype=False, obj="failing")
+    assert a.meanings == b.meanings
+
+
+def test_merge_of_a_spilled_latency_host():
+    # One share spilled a host to the histogram, the other kept it raw: the
+    # merged host is a histogram of both, as one pass past the limit gives.
+    events = events_frame([dict(epoch=float(i), protocol="http", client_ip=C1 if i % 3 else C2, server_ip=S1,
+                                code=200, latency_ms=float(1 + i % 40)) for i in range(300)])
+    whole = StatsAccumulator(exact_latencies=120)
+    whole.add_events(events)
+    one, two = StatsAccumulator(exact_latencies=120), StatsAccumulator(exact_latencies=120)
+    one.add_events(events[events["client_ip"] == C1])   # 200 samples for S1: spilled
+    two.add_events(events[events["client_ip"] == C2])   # 100: still raw
+    merged = StatsAccumulator(exact_latencies=120)
+    merged.merge(one)
+    merged.merge(two)
+    a, b = whole.finish({}), merged.finish({})
+    assert row(b.hosts, S1, "server", "http").latency_samples == 300
+    results_equal(a, b)
+
+
 def test_time_buckets_from_duration_and_coarsening():
     assert choose_step(0, 119) == 1
     assert choose_step(0, 120) == 5

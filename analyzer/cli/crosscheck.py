@@ -48,7 +48,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analyzer.engines.sink import EventOutputs
 from analyzer.errors import ExitStatus
 
 from analyzer.protocols import EVENT_PROTOCOLS as PROTOCOLS
@@ -231,6 +230,7 @@ def _payloads(path: str, frames: set[int]) -> dict[int, bytes]:
 
 
 def _alt_events(path: str, prefs: dict, keylog, decode_as, workdir: Path) -> set:
+    from analyzer.engines.sink import EventOutputs
     from analyzer.engines.tshark import run as tshark_run
 
     out = workdir / ("alt-" + "-".join(f"{k}" for k in prefs))
@@ -313,6 +313,7 @@ def crosscheck(captures, *, outdir=None, keylog=None, decode_as=None, known_file
     """Run both engines over `captures` and classify every disagreement."""
     from analyzer.engines.tshark import run as tshark_run, tshark_version
     from analyzer.engines.native import expand_inputs, run as native_run
+    from analyzer.engines.sink import EventOutputs
 
     paths = expand_inputs(list(captures))
     cc = CrossCheck(captures=paths, tshark_version=tshark_version()[0])

@@ -7,9 +7,9 @@
 # share key is symmetric in the two directions and keeps one host pair in one
 # share, so an FTP data connection meets its control connection; when both
 # ends are one host (loopback) the ports decide.
-# Workers write sorted events into their own part directory; the parent
-# merges them by time (heapq.merge streams, so memory stays flat) and sums
-# the counters.  Small inputs are not worth the processes: they run in one.
+# Workers write sorted events into their own part directory and keep their
+# share's statistics; the parent merges the events by time (streamed, so
+# memory stays flat), merges the statistics exactly and sums the counters.  Small inputs are not worth the processes: they run in one.
 from __future__ import annotations
 
 import csv
@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from analyzer import interrupt
 from analyzer.engines.native import RunResult, Session, _size, _write_connections
-from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, open_consumers
+from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, StatsFeed, open_consumers
 from analyzer.outputs.csvfile import CsvWriter
 
 # Below this much input one process finishes before N could start.
@@ -84,11 +84,19 @@ def _report_progress(done: int, total: int) -> None:
     _progress_value.value = done
 
 
-def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int) -> RunResult:
+def worker_outputs(outputs: EventOutputs, part: Path) -> EventOutputs:
+    """What a worker does with its share's events: a part file for the parent
+    to merge and write, and the share's own statistics (merged exactly by the
+    parent, StatsAccumulator.merge), so the statistics run on every core."""
+    return EventOutputs(csv=False, part=str(part / PART_EVENTS), stats=outputs.stats, policy=outputs.policy,
+                        uri_grouping=outputs.uri_grouping, selection=outputs.selection)
+
+
+def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int, outputs: EventOutputs) -> RunResult:
     # Ctrl-C reaches the whole process group: each worker finishes what it read.
     part = Path(outdir)
     part.mkdir(parents=True, exist_ok=True)
-    session = Session(outdir, lang=lang, outputs=EventOutputs(part=str(part / PART_EVENTS)))
+    session = Session(outdir, lang=lang, outputs=worker_outputs(outputs, part))
     progress = _report_progress if share == 0 and _progress_value is not None else None
     done = 0
     try:
@@ -117,7 +125,8 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init, initargs=(value, os.getpid()))
     finished = False
     try:
-        futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs) for k in range(jobs)]
+        outputs = outputs or EventOutputs()
+        futures = [pool.submit(_work, paths, str(parts[k]), lang, k, jobs, outputs) for k in range(jobs)]
         results = []
         try:
             with interrupt.reading():
@@ -132,7 +141,7 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
                 results.append(_wait(future, None, value, total))
         pool.shutdown(wait=True)
         finished = True
-        merged = _merge(results, out, lang, outputs or EventOutputs())
+        merged = _merge(results, out, lang, outputs)
     finally:
         if not finished:  # an error or a second signal: no worker may go on without us
             _signal_workers(pool, signal.SIGKILL)
@@ -217,6 +226,18 @@ def merge_in_time_order(streams):
         alive = [k for k in alive if held[k] or pull(k)]
 
 
+def _merged_stats(feeds: list, outputs: EventOutputs) -> StatsFeed | None:
+    """The workers' statistics as one (in share order; the merge is exact
+    where one pass is, see StatsAccumulator.merge)."""
+    if not outputs.stats and outputs.accumulator is None:
+        return None
+    merged = StatsFeed(outputs.accumulator, outputs.policy, outputs.uri_grouping)
+    for feed in feeds:
+        if feed is not None:
+            merged.absorb(feed)
+    return merged
+
+
 def _rows(path: Path):
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -233,7 +254,8 @@ def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs
                        first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
                        tcp_segments=first.tcp_segments)  # every worker reads every packet
     # Events: each part is in time order; merged by (epoch, frame) as one run would order them.
-    consumers, merged.stats, merged.kept = open_consumers(out, replace(outputs, part=None))
+    consumers, _, merged.kept = open_consumers(out, replace(outputs, part=None, stats=False, accumulator=None))
+    merged.stats = _merged_stats([r.stats for r in results], outputs)
     try:
         for batch in merge_in_time_order([_batches(r.outdir / PART_EVENTS) for r in results]):
             for consumer in consumers:

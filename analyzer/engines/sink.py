@@ -3,8 +3,8 @@
 #
 # An engine calls `EventSink.add(event, endpoints)` per event.  Events arrive
 # nearly in time order (a response is reported when its head is complete), so
-# a heap of REORDER_WINDOW events puts them in (epoch, frame) order while
-# bounding memory.  Events leaving the window become rows of a batch; every
+# holding the latest REORDER_WINDOW events puts them in (epoch, frame) order
+# while bounding memory.  Events leaving the window become rows of a batch; every
 # BATCH_ROWS rows the batch is built column by column (raw wire strings,
 # nothing neutralised), gets its `time` and catalogue columns vectorised, and
 # goes to each consumer: the events.csv writer (which alone neutralises for
@@ -13,7 +13,6 @@
 # reads an output file back.
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ class EventOutputs:
     accumulator: object = None  # a StatsAccumulator to feed instead of a new one (live reports)
     uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
     selection: object = None  # an engines.selection.Selection: only matching events reach the consumers
-    part: str | None = None   # a parallel worker's Arrow IPC part file instead of everything above
+    part: str | None = None   # a parallel worker's Arrow IPC part file (the parent writes the files above)
     also: tuple = ()          # further consumers of the batches (outputs.metrics.EventMetrics)
 
 
@@ -87,6 +86,12 @@ class StatsFeed:
 
             self._accumulator = StatsAccumulator(self.policy, uri_grouping=self.uri_grouping)
         return self._accumulator
+
+    def absorb(self, other: "StatsFeed") -> None:
+        """Another share's statistics (a parallel worker's), merged exactly."""
+        other.flush()
+        if other._accumulator is not None:  # a share with no event made none
+            self.accumulator.merge(other._accumulator)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self.pending.append(batch)
@@ -130,9 +135,9 @@ class PartFile:
 
 def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False):
     """(consumers, StatsFeed or None, in-memory copy or None) for a run."""
-    if outputs.part is not None:
-        return [PartFile(outputs.part)], None, None
     consumers: list = []
+    if outputs.part is not None:
+        consumers.append(PartFile(outputs.part))
     if outputs.csv:
         consumers.append(EventsCsv(outdir / "events.csv", atomic=not stream))
     if outputs.jsonl:
@@ -175,22 +180,32 @@ class EventSink:
         self.consumers = list(consumers)
         self.window = window
         self.batch_rows = batch_rows
-        self.heap: list = []
+        self.held: list = []
         self.rows: list[tuple] = []
         self.order = 0
         self.count = 0
         self.by_protocol: Counter = Counter()
 
     def add(self, ev: Event, ends: tuple) -> None:
+        # Held unsorted; once a batch more than the window is held, they are
+        # sorted (nearly in order already, so the sort is a merge of runs)
+        # and all but the latest `window` leave as a batch.  A heap cost a
+        # push and a pop per event; this sorts a batch at a time.
         self.order += 1
         self.count += 1
         self.by_protocol[ev.protocol] += 1
-        heapq.heappush(self.heap, (ev.epoch, ev.frame, self.order, ev, ends))
-        if len(self.heap) > self.window:
-            item = heapq.heappop(self.heap)
-            self.rows.append(event_values(item[3], item[4]))
-            if len(self.rows) >= self.batch_rows:
-                self._emit()
+        held = self.held
+        held.append((ev.epoch, ev.frame, self.order, ev, ends))
+        if len(held) >= self.window + self.batch_rows:
+            self._release(len(held) - self.window)
+
+    def _release(self, n: int) -> None:
+        """The `n` earliest held events, as a batch (all of them: n = len(held))."""
+        held = self.held
+        held.sort()  # (epoch, frame, arrival, ...): arrival is unique, so events are never compared
+        self.held = held[n:]
+        self.rows.extend([event_values(item[3], item[4]) for item in held[:n]])
+        self._emit()
 
     def _emit(self) -> None:
         if not self.rows:
@@ -219,10 +234,7 @@ class EventSink:
 
     def flush(self) -> None:
         """Every event so far to the consumers, visible in what they write (live capture)."""
-        while self.heap:
-            item = heapq.heappop(self.heap)
-            self.rows.append(event_values(item[3], item[4]))
-        self._emit()
+        self._release(len(self.held))
         for consumer in self.consumers:
             consumer.flush()
 

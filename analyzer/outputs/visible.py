@@ -26,9 +26,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
-import pyarrow as pa
-
 # The characters, as a regex character class body (Python `re` and RE2 alike).
 UNSAFE_CLASS = ("\\x00-\\x1f\\x7f-\\x9f\\x{061c}\\x{200b}-\\x{200f}\\x{2028}-\\x{202e}"
                 "\\x{2060}-\\x{2064}\\x{2066}-\\x{2069}\\x{feff}")
@@ -47,6 +44,9 @@ def may_hold_unsafe(column) -> bool:
     Most columns are (URIs, hosts, reasons): their value bytes' minimum and
     maximum answer in microseconds, where the regex takes milliseconds a batch.
     """
+    import numpy as np
+    import pyarrow as pa  # here, not at the top: the CLI imports this module for `visible` on every start
+
     data = column.buffers()[2] if column.type == pa.string() else None
     if data is None or data.size == 0:
         return data is None and column.null_count < len(column)  # another layout: let the caller look

@@ -193,6 +193,10 @@ class _Table:
         return self._parts[0]
 
 
+# The grouping of host names per (host, role) (used with _grouped only).
+_HOST_NAME_COUNTS = _Table(["ip", "role", "name"], {"count": "sum"})
+
+
 class _Extremes:
     """Per key, the row with the smallest (or, `last`, largest) (epoch, frame): exact first/last errors."""
 
@@ -289,8 +293,8 @@ class _Latency:
             self._spill(over)
 
     def _spill(self, ids: np.ndarray) -> None:
-        all_ids = np.concatenate(self._raw_ids)
-        all_vals = np.concatenate(self._raw_vals)
+        all_ids = np.concatenate(self._raw_ids) if self._raw_ids else np.zeros(0, dtype=np.int64)
+        all_vals = np.concatenate(self._raw_vals) if self._raw_vals else np.zeros(0, dtype=float)
         move = np.isin(all_ids, ids)
         start = len(self.hist)
         self.hist = np.vstack([self.hist, np.zeros((len(ids), _LAT_BINS), dtype=np.int64)])
@@ -300,6 +304,20 @@ class _Latency:
         self._raw_vals = [all_vals[~move]]
         self.raw_total = int((~move).sum())
         self.raw_counts[ids] = 0
+
+    def merge(self, other: "_Latency") -> None:
+        """Add another accumulator's samples: raw ones as raw (spilled here
+        past the same limits), histogram rows into this key's histogram."""
+        if other._raw_ids:
+            ids = np.concatenate(other._raw_ids)
+            self.add(ids, other.keys, np.concatenate(other._raw_vals))
+        spilled = np.flatnonzero(other.spilled_row >= 0)
+        if len(spilled):
+            mine = self._intern([other.keys[int(i)] for i in spilled])
+            fresh = np.unique(mine[self.spilled_row[mine] < 0])
+            if len(fresh):
+                self._spill(fresh)
+            self.hist[self.spilled_row[mine]] += other.hist[other.spilled_row[spilled]]
 
     def percentiles(self, qs=(50, 95, 99)) -> dict[tuple, tuple]:
         """key -> (p50, p95, p99, samples, exact)."""
@@ -359,6 +377,58 @@ def _frame(columns: dict) -> pd.DataFrame:
     """
     return pd.DataFrame({k: pd.Series(v, dtype=object, copy=False) if getattr(v, "dtype", None) == object else v
                          for k, v in columns.items()})
+
+
+def _group_ids(*keys) -> np.ndarray:
+    """One id per row for the tuple of its key values, numbered in order of
+    first appearance (NaN is a value)."""
+    gid = np.zeros(len(keys[0]), dtype=np.int64)
+    for key in keys:
+        codes, uniques = pd.factorize(np.asarray(key), sort=False, use_na_sentinel=False)
+        gid = pd.factorize(gid * len(uniques) + codes, sort=False)[0]
+    return gid
+
+
+def _coded(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as (codes, names), names[codes] being _strings(series).
+
+    One hash of the column (Arrow's dictionary encoding for the Arrow-backed
+    strings a batch holds) and no Python string made per row."""
+    codes, uniques = pd.factorize(series, sort=False)
+    names = np.array([str(v) for v in np.asarray(uniques, dtype=object)] + [""], dtype=object)
+    empty = np.flatnonzero(names[:-1] == "")
+    codes = np.where(codes < 0, empty[0] if len(empty) else len(names) - 1, codes).astype(np.int64)
+    return codes, names
+
+
+_REDUCE = {"sum": np.add, "min": np.fmin, "max": np.fmax}  # fmin/fmax skip NaN, as pandas does
+
+
+def _grouped(columns: dict, table: _Table, **strings: np.ndarray) -> pd.DataFrame:
+    """`columns` (arrays) grouped by `table`'s keys and reduced by its ops.
+
+    The string key columns named in `strings` hold integer codes into the
+    array given for them, decoded on the (small) result.  Groups come in
+    order of first appearance and NaN keys form a group, as pandas'
+    groupby(sort=False, dropna=False) gives; numpy reduceat does the work
+    (pandas' groupby machinery cost ~15 ms per call on a batch).
+    """
+    n = len(columns[table.keys[0]])
+    gid = _group_ids(*(columns[key] for key in table.keys))
+    order = np.argsort(gid, kind="stable")
+    ordered = gid[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if n else np.zeros(0, np.int64)
+    first = order[starts]
+    out = {key: np.asarray(columns[key])[first] for key in table.keys}
+    for name, op in table.ops.items():
+        values = np.asarray(columns[name])
+        if values.dtype == bool:
+            values = values.astype(np.int64)
+        out[name] = _REDUCE[op].reduceat(values[order], starts) if n else values[:0]
+    frame = pd.DataFrame(out)
+    for name, uniques in strings.items():
+        frame[name] = pd.Series(uniques.take(frame[name].to_numpy()), dtype=object, index=frame.index)
+    return frame
 
 
 def _strings(series: pd.Series) -> np.ndarray:
@@ -436,28 +506,33 @@ class StatsAccumulator:
             return
         n = len(df)
         self.events += n
-        proto = _strings(df["protocol"])
+        # Each string column is hashed once per batch (_coded) and the
+        # groupings below run on its integer codes, decoded on their small
+        # results: pandas would otherwise hash the same strings again in
+        # every groupby, which was most of the statistics' time.
+        p_code, p_names = _coded(df["protocol"])
+        s_code, s_names = _coded(df["server_ip"])
+        c_code, c_names = _coded(df["client_ip"])
+        h_code, h_names = _coded(_col(df, "host", ""))
+        proto, server, client, hostname = p_names[p_code], s_names[s_code], c_names[c_code], h_names[h_code]
         code = pd.to_numeric(df["code"], errors="coerce").fillna(-1).astype(np.int64).to_numpy()
         epoch = pd.to_numeric(df["epoch"], errors="coerce").to_numpy(dtype=float)
-        server = _strings(df["server_ip"])
-        client = _strings(df["client_ip"])
         inferred = _bools(_col(df, "inferred", False))
         request = _strings(_col(df, "request", ""))
         flags = _strings(_col(df, "flags", ""))
-        hostname = _strings(_col(df, "host", ""))
         latency = pd.to_numeric(_col(df, "latency_ms", np.nan), errors="coerce").to_numpy(dtype=float)
 
-        self._note_meanings(df, proto, code)
-
+        self._note_meanings(df, p_code, p_names, code)
+        ips = np.concatenate([s_names, c_names])  # the long view's ip codes: server ones, then client ones
         both = lambda a: np.concatenate([a, a])  # noqa: E731 - server view then client view
-        long = _frame({
-            "ip": np.concatenate([server, client]),
-            "role": np.repeat(np.array(ROLES, dtype=object), n),
-            "protocol": both(proto), "code": both(code), "inferred": both(inferred),
+        long = {
+            "ip": np.concatenate([s_code, c_code + len(s_names)]),
+            "role": np.repeat(np.arange(2), n),
+            "protocol": both(p_code), "code": both(code), "inferred": both(inferred),
             "count": np.ones(2 * n, dtype=np.int64), "first": both(epoch), "last": both(epoch),
             "flagged": both(flags != ""), "norequest": both(request == ""),
-        })
-        self._codes.add(long.groupby(self._codes.keys, sort=False, dropna=False, as_index=False).agg(self._codes.ops))
+        }
+        self._codes.add(_grouped(long, self._codes, ip=ips, role=np.array(ROLES, dtype=object), protocol=p_names))
 
         ok = ~np.isnan(epoch)
         if ok.any():
@@ -466,10 +541,10 @@ class StatsAccumulator:
             self._last = hi if self._last is None else max(self._last, hi)
             self._hist.add(epoch[ok])
             self._rebucket(self._hist.step)
-            ts = _frame({"server_ip": server[ok], "protocol": proto[ok], "code": code[ok],
-                               "bucket": np.floor(epoch[ok] / self._step) * self._step,
-                               "count": np.ones(int(ok.sum()), dtype=np.int64)})
-            self._ts.add(ts.groupby(self._ts.keys, sort=False, as_index=False).agg(self._ts.ops))
+            ts = {"server_ip": s_code[ok], "protocol": p_code[ok], "code": code[ok],
+                  "bucket": np.floor(epoch[ok] / self._step) * self._step,
+                  "count": np.ones(int(ok.sum()), dtype=np.int64)}
+            self._ts.add(_grouped(ts, self._ts, server_ip=s_names, protocol=p_names))
 
         substatus = _strings(_col(df, "substatus", ""))
         has_sub = substatus != ""
@@ -482,80 +557,148 @@ class StatsAccumulator:
         lat_ok = http & ~np.isnan(latency)
         if lat_ok.any():
             m = int(lat_ok.sum())
-            # One string key per (host, role); "\x00" cannot occur in an address.
-            keys = np.concatenate([server[lat_ok] + "\x00server", client[lat_ok] + "\x00client",
-                                   np.full(m, "\x00all", dtype=object)])
+            # Keys per (host, role): server codes, then client codes, then one for "all".
+            keys = np.concatenate([s_code[lat_ok], c_code[lat_ok] + len(s_names),
+                                   np.full(m, len(s_names) + len(c_names))])
             codes_, uniques = pd.factorize(keys, sort=False)
+            named = [(ip, "server") for ip in s_names] + [(ip, "client") for ip in c_names] + [("", "all")]
             vals = np.concatenate([latency[lat_ok]] * 3)
-            self._latency.add(codes_, [tuple(k.split("\x00", 1)) for k in uniques], vals)
+            self._latency.add(codes_, [named[k] for k in uniques], vals)
 
         named = http & (hostname != "")
         if named.any():
-            self._note_host_names(server[named], client[named], hostname[named])
+            self._note_host_names((s_code[named], s_names), (c_code[named], c_names), (h_code[named], h_names))
 
         error = np.asarray(self.policy.error_mask(proto, code), dtype=bool)
         port = pd.to_numeric(_col(df, "server_port", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
-        self._add_endpoints(df, server, port, proto, code, epoch, error, hostname, http)
+        self._add_endpoints(df, (s_code, s_names), port, (p_code, p_names), code, epoch, error,
+                            (h_code, h_names), http)
 
         # A response whose request was not seen has no URI to rank.
         failing = http & (request != "") & error
         if failing.any():
+            # Grouped once per distinct request line (they repeat: a failing
+            # URI fails again and again), not once per event.
+            r_code, r_lines = pd.factorize(request[failing], sort=False)
             frame = _frame({"server_ip": server[failing], "server_port": port[failing], "host": hostname[failing],
-                            "uri": failing_keys(request[failing], self.uri_grouping),
+                            "uri": failing_keys(r_lines, self.uri_grouping)[r_code],
                             "code": code[failing], "count": 1})
             self._uris.add(frame.groupby(self._uris.keys, sort=False, as_index=False).agg(self._uris.ops))
 
     def _add_endpoints(self, df, server, port, proto, code, epoch, error, hostname, http) -> None:
-        """Per server ip:port: events, errors, error codes, Host names, exact first/last error."""
-        ends = _frame({"server_ip": server, "server_port": port, "protocol": proto,
-                       "events": np.ones(len(server), dtype=np.int64), "errors": error.astype(np.int64)})
-        self._endpoints.add(ends.groupby(self._endpoints.keys, sort=False, as_index=False).agg(self._endpoints.ops))
-        named = http & (hostname != "")
+        """Per server ip:port: events, errors, error codes, Host names, exact first/last error.
+
+        `server`, `proto` and `hostname` are (codes, names) of _coded()."""
+        (s_code, s_names), (p_code, p_names), (h_code, h_names) = server, proto, hostname
+        ends = {"server_ip": s_code, "server_port": port, "protocol": p_code,
+                "events": np.ones(len(s_code), dtype=np.int64), "errors": error.astype(np.int64)}
+        self._endpoints.add(_grouped(ends, self._endpoints, server_ip=s_names, protocol=p_names))
+        named = http & (h_names[h_code] != "")
         if named.any():
-            names = _frame({"server_ip": server[named], "server_port": port[named], "host": hostname[named], "count": 1})
-            self._endpoint_names.add(names.groupby(self._endpoint_names.keys, sort=False, as_index=False).agg("sum"))
+            names = {"server_ip": s_code[named], "server_port": port[named], "host": h_code[named],
+                     "count": np.ones(int(named.sum()), dtype=np.int64)}
+            self._endpoint_names.add(_grouped(names, self._endpoint_names, server_ip=s_names, host=h_names))
         timed = error & ~np.isnan(epoch)
         if not error.any():
             return
-        errs = _frame({"server_ip": server[error], "server_port": port[error], "protocol": proto[error],
-                       "code": code[error], "count": 1})
-        self._endpoint_codes.add(errs.groupby(self._endpoint_codes.keys, sort=False, as_index=False).agg("sum"))
+        errs = {"server_ip": s_code[error], "server_port": port[error], "protocol": p_code[error],
+                "code": code[error], "count": np.ones(int(error.sum()), dtype=np.int64)}
+        self._endpoint_codes.add(_grouped(errs, self._endpoint_codes, server_ip=s_names, protocol=p_names))
         if timed.any():
             frame = pd.to_numeric(_col(df, "frame", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
             capture = _strings(_col(df, "capture", ""))
-            when = _frame({"server_ip": server[timed], "server_port": port[timed], "protocol": proto[timed],
+            when = _frame({"server_ip": s_names[s_code[timed]], "server_port": port[timed],
+                           "protocol": p_names[p_code[timed]],
                            "epoch": epoch[timed], "frame": frame[timed], "capture": capture[timed]})
             self._first_errors.add(when)
             self._last_errors.add(when)
 
-    def _note_meanings(self, df: pd.DataFrame, proto: np.ndarray, code: np.ndarray) -> None:
-        meta = pd.DataFrame({
-            "protocol": proto, "code": code,
-            "plain": _strings(_col(df, "substatus", "")) == "",
-            "class": _strings(_col(df, "class", "")), "name": _strings(_col(df, "name", "")),
-            "meaning": _strings(_col(df, "meaning", "")), "standard": _bools(_col(df, "standard", False)),
-        })
-        meta = meta.sort_values("plain", ascending=False, kind="stable").drop_duplicates(["protocol", "code"])
-        for row in meta.itertuples(index=False):
-            key = (row.protocol, int(row.code))
+    def _note_meanings(self, df: pd.DataFrame, p_code: np.ndarray, p_names: np.ndarray, code: np.ndarray) -> None:
+        """The catalogue's words per (protocol, code), from the first event
+        of each without a sub-status (else the first one)."""
+        plain = _strings(_col(df, "substatus", "")) == ""
+        gid = _group_ids(p_code, code)
+        # Per group: plain rows first, then in batch order.
+        order = np.lexsort((np.arange(len(gid)), ~plain, gid))
+        ordered = gid[order]
+        rows = order[np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))]
+        rows.sort()  # the groups in order of first appearance, as before
+        words = {name: _strings(_col(df, name, "").iloc[rows]) for name in ("class", "name", "meaning")}
+        standard = _bools(_col(df, "standard", False).iloc[rows])
+        for i, row in enumerate(rows):
+            key = (p_names[p_code[row]], int(code[row]))
             old = self._meanings.get(key)
-            if old is None or (not old[4] and row.plain):
-                self._meanings[key] = (row[3], row.name, row.meaning, bool(row.standard), bool(row.plain))
+            if old is None or (not old[4] and plain[row]):
+                self._meanings[key] = (words["class"][i], words["name"][i], words["meaning"][i], bool(standard[i]),
+                                       bool(plain[row]))
 
     def _note_host_names(self, server, client, names) -> None:
-        frame = _frame({
-            "ip": np.concatenate([server, client]),
-            "role": np.repeat(np.array(ROLES, dtype=object), len(names)),
-            "name": np.concatenate([names, names])})
-        counts = frame.groupby(["ip", "role", "name"], sort=False).size()
-        for (ip, role, name), n in counts.items():
+        """Host names per (host, role); each argument is (codes, names) of _coded()."""
+        (s_code, s_names), (c_code, c_names), (h_code, h_names) = server, client, names
+        n = len(h_code)
+        counts = _grouped({"ip": np.concatenate([s_code, c_code + len(s_names)]), "role": np.repeat(np.arange(2), n),
+                           "name": np.concatenate([h_code, h_code]), "count": np.ones(2 * n, dtype=np.int64)},
+                          _HOST_NAME_COUNTS, ip=np.concatenate([s_names, c_names]),
+                          role=np.array(ROLES, dtype=object), name=h_names)
+        for ip, role, name, k in zip(counts["ip"], counts["role"], counts["name"], counts["count"]):
             seen = self._names.setdefault((ip, role), {})
             if name in seen:
-                seen[name] += int(n)
+                seen[name] += int(k)
             elif len(seen) < self.max_host_names:
-                seen[name] = int(n)
+                seen[name] = int(k)
             else:
                 self.host_names_dropped += 1
+
+    # -- shares ---------------------------------------------------------------
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        """Add what `other` counted from another share of the same run (a
+        parallel worker's connections).
+
+        Exact wherever one pass is: sums, minima and maxima regroup; the time
+        histogram and buckets coarsen to the coarser step (steps divide each
+        other); raw latencies stay raw and spill past the same per-host limit;
+        the first/last errors keep the extreme (epoch, frame).  What is
+        bounded by order in one pass stays bounded, not exact: host names past
+        MAX_HOST_NAMES, failing URIs and login rows past their pruning limits,
+        and which hosts the latency budget spills first.
+        """
+        self.events += other.events
+        self.connections += other.connections
+        self.host_names_dropped += other.host_names_dropped
+        for bound, pick in (("_first", min), ("_last", max)):
+            theirs = getattr(other, bound)
+            if theirs is not None:
+                mine = getattr(self, bound)
+                setattr(self, bound, theirs if mine is None else pick(mine, theirs))
+        self._hist.merge(other._hist)
+        step = max(self._step, other._step, self._hist.step)
+        self._rebucket(step)
+        ts = other._ts.frame()
+        if len(ts) and other._step < step:
+            ts = ts.assign(bucket=np.floor(ts["bucket"].to_numpy(dtype=float) / step) * step)
+        self._ts.add(ts)
+        for name in ("_codes", "_substatus", "_uris", "_endpoints", "_endpoint_codes", "_endpoint_names",
+                     "_conns", "_logins", "_ws"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            mine.add(theirs.frame())
+            mine.pruned += theirs.pruned
+        self._first_errors.add(other._first_errors.frame())
+        self._last_errors.add(other._last_errors.frame())
+        self._latency.merge(other._latency)
+        for key, meaning in other._meanings.items():
+            old = self._meanings.get(key)
+            if old is None or (not old[4] and meaning[4]):
+                self._meanings[key] = meaning
+        for key, names in other._names.items():
+            seen = self._names.setdefault(key, {})
+            for name, n in names.items():
+                if name in seen:
+                    seen[name] += n
+                elif len(seen) < self.max_host_names:
+                    seen[name] = n
+                else:
+                    self.host_names_dropped += 1
 
     def _rebucket(self, step: int) -> None:
         if step <= self._step:
@@ -785,7 +928,9 @@ class StatsAccumulator:
         seen = self._names.get((ip, role))
         if not seen:
             return ""
-        ranked = sorted(seen.items(), key=lambda kv: -kv[1])
+        # Ties by name, not by which was seen first: shares merged from
+        # parallel workers see them in another order (merge()).
+        ranked = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
         text = "; ".join(name for name, _ in ranked[:HOST_NAMES_SHOWN])
         if len(ranked) > HOST_NAMES_SHOWN:
             text += f"; (+{len(ranked) - HOST_NAMES_SHOWN} more)"
@@ -838,7 +983,8 @@ class StatsAccumulator:
         names = self._endpoint_names.frame()
         by_end: dict[tuple, list] = {}
         if len(names):
-            for row in names.sort_values("count", ascending=False, kind="stable").itertuples(index=False):
+            ranked = names.sort_values(["count", "host"], ascending=[False, True], kind="stable")
+            for row in ranked.itertuples(index=False):
                 by_end.setdefault((row.server_ip, int(row.server_port)), []).append(row.host)
         out["host_names"] = ["; ".join(by_end.get((ip, int(port)), [])[:HOST_NAMES_SHOWN]) if proto == "http" else ""
                              for ip, port, proto in zip(out["server_ip"], out["server_port"], out["protocol"])]

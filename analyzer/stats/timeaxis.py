@@ -109,6 +109,15 @@ class TimeHistogram:
             part = epochs[a:b]
             _fold(rows, key, b - a, float(part.min()), float(part.max()))
 
+    def merge(self, other: "TimeHistogram") -> None:
+        """Add another histogram's buckets, at the coarser of the two steps."""
+        if other.step > self.step:
+            self._coarsen(other.step)
+        for key, (n, lo, hi) in other._rows.items():
+            _fold(self._rows, math.floor(key / self.step) * self.step, n, lo, hi)
+        while len(self._rows) > 2 * self.max_buckets and self.step < BUCKET_STEPS[-1]:
+            self._coarsen(BUCKET_STEPS[BUCKET_STEPS.index(self.step) + 1])
+
     def _coarsen(self, step: int) -> None:
         merged: dict[float, list] = {}
         for key, (n, lo, hi) in self._rows.items():
