@@ -1,5 +1,6 @@
 """Traffic real captures hold and clean lab captures do not: the same packets
-twice, responses after the client's RST, data in the SYN (TCP Fast Open).
+twice, responses after the client's RST, data in the SYN (TCP Fast Open),
+packets of a keep-alive connection a lossy tap missed.
 Hand-built flows pin the rule; real stacks on loopback or in a network
 namespace show the rule meets what kernels actually send."""
 from __future__ import annotations

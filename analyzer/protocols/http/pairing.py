@@ -11,9 +11,11 @@
 #
 # What was lost is kept in line: a request whose bytes were lost in a gap is
 # queued as a placeholder (it still takes its response, flagged
-# http_request_lost, with no latency), and a response lost in a gap consumes
-# the oldest request (counted unanswered).  The queue is bounded
-# (MAX_PENDING_REQUESTS); the oldest request beyond it is dropped, counted.
+# http_request_lost, with no latency); a response the tshark engine could
+# not report consumes the oldest request (counted unanswered), one lost in a
+# gap of the native engine is counted and placed by the next response (see
+# below).  The queue is bounded (MAX_PENDING_REQUESTS); the oldest request
+# beyond it is dropped, counted.
 #
 # After a gap, FIFO alone shifts: a gap may hide one request or three, one
 # response or two, and from then on every response pairs with a neighbour.
@@ -28,13 +30,17 @@
 #     first byte (request ACK > response start).
 # The requests that fit are a prefix of the queue.  None fits: the response
 # answers a request lost in a client-side gap (http_request_lost), or none.
-# Several fit: after a server-side gap that may have held responses, a client
-# that sends one request at a time (seen, before any loss, sending a request
-# only once all earlier ones were answered, and never two at once) had its
-# older requests answered by the lost responses, so the response answers
-# the last one that fits (the server had it, not the next; Zeek and
-# Wireshark pair FIFO here).  A pipelining client, or one not seen either
-# way, leaves several candidates: FIFO, flagged http_pairing_uncertain; so
+# Several fit after a server-side gap: the lost responses answered some of
+# them -- at least as many as the gaps surely held (a gap past a message
+# boundary held one), unless requests lost before could have taken those;
+# at most all but the last.  When that leaves one choice, it is taken.  A
+# client that sends one request at a time (seen, before any loss, sending a
+# request only once all earlier ones were answered, and never two at once)
+# had all its older requests answered by the lost responses, so the
+# response answers the last one that fits (the server had it, not the
+# next; Zeek and Wireshark pair FIFO here).  A pipelining client, or one
+# not seen either way, leaves several choices: FIFO with the sure count,
+# flagged http_pairing_uncertain; so
 # is a pair that a request lost before it could still take, and one made
 # without evidence (no ACK) after an unresolved loss.  An unsure pair may
 # have taken a request that still waits, and no later ACK can prove it did
@@ -199,28 +205,34 @@ class HttpPairing:
         lost, self.lost_responses = self.lost_responses, 0
         uncertain = False
         if ack is None:
-            # No evidence: FIFO with the lost responses taking the oldest
-            # requests (what answer() did), unsure while a loss is unresolved.
-            fits = len(pending)
-            hi = lo = min(lost, fits - 1) if fits else 0
+            # No evidence: the lost responses took the oldest requests and
+            # this one answers the next (FIFO, as answer() after
+            # response_lost()), unsure while a loss is unresolved.
             uncertain = self.zone or bool(self.lost_ranges)
-        else:
-            fits = 0
-            for req in pending:
-                if (req.start is not None and req.start >= ack) or (req.ack is not None and req.ack > start):
-                    break
-                fits += 1
-            if fits > 1 and not self.zone:
-                # No response can be missing, so the server had the next
-                # request before it answered this one: a pipelining client.
-                self.pipelining = True
-            # How many of the fitting requests lost responses answered: at
-            # most all but the last; at least those the lost responses must
-            # have taken, unless requests lost before them could have.
-            hi = fits - 1 if self.zone and fits else 0
-            last = pending[hi] if fits else None
-            older = last is None or last.start is None or any(lo_ < last.start for lo_, _ in self.lost_ranges)
-            lo = 0 if older else min(lost, hi)
+            for _ in range(min(lost, len(pending))):
+                pending.popleft()
+                self.unanswered += 1
+                self.note("http_response_lost", ts, frame, "")
+            req = self.answer(code, ts, frame)
+            if not uncertain:
+                self.zone = False
+            return self._settle(req, uncertain, ts, frame, code)
+        fits = 0
+        for req in pending:
+            if (req.start is not None and req.start >= ack) or (req.ack is not None and req.ack > start):
+                break
+            fits += 1
+        if fits > 1 and not self.zone:
+            # No response can be missing, so the server had the next
+            # request before it answered this one: a pipelining client.
+            self.pipelining = True
+        # How many of the fitting requests lost responses answered: at
+        # most all but the last; at least those the lost responses must
+        # have taken, unless requests lost before them could have.
+        hi = fits - 1 if self.zone and fits else 0
+        last = pending[hi] if fits else None
+        older = last is None or last.start is None or any(lo_ < last.start for lo_, _ in self.lost_ranges)
+        lo = 0 if older else min(lost, hi)
         one_at_a_time = self.waited and not self.pipelining
         if fits == 0:
             self.responses += 1
