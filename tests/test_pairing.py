@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analyzer.protocols.ftp.pairing import MAX_FAILED_LOGINS_KEPT, FtpSession
 from analyzer.protocols.http.pairing import HttpPairing, Request, requested_upgrade
@@ -115,3 +117,146 @@ def test_what_counts_as_an_upgrade_request():
     assert requested_upgrade("GET", "websocket", None) == "websocket"       # no Connection header at all
     assert requested_upgrade("GET", "websocket", "keep-alive") == ""        # RFC 9110 section 7.8
     assert requested_upgrade("GET", "", "upgrade") == ""
+
+
+# -- realignment after a loss (answer_after_gap) ---------------------------------------------
+
+def _queued(http: HttpPairing, *requests: tuple[str, int, int | None]) -> None:
+    for uri, start, ack in requests:
+        http.request(Request("GET", uri, "h", 0.0, 0, start=start, ack=ack))
+
+
+def test_a_response_cannot_answer_a_request_the_server_had_not_received():
+    notes = []
+    http = HttpPairing(lambda *a: notes.append(a[0]))
+    for uri, start in (("/0", 0), ("/1", 50)):  # seen asking only once answered
+        _queued(http, (uri, start, None))
+        http.answer(200, 0.0, 0)
+    http.client_loss(100, 160)                 # a client gap the server's ACKs went beyond
+    _queued(http, ("/4", 160, 900))
+    # Acknowledges client bytes up to 160 only: /4 (from 160) was not there yet.
+    req = http.answer_after_gap(200, 1.0, 1, start=900, ack=160)
+    assert req is not None and req.lost and not http.uncertain
+    assert [r.uri for r in http.pending] == ["/4"]
+    assert http.answer_after_gap(200, 2.0, 2, start=1000, ack=200).uri == "/4"
+    # With no client bytes lost before what the server had, nothing can be its request.
+    assert http.answer_after_gap(200, 3.0, 3, start=1100, ack=200) is None
+    assert notes.count("http_request_lost") == 1 and notes.count("http_response_without_request") == 1
+
+
+def test_nor_one_the_client_sent_after_it_had_the_response():
+    http = HttpPairing(lambda *a: None)
+    http.server_loss()
+    _queued(http, ("/2", 0, 500))
+    # The client had server bytes up to 500 when it sent /2; this response starts at 400.
+    assert http.answer_after_gap(200, 1.0, 1, start=400, ack=40) is None
+    assert [r.uri for r in http.pending] == ["/2"]
+
+
+def test_one_request_at_a_time_lost_responses_took_the_older_requests():
+    notes = []
+    http = HttpPairing(lambda *a: notes.append(a[0]))
+    for uri, start in (("/0", 0), ("/1", 20)):  # seen asking only once answered
+        _queued(http, (uri, start, None))
+        http.answer(200, 1.0, 1)
+    assert http.waited and not http.pipelining
+    http.server_loss()                         # answers of /2 and /3 lost
+    _queued(http, ("/2", 40, 100), ("/3", 80, 200), ("/4", 120, 300))
+    req = http.answer_after_gap(200, 2.0, 2, start=400, ack=160)   # the server had /4, not more
+    assert req.uri == "/4" and not http.uncertain and not http.pending
+    assert http.unanswered == 2 and notes.count("http_response_lost") == 2
+
+
+def test_a_client_not_seen_asking_leaves_the_pair_unsure():
+    http = HttpPairing(lambda *a: None)
+    http.server_loss()
+    _queued(http, ("/2", 40, 100), ("/3", 80, 200))
+    assert http.answer_after_gap(200, 2.0, 2, start=400, ack=160).uri == "/2" and http.uncertain
+
+
+def test_a_pipelining_client_leaves_the_pair_unsure():
+    notes = []
+    http = HttpPairing(lambda *a: notes.append(a[0]))
+    _queued(http, ("/1", 0, 0), ("/2", 40, 0))   # two out at once, nothing lost: pipelining
+    assert http.pipelining
+    http.answer(200, 1.0, 1)
+    http.server_loss()
+    _queued(http, ("/3", 80, 0))
+    req = http.answer_after_gap(200, 2.0, 2, start=400, ack=120)   # /2 or /3: the ACKs cannot say
+    assert req.uri == "/2" and http.uncertain and notes == ["http_pairing_uncertain"]
+    # Once a pair was unsure, later ones say so too, even where the ACKs
+    # leave one candidate: in general they cannot show that the unsure pair
+    # took the right request (it may still wait).
+    _queued(http, ("/4", 120, 400))
+    req = http.answer_after_gap(200, 3.0, 3, start=600, ack=120)
+    assert req.uri == "/3" and http.uncertain and notes.count("http_pairing_uncertain") == 2
+
+
+def _lossy_tap(exchanges: int, depth: int, bodies: list[int], lost: list[bool]):
+    """Segments of one keep-alive connection, as its endpoints sent them:
+    the client sends `depth` requests at a time and reads their answers;
+    every packet acknowledges all the peer had sent (each end reads all it
+    gets).  `lost[i]`: the tap missed the i-th data or pure ACK packet."""
+    seq = {"c": 1000, "s": 5000}
+    out: list[tuple[str, int, bytes]] = [("c", SYN, b""), ("s", SYN | ACK, b""), ("c", ACK, b"")]
+    out = [(side, flags, payload, False) for side, flags, payload in out]
+    index = 0
+
+    def send(side, flags, payload):
+        nonlocal index
+        drop = lost[index % len(lost)] if payload or flags == ACK else False
+        index += 1
+        out.append((side, flags, payload, drop))
+
+    clean = None   # how many packets went out before the first the tap lost
+    n = 1
+    while n <= exchanges:
+        batch = list(range(n, min(n + depth, exchanges + 1)))
+        for k in batch:
+            send("c", ACK | PSH, b"GET /%d HTTP/1.1\r\nHost: h\r\n\r\n" % k)
+        for k in batch:
+            body = b"x" * bodies[k % len(bodies)]
+            message = b"HTTP/1.1 200 r%d\r\nContent-Length: %d\r\n\r\n" % (k, len(body)) + body
+            for i in range(0, len(message), 1460):
+                send("s", ACK | PSH, message[i:i + 1460])
+            send("c", ACK, b"")
+        n += len(batch)
+    out += [("c", FIN | ACK, b"", False), ("s", FIN | ACK, b"", False), ("c", ACK, b"", False)]
+    clean = next((i for i, p in enumerate(out) if p[3]), len(out))
+    packets = []
+    for side, flags, payload, drop in out:
+        peer = "s" if side == "c" else "c"
+        if not drop:
+            packets.append((side, seq[side], seq[peer] if flags & ACK else 0, flags, payload))
+        seq[side] += len(payload) + bool(flags & (SYN | FIN))
+    return packets, [p[2] for p in out[:clean]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(exchanges=st.integers(2, 10), depth=st.integers(1, 3),
+       bodies=st.lists(st.integers(0, 5000), min_size=1, max_size=5),
+       lost=st.lists(st.booleans(), min_size=1, max_size=40))
+def test_after_any_tap_loss_a_pair_is_right_or_says_it_is_not(exchanges, depth, bodies, lost):
+    # The invariant of issue 16 item 6: never a silent shift.  A client that
+    # sends one request at a time is realigned exactly: each answer pairs with
+    # its request, or is "request lost" when the tap lost that request.
+    from analyzer.tcp.table import FlowTable
+
+    events = []
+    table = FlowTable(lambda ev, ends: events.append(ev), lambda a: None)
+    packets, before_loss = _lossy_tap(exchanges, depth, bodies, lost)
+    seen = {int(p[-1].split(b" ")[1][1:]) for p in packets if p[0] == "c" and p[-1].startswith(b"GET")}
+    for frame, (side, seq, ack, flags, payload) in enumerate(packets, 1):
+        src, sport, dst, dport = (CLIENT, 40000, SERVER, 80) if side == "c" else (SERVER, 80, CLIENT, 40000)
+        table.packet((src, dst, sport, dport, seq, ack, flags, payload, len(payload)), float(frame), frame)
+    table.finish()
+    # Seen asking for /2 only once /1 was answered, before any loss.
+    waited = depth == 1 and any(p.startswith(b"GET /2 ") for p in before_loss)
+    for ev in events:
+        k = int(ev.text[1:])
+        unsure = "http_pairing_uncertain" in ev.flags
+        if waited:
+            assert (ev.request, unsure) == ((f"GET /{k}" if k in seen else ""), False), (ev.text, ev.flags)
+        elif ev.request != f"GET /{k}" and not unsure:
+            # Not its request: said to answer a lost one, and its own was lost.
+            assert ev.request == "" and k not in seen, (ev.request, ev.text, ev.flags)

@@ -18,7 +18,8 @@
 #     not finish: counted against the body in place, no payload object and
 #     no Python call (HttpDissector.feed's own hot path, as data);
 #   * any other next in-order segment of a dissected connection: straight
-#     to dissector.feed, skipping the table's Python frame.
+#     to dissector.feed, skipping the table's Python frame (after
+#     dissector.acked() when it wants_acks, as the table does).
 # Whatever a lane does not cover exactly (SYN/FIN/RST, a sweep due, an ACK
 # that tells something, out-of-order or cut segments, connections still in
 # detection...) is handed to FlowTable.packet as the reference tuple: a lane
@@ -384,6 +385,10 @@ cdef class Loop:
                     stream.pos += seglen
                     stream.delivered += seglen
                     payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
+                    if dissector.wants_acks:
+                        # As FlowTable.packet: the ACK, relative to what was
+                        # delivered of the other stream (this lane: exactly it).
+                        dissector.acked(direction, 0 if s.flags & 0x10 else None)
                     events = dissector.feed(payload, direction, ts_obj, self.frame)
                     if events or dissector.anomalies or dissector.expectations:
                         self.table.drain(conn, events)

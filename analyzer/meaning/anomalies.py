@@ -58,6 +58,9 @@ _TABLE: dict[str, tuple] = {
                           "响应对应的请求未出现在抓包中。"),
     "http_response_lost": (WARNING, "A request got no response before the connection ended.",
                            "请求在连接结束前未收到响应。"),
+    "http_pairing_uncertain": (WARNING, "After lost packets, the ACKs leave more than one request this "
+                               "response may answer (a pipelining client): paired in order, unsure.",
+                               "丢包之后，ACK 仍无法确定该响应对应哪个请求（客户端使用流水线）：按顺序配对，结果不确定。"),
     "http_response_without_request": (ERROR, "A response arrived with no request waiting for it.",
                                       "收到响应时没有等待中的请求。"),
     "http_response_not_reported": (WARNING, "tshark saw a response it did not report a status for.",

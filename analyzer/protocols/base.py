@@ -42,6 +42,9 @@ class Dissector:
 
     protocol = ""
     handover: "Handover | None" = None   # set when the connection became a tunnel
+    # True when the dissector wants acked() before each feed() (HTTP, once
+    # bytes were lost: realigning its pairing); the hot paths read it.
+    wants_acks = False
 
     def __init__(self) -> None:
         self.anomalies: list[Anomaly] = []
@@ -58,6 +61,11 @@ class Dissector:
 
     def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
         return []
+
+    def acked(self, direction: int, ahead: int | None) -> None:
+        """The packet whose bytes feed() gets next in `direction` acknowledged
+        the other direction `ahead` bytes past what was delivered of it
+        (None: no ACK).  Called only while `wants_acks`."""
 
     def end(self, direction: int, ts: float, frame: int, rst: bool) -> list[Event]:
         return []

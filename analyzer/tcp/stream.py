@@ -19,6 +19,9 @@
 #
 # Delivery goes through one callback, `sink(kind, value, ts, frame)`, with kind
 # DATA (value = bytes), GAP (value = byte count) or END (value = True for RST).
+# During a DATA call, `ack` is the acknowledgement number of the packet that
+# carried those bytes (None: no ACK flag), held segments keep theirs: a
+# dissector realigning after a loss asks what the sender had received.
 from __future__ import annotations
 
 import heapq
@@ -30,10 +33,10 @@ DATA, GAP, END = 0, 1, 2
 
 # Held segments are counted by the memory they take, not by their payload:
 # each costs its payload plus HELD_SEGMENT_OVERHEAD, the Python objects that
-# hold it (measured with sys.getsizeof on CPython 3.11: the 6-tuple heap
-# entry 88, the bytes header 33, three ints 84, a list slot 8).  A million
-# one-byte segments are ~210 MB, not 1 MB (issue 17).
-HELD_SEGMENT_OVERHEAD = 213
+# hold it (measured with sys.getsizeof on CPython 3.11: the 7-tuple heap
+# entry 96, the bytes header 33, three ints 84, the ACK number 32, a list
+# slot 8).  A million one-byte segments are ~250 MB, not 1 MB (issue 17).
+HELD_SEGMENT_OVERHEAD = 253
 # Out-of-order memory held for one direction before we give up on the hole.
 # Suricata's stream.reassembly.depth default is 1 MiB; Zeek bounds the data
 # above a hole at 16 KiB before an ACK (tcp_max_above_hole_without_any_acks).
@@ -77,7 +80,7 @@ class Stream:
     __slots__ = (
         "sink", "budget", "synced", "next_seq", "pos", "held", "held_bytes", "fin_seq",
         "ended", "delivered", "missed", "gaps", "dup_bytes", "ooo_segments",
-        "limit_hits", "isn", "_order", "expected",
+        "limit_hits", "isn", "_order", "expected", "ack",
     )
 
     def __init__(self, sink, budget: HeldBudget) -> None:
@@ -87,7 +90,7 @@ class Stream:
         self.next_seq = 0
         self.pos = 0              # unwrapped stream offset of next_seq
         self.isn = None           # from the SYN, when seen
-        self.held: list = []      # heap of (pos, order, payload, seglen, ts, frame)
+        self.held: list = []      # heap of (pos, order, payload, seglen, ts, frame, ack)
         self.held_bytes = 0       # memory of the held segments (HELD_SEGMENT_OVERHEAD)
         self.fin_seq = None       # sequence number of the FIN, once seen
         self.ended = False        # END delivered
@@ -99,6 +102,7 @@ class Stream:
         self.limit_hits = 0
         self._order = 0
         self.expected = None      # stream start implied by the peer's ACK
+        self.ack = None           # ACK number of the packet whose bytes are being delivered
 
     # -- input ---------------------------------------------------------------
     def syn(self, seq: int) -> None:
@@ -126,8 +130,10 @@ class Stream:
             return True
         return False
 
-    def segment(self, seq: int, payload: bytes, seglen: int, fin: bool, ts: float, frame: int) -> None:
+    def segment(self, seq: int, payload: bytes, seglen: int, fin: bool, ts: float, frame: int,
+                ack: int | None = None) -> None:
         if not fin and self.take_next(seq, payload, seglen):
+            self.ack = ack
             self.sink(DATA, payload, ts, frame)
             return
         if self.ended:
@@ -146,11 +152,11 @@ class Stream:
         if seglen:
             off = seq_diff(seq, self.next_seq)
             if off <= 0:
-                self._deliver_at(off, payload, seglen, ts, frame)
+                self._deliver_at(off, payload, seglen, ts, frame, ack)
                 if self.held:
                     self._release()
             elif off < MAX_AHEAD:
-                self._hold(off, payload, seglen, ts, frame)
+                self._hold(off, payload, seglen, ts, frame, ack)
             else:
                 self.dup_bytes += seglen
         if self.fin_seq is not None:
@@ -199,7 +205,7 @@ class Stream:
             self.sink(END, rst, ts, frame)
 
     # -- internals -----------------------------------------------------------
-    def _deliver_at(self, off: int, payload: bytes, seglen: int, ts: float, frame: int) -> None:
+    def _deliver_at(self, off: int, payload: bytes, seglen: int, ts: float, frame: int, ack: int | None) -> None:
         # off <= 0: the segment starts at or before next_seq.
         if off + seglen <= 0:
             self.dup_bytes += seglen
@@ -214,6 +220,7 @@ class Stream:
         if skip < captured:
             chunk = payload[skip:] if skip else payload
             self.delivered += len(chunk)
+            self.ack = ack
             self.sink(DATA, chunk, ts, frame)
         if captured < seglen:
             # The snapshot length cut the packet: the tail is a gap.
@@ -222,7 +229,7 @@ class Stream:
             self.gaps += 1
             self.sink(GAP, missing, ts, frame)
 
-    def _hold(self, off: int, payload: bytes, seglen: int, ts: float, frame: int) -> None:
+    def _hold(self, off: int, payload: bytes, seglen: int, ts: float, frame: int, ack: int | None) -> None:
         self.ooo_segments += 1
         cost = len(payload) + HELD_SEGMENT_OVERHEAD
         if self.held_bytes + cost > MAX_HELD_BYTES_PER_STREAM or \
@@ -239,28 +246,28 @@ class Stream:
                 self._release()
             off = target - self.pos
             if off <= 0:
-                self._deliver_at(off, payload, seglen, ts, frame)
+                self._deliver_at(off, payload, seglen, ts, frame, ack)
                 if self.held:
                     self._release()
                 return
             if not self.held:
                 # Nothing left to wait for: this segment becomes the new edge.
                 self._gap(off, ts, frame)
-                self._deliver_at(0, payload, seglen, ts, frame)
+                self._deliver_at(0, payload, seglen, ts, frame, ack)
                 return
         self._order += 1
-        heapq.heappush(self.held, (self.pos + off, self._order, payload, seglen, ts, frame))
+        heapq.heappush(self.held, (self.pos + off, self._order, payload, seglen, ts, frame, ack))
         self.held_bytes += cost
         self.budget.held += cost
 
     def _release(self) -> None:
         held = self.held
         while held and held[0][0] <= self.pos:
-            start, _, payload, seglen, ts, frame = heapq.heappop(held)
+            start, _, payload, seglen, ts, frame, ack = heapq.heappop(held)
             cost = len(payload) + HELD_SEGMENT_OVERHEAD
             self.held_bytes -= cost
             self.budget.held -= cost
-            self._deliver_at(start - self.pos, payload, seglen, ts, frame)
+            self._deliver_at(start - self.pos, payload, seglen, ts, frame, ack)
 
     def _gap(self, n: int, ts: float, frame: int) -> None:
         if n <= 0:

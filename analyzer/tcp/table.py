@@ -74,7 +74,7 @@ DETECT_MAX_BYTES = 64 * 1024
 # byte per segment cannot keep ~200 bytes per byte (issue 17: 2.4 GB from an
 # 8 MB capture) nor re-run detection over a growing head for ever.
 DETECT_MAX_REPLAY_BYTES = 4 * DETECT_MAX_BYTES
-REPLAY_ENTRY_OVERHEAD = 150    # the 5-tuple 80, bytes header 33, int and float 52
+REPLAY_ENTRY_OVERHEAD = 158    # the 6-tuple 88, bytes header 33, int and float 52, ACK offset (cached int) 0
 # Connections tracked at once: ntopng's default max_num_flows (131072).
 # Suricata's flow.memcap 128 MiB is ~500k of its flows, but ours cost ~1.1 KB
 # even when only a SYN was seen (2.3 KB before streams were made lazily), so
@@ -114,6 +114,7 @@ RESET_LINGER = 5.0
 RST_WINDOW = 1 << 24
 
 MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
+_LIVE = object()   # _deliver(): the bytes come from their stream now
 _NO_HEADS = (b"", b"")
 
 
@@ -246,11 +247,22 @@ class Connection:
         return 1
 
     # -- reassembled data -------------------------------------------------------------
-    def _deliver(self, direction: int, kind: int, value, ts: float, frame: int) -> None:
+    def _ahead(self, direction: int) -> int | None:
+        """What the packet whose bytes `direction`'s stream delivers now
+        acknowledged, relative to what was delivered of the other stream."""
+        stream = self.streams[direction]
+        if stream.ack is None:
+            return None
+        return seq_diff(stream.ack, self.streams[1 - direction].next_seq)
+
+    def _deliver(self, direction: int, kind: int, value, ts: float, frame: int, ahead=_LIVE) -> None:
+        """A stream's sink; the replays pass `ahead` as it was when the bytes came."""
         mode = self.mode
         if mode == MODE_DISSECT:
             d = self.dissector
             if kind == DATA:
+                if d.wants_acks:
+                    d.acked(direction, self._ahead(direction) if ahead is _LIVE else ahead)
                 events = d.feed(value, direction, ts, frame)
             elif kind == GAP:
                 events = d.gap(value, direction, ts, frame)
@@ -259,7 +271,7 @@ class Connection:
             if events or d.anomalies or d.expectations:
                 self.table.drain(self, events)
         elif mode == MODE_DETECT:
-            self.replay.append((direction, kind, value, ts, frame))
+            self.replay.append((direction, kind, value, ts, frame, self._ahead(direction) if kind == DATA else None))
             if kind == DATA:
                 self.replay_cost += len(value) + REPLAY_ENTRY_OVERHEAD
                 head = self.heads[direction]
@@ -316,8 +328,8 @@ class Connection:
         self.table.memory += DISSECTOR_COST
         replay, self.replay, self.heads = self.replay, [], [b"", b""]
         self.replay_cost = 0
-        for direction, kind, value, ts, frame in replay:
-            self._deliver(direction, kind, value, ts, frame)
+        for direction, kind, value, ts, frame, ahead in replay:
+            self._deliver(direction, kind, value, ts, frame, ahead)
             if self.mode != MODE_DISSECT:
                 break
 
@@ -414,11 +426,13 @@ class FlowTable:
                 if seglen:
                     if stream.take_next(seq, payload, seglen):
                         dissector = conn.dissector
+                        if dissector.wants_acks:
+                            dissector.acked(d, seq_diff(ack, other.next_seq) if flags & ACK else None)
                         events = dissector.feed(payload, d, ts, frame)
                         if events or dissector.anomalies or dissector.expectations:
                             self.drain(conn, events)
                     else:
-                        stream.segment(seq, payload, seglen, False, ts, frame)
+                        stream.segment(seq, payload, seglen, False, ts, frame, ack if flags & ACK else None)
                 return
         if entry is None:
             if flags & RST and not seglen:
@@ -479,7 +493,7 @@ class FlowTable:
                 conn.fin[d] = True
             # Data on a SYN (TCP Fast Open, RFC 7413) starts at ISN + 1.
             streams[d].segment((seq + 1) & 0xFFFFFFFF if flags & SYN else seq, payload, seglen,
-                               bool(flags & FIN), ts, frame)
+                               bool(flags & FIN), ts, frame, ack if flags & ACK else None)
         if flags & RST:
             self._reset(conn, d, seq, ts, frame)
         elif conn.fin[0] and conn.fin[1] and streams[0].ended and streams[1].ended:
@@ -630,7 +644,7 @@ class FlowTable:
         conn.rejected = set()
         kinds = {"data": DATA, "gap": GAP, "end": END}
         for direction, kind, value, ts, frame in hand.items:
-            conn._deliver(direction, kinds[kind], value, ts, frame)
+            conn._deliver(direction, kinds[kind], value, ts, frame, None)   # their packets are gone
 
     def drain(self, conn: Connection, events) -> None:
         d = conn.dissector

@@ -13,6 +13,16 @@
 # complete, so a `100 Continue` or an early final status sent before the
 # request body pairs correctly.
 #
+# Positions, for realignment after a loss (pairing.answer_after_gap): each
+# side counts the stream offset of its bytes (gaps included), so every
+# message knows where it starts.  The hot paths (here and in the compiled
+# loop) only count body bytes down in `remaining`; the offset catches up
+# from `mark` (`remaining` when last synchronised) at the next call that is
+# not one of them, so they stay as they were.  Once a gap has been seen
+# (`wants_acks`), the engine tells, before each delivery, what the packet
+# acknowledged of the other direction (acked()); a message keeps the value
+# of the packet holding its first byte.
+#
 # Framing per RFC 9112 §6.3: HEAD, 1xx, 204, 304 -> no body; 2xx to CONNECT ->
 # tunnel; chunked -> chunked; Content-Length -> length; otherwise a response
 # runs until the connection closes (a request has no body).
@@ -168,7 +178,7 @@ class _Side:
     """Parser state of one direction."""
 
     __slots__ = ("state", "buf", "remaining", "chunk", "msg_ts", "msg_frame", "held", "held_bytes",
-                 "sniff", "after_gap", "seen", "deferred")
+                 "sniff", "after_gap", "seen", "deferred", "end", "mark", "msg_off", "msg_ack")
 
     def __init__(self, state: int) -> None:
         self.state = state
@@ -183,6 +193,10 @@ class _Side:
         self.deferred = None  # event fields of another response, until its body ends (last_frame)
         self.after_gap = False
         self.seen = False    # any byte of this direction delivered yet
+        self.end = 0         # stream offset after the bytes handled so far (see `mark`)
+        self.mark = 0        # `remaining` when `end` was last brought up to date
+        self.msg_off = 0     # stream offset of the current message's first byte
+        self.msg_ack = None  # what its packet acknowledged of the other stream (offset), None: unknown
 
 
 class HttpDissector(Dissector):
@@ -199,6 +213,8 @@ class HttpDissector(Dissector):
         self.midstream = midstream
         self._events: list[Event] = []
         self._frame = 0       # packet of the bytes being handled: a message ending now ends there
+        self._ack = None      # acked(): other-stream offset the packet being fed acknowledged
+        self._ack_dir = -1    # ... and the direction of that packet
 
     # -- contract --------------------------------------------------------------
     def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
@@ -212,25 +228,60 @@ class HttpDissector(Dissector):
             side.seen = True
             return _NO_EVENTS
         self._events = []
+        # Body bytes the hot paths counted since, then these.
+        side.end += side.mark - side.remaining + len(data)
         self._consume(direction, data, ts, frame)
+        side.mark = side.remaining
         return self._events
+
+    def acked(self, direction: int, ahead: int | None) -> None:
+        """The packet whose bytes come next in `direction` acknowledged the
+        other direction up to `ahead` bytes past what was delivered of it
+        (negative: not all of it yet; None: no ACK).  Called by the engine
+        before feed() while `wants_acks`."""
+        self._ack_dir = direction
+        if ahead is None:
+            self._ack = None
+        else:
+            other = self.sides[1 - direction]
+            self._ack = other.end + other.mark - other.remaining + ahead
 
     def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
         if self.upgraded is not None:
             return self._forward(self.upgraded.gap(nbytes, direction, ts, frame))
         self._events = []
+        side = self.sides[direction]
+        side.end += side.mark - side.remaining + nbytes
+        self.wants_acks = True
         self._gap(direction, nbytes, ts, frame)
+        side.mark = side.remaining
         return self._events
 
     def _gap(self, direction: int, nbytes: int, ts: float, frame: int) -> None:
         self._frame = frame
         side = self.sides[direction]
         st = side.state
-        if (st == BODY_LENGTH and nbytes > side.remaining) or (st == HEAD and not side.buf) or \
-                (st == RESYNC and not side.seen):
-            # Bytes lost past a message boundary held the start of at least one
-            # message; account for it so FIFO pairing does not shift by one.
-            self._message_lost(direction, ts, frame)
+        lost_start = side.end - nbytes   # side.end already counts the gap
+        if st == BODY_LENGTH:
+            first = lost_start + side.remaining   # where a next message could start
+        elif st == HEAD and side.buf:
+            first = side.msg_off                  # the message the gap cuts
+        else:
+            first = lost_start
+        certain = (st == BODY_LENGTH and nbytes > side.remaining) or (st == HEAD and not side.buf) or \
+            (st == RESYNC and not side.seen)
+        if self.server_direction is not None and first < side.end and st not in (BODY_CLOSE, TUNNEL, HOLD) and \
+                not (st == BODY_CHUNKED and side.chunk == CHUNK_DATA and nbytes < side.remaining):
+            # Lost bytes that may have held message starts (certain: past a
+            # message boundary).  A lost request is queued as a placeholder;
+            # a lost response takes no request now: the next response's ACK
+            # says which (pairing.answer_after_gap), so FIFO does not shift.
+            if direction == self.server_direction:
+                self.pairing.server_loss(certain)
+            elif certain:
+                self.pairing.request_lost(ts, frame, first, side.end)
+            else:
+                self.pairing.client_loss(first, side.end)
         if st == BODY_LENGTH and nbytes < side.remaining:
             side.remaining -= nbytes
         elif st == BODY_LENGTH and nbytes == side.remaining:
@@ -241,7 +292,7 @@ class HttpDissector(Dissector):
         elif st in (BODY_CLOSE, TUNNEL):
             pass
         elif st == HOLD:
-            side.held.append((None, nbytes, ts, frame))
+            side.held.append((None, nbytes, ts, frame, side.end))
         else:
             if st == HEAD and side.buf:
                 self._salvage_head(direction, "http_gap_in_head")
@@ -319,6 +370,8 @@ class HttpDissector(Dissector):
                     if pos == n:
                         return
                     side.msg_ts, side.msg_frame = ts, frame
+                    side.msg_off = side.end - n + pos
+                    side.msg_ack = self._ack if self._ack_dir == d else None
                     end = data.find(b"\r\n\r\n", pos)
                     if end >= 0:
                         # Fast path: the whole head is in this chunk; copy only it.
@@ -355,11 +408,12 @@ class HttpDissector(Dissector):
                 start = self._find_start(d, window)
                 side.buf.clear()
                 if start < 0:
-                    self._keep_tail(side, window, carry, ts, frame)
+                    self._keep_tail(d, side, window, carry, ts, frame)
                     return
                 side.state = HEAD
                 if start < carry:
                     # The message began in an earlier chunk: keep its time.
+                    side.msg_off = side.end - len(window) + start
                     side.buf += window[start:]
                     rest = self._parse_head(d)
                     if rest is None:
@@ -371,6 +425,8 @@ class HttpDissector(Dissector):
                 else:
                     pos += start - carry
                     side.msg_ts, side.msg_frame = ts, frame
+                    side.msg_off = side.end - n + pos
+                    side.msg_ack = self._ack if self._ack_dir == d else None
             elif st == HOLD:
                 if side.held_bytes + n - pos > MAX_HELD_UPGRADE_BYTES:
                     self.anomaly("http_upgrade_hold_limit", ts, frame)
@@ -379,20 +435,21 @@ class HttpDissector(Dissector):
                     side.state = RESYNC
                     continue
                 chunk = data[pos:] if pos else data
-                side.held.append((chunk, 0, ts, frame))
+                side.held.append((chunk, 0, ts, frame, side.end))
                 side.held_bytes += len(chunk)
                 return
             else:  # TUNNEL
                 return
 
-    @staticmethod
-    def _keep_tail(side: _Side, window: bytes, carry: int, ts: float, frame: int) -> None:
+    def _keep_tail(self, d: int, side: _Side, window: bytes, carry: int, ts: float, frame: int) -> None:
         """Keep a trailing partial line that may be the start of a message."""
         nl = window.rfind(b"\n")
         tail = window[nl + 1:]
         if tail and len(tail) <= MAX_START_LINE and _MAYBE_START.match(tail):
             if nl >= 0 or not carry:
                 side.msg_ts, side.msg_frame = ts, frame
+                side.msg_off = side.end - len(tail)
+                side.msg_ack = self._ack if self._ack_dir == d else None
             side.buf += tail
 
     def _find_start(self, d: int, window: bytes) -> int:
@@ -474,7 +531,8 @@ class HttpDissector(Dissector):
         if self.server_direction is None:
             self.server_direction = 1 - d
         upgrade = requested_upgrade(method, headers.get("upgrade"), headers.get("connection"))
-        self.pairing.request(Request(method, uri, headers.get("host", ""), side.msg_ts, side.msg_frame, upgrade))
+        self.pairing.request(Request(method, uri, headers.get("host", ""), side.msg_ts, side.msg_frame, upgrade,
+                                     False, 0, side.msg_off, side.msg_ack))
         state, length = framing(False, method, 0, headers)
         side.state, side.remaining, side.chunk = state, length, CHUNK_SIZE
         if upgrade and state == HEAD:
@@ -487,8 +545,14 @@ class HttpDissector(Dissector):
         reason = _text(m.group(4) or b"").rstrip("\r")
         if self.server_direction is None:
             self.server_direction = d
-        req = self.pairing.answer(code, side.msg_ts, side.msg_frame)
+        pairing = self.pairing
+        if self.wants_acks:
+            req = pairing.answer_after_gap(code, side.msg_ts, side.msg_frame, side.msg_off, side.msg_ack)
+        else:
+            req = pairing.answer(code, side.msg_ts, side.msg_frame)
         flags = extra_flags
+        if self.wants_acks and pairing.uncertain:
+            flags = ("http_pairing_uncertain",) + flags
         if side.after_gap and req is not None and not req.lost:
             flags = ("http_after_gap",) + flags
         side.after_gap = False
@@ -543,20 +607,12 @@ class HttpDissector(Dissector):
         side.buf.clear()
         side.state, side.remaining, side.chunk = HEAD, 0, CHUNK_SIZE
 
-    def _message_lost(self, d: int, ts: float, frame: int) -> None:
-        if self.server_direction is None:
-            return
-        if d == self.server_direction:
-            self.pairing.response_lost(ts, frame)
-        else:
-            self.pairing.request_lost(ts, frame)
-
     def _start_upgraded(self, d: int, rest: bytes, ts: float, frame: int) -> None:
         """Hand the bytes that followed the 101 (and the client's held ones) over."""
         ws = self.upgraded
         client = self.sides[1 - d]
         held, client.held, client.held_bytes = client.held, [], 0
-        for data, gap, hts, hframe in held:
+        for data, gap, hts, hframe, _ in held:
             if data is None:
                 self._events.extend(ws.gap(gap, 1 - d, hts, hframe))
             else:
@@ -572,11 +628,13 @@ class HttpDissector(Dissector):
             return
         held, side.held, side.held_bytes = side.held, [], 0
         side.state = HEAD
-        for data, gap, ts, frame in held:
+        for data, gap, ts, frame, end in held:
+            side.end = end    # the offsets they had when they came
             if data is None:
                 self._gap(d, gap, ts, frame)
             else:
                 self._consume(d, data, ts, frame)
+        side.mark = side.remaining
 
     def _take(self, side: _Side, data: bytes, pos: int, n: int) -> int:
         """Skip up to `side.remaining` body bytes (kept only for a 4xx/5xx sniff)."""
