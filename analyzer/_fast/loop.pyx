@@ -385,6 +385,8 @@ cdef class Loop:
                     stream.delivered += seglen
                     payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
                     events = dissector.feed(payload, direction, ts_obj, self.frame)
+                    if dissector.buffered != conn.held:
+                        self.table.recharge(conn, ts_obj)   # its buffers grew or shrank (FlowTable.packet)
                     if events or dissector.anomalies or dissector.expectations:
                         self.table.drain(conn, events)
                     return 0

@@ -186,6 +186,7 @@ class _Side:
 
 
 class HttpDissector(Dissector):
+    __slots__ = ("sides", "pairing", "upgraded", "tunnel", "midstream", "_events", "_frame")
     protocol = "http"
 
     def __init__(self, server_direction: int | None = None, midstream: bool = False) -> None:
@@ -213,13 +214,24 @@ class HttpDissector(Dissector):
             return _NO_EVENTS
         self._events = []
         self._consume(direction, data, ts, frame)
+        self._count_buffered()
         return self._events
+
+    def _count_buffered(self) -> None:
+        """`buffered` (base.py): partial heads, held upgrade bytes, 4xx/5xx body prefixes."""
+        n = 0
+        for side in self.sides:
+            n += len(side.buf) + side.held_bytes
+            if side.sniff is not None:
+                n += len(side.sniff[1])
+        self.buffered = n
 
     def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
         if self.upgraded is not None:
             return self._forward(self.upgraded.gap(nbytes, direction, ts, frame))
         self._events = []
         self._gap(direction, nbytes, ts, frame)
+        self._count_buffered()
         return self._events
 
     def _gap(self, direction: int, nbytes: int, ts: float, frame: int) -> None:
@@ -258,6 +270,7 @@ class HttpDissector(Dissector):
         side = self.sides[direction]
         if side.state == BODY_CLOSE:
             self._message_done(direction)
+        self._count_buffered()
         return self._events
 
     def close(self, ts: float) -> list[Event]:
@@ -270,6 +283,7 @@ class HttpDissector(Dissector):
                 self._salvage_head(d, "http_incomplete_head_at_end")
             self._flush_sniff(d)
         self.pairing.close()
+        self._count_buffered()
         return self._events
 
     def outcome(self) -> dict:
