@@ -64,7 +64,11 @@ class ConnectionRows:
 
     def _flush(self) -> None:
         if self._pending:
-            marshal.dump(self._pending, self._spill)
+            # Length-prefixed: marshal.load on a file reads value by value
+            # through Python calls, loads() on one read is ~30x faster.
+            data = marshal.dumps(self._pending)
+            self._spill.write(len(data).to_bytes(8, "little"))
+            self._spill.write(data)
             self._pending = []
 
     def commit(self) -> None:
@@ -89,10 +93,10 @@ class ConnectionRows:
         spill = self._spill
         spill.seek(0)
         while True:
-            try:
-                chunk = marshal.load(spill)
-            except EOFError:
+            size = spill.read(8)
+            if not size:
                 return
+            chunk = marshal.loads(spill.read(int.from_bytes(size, "little")))
             yield [dict(zip(CONNECTION_COLUMNS, values)) for values in chunk]
 
     def rows(self) -> Iterator[dict]:
