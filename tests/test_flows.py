@@ -91,7 +91,7 @@ def test_other_protocols_are_ignored_and_not_buffered():
     r.send(SERVER, 22, CLIENT, 40000, 901, 101, ACK | PSH, b"SSH-2.0-OpenSSH_9.2\r\n")
     r.send(CLIENT, 40000, SERVER, 22, 101, 922, ACK | PSH, b"SSH-2.0-client\r\n")
     conn = r.table.table[(CLIENT, 40000, SERVER, 22)][0]
-    assert conn.mode == flows.MODE_IGNORE and conn.replay == []
+    assert conn.mode == flows.MODE_IGNORE and not conn.replay and conn.heads == (b"", b"")
     assert r.events == []
 
 

@@ -79,7 +79,8 @@ def test_a_timestamp_near_1e19_is_no_internal_error(tmp_path):
 def test_a_syn_flood_past_the_connection_limit_finishes(tmp_path):
     # 502,000 SYNs, just past the old 500,000-connection limit: before the lazy
     # heap, eviction scanned the table per new connection (still running after
-    # 600 s).  The limit is 131,072 now; the rest are evicted and counted.
+    # 600 s).  Now each is charged its memory and the memory budget is reached
+    # before the 131,072-connection limit: the rest are evicted and counted.
     # A fresh process (not a fork of this one, which holds the 40 MB capture).
     syns = 502_000
     capture = tmp_path / "synflood.pcap"
@@ -88,7 +89,11 @@ def test_a_syn_flood_past_the_connection_limit_finishes(tmp_path):
     result = limits.run_limited(limits.analyzer_command(capture, out), seconds=300, memory_mb=harness.MEMORY_MB)
     assert result.verdict == "ok", result
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["coverage"]["limits_hit"]["connections"] == syns - 131_072
+    from analyzer.tcp import table as flows
+
+    live = flows.MAX_CONNECTION_MEMORY // flows.CONNECTION_COST   # a SYN-only connection costs its record
+    assert live < flows.MAX_CONNECTIONS
+    assert summary["coverage"]["limits_hit"] == {"connection_memory": syns - live}
 
 
 # -- item 3: nesting ------------------------------------------------------------------------

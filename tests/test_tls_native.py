@@ -17,7 +17,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "captures"
 def test_tls_sessions_are_counted_as_encrypted_with_unknown_status(tmp_path):
     result = run([str(SAMPLES / "tls_nginx.pcap")], tmp_path)
     expected = json.loads((SAMPLES / "tls_nginx.expected.json").read_text())
-    rows = [r for r in result.connections if r["protocol"] == "tls"]
+    rows = [r for r in result.connections.rows() if r["protocol"] == "tls"]
     assert rows and result.events == 0
     assert len(rows) == result.coverage()["tls_connections"]
     outcomes = [json.loads(r["outcome"]) for r in rows]

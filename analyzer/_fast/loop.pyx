@@ -390,6 +390,8 @@ cdef class Loop:
                         # delivered of the other stream (this lane: exactly it).
                         dissector.acked(direction, 0 if s.flags & 0x10 else None)
                     events = dissector.feed(payload, direction, ts_obj, self.frame)
+                    if dissector.buffered != conn.held:
+                        self.table.recharge(conn, ts_obj)   # its buffers grew or shrank (FlowTable.packet)
                     if events or dissector.anomalies or dissector.expectations:
                         self.table.drain(conn, events)
                     return 0

@@ -342,7 +342,7 @@ def crosscheck(captures, *, outdir=None, keylog=None, decode_as=None, known_file
             cc.native.update(n_native)
             cc.tshark.update(n_tshark)
             cc.disagreements += rows
-            conns.update(_connections(theirs.connections))
+            conns.update(_connections(theirs.connections.rows()))
         classify(cc, by_name, conns, _read_known(known_files), keylog=keylog, decode_as=decode_as,
                  workdir=base / "alt")
         if outdir is not None:

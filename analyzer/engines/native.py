@@ -2,10 +2,11 @@
 # connections -> events -> events.csv (+ connection and coverage records for
 # the statistics).
 #
-# Memory stays flat in the number of packets: packets are streamed, bodies
-# are skipped by counting, events are written as they come (through a
-# bounded re-ordering window so the file is in time order whenever the
-# disorder fits the window), and only per-connection summary rows are kept.
+# Memory stays flat in the number of packets and of connections: packets
+# are streamed, bodies are skipped by counting, events are written as they
+# come (through a bounded re-ordering window so the file is in time order
+# whenever the disorder fits the window), and each finished connection's row
+# goes to connections.csv and a spill file at once (outputs/connections.py).
 # A damaged file stops that file, not the run: everything read before the
 # damage is still dissected and written, and the error is reported at the end.
 from __future__ import annotations
@@ -22,13 +23,16 @@ from analyzer.capture import open_capture
 from analyzer.decode.packets import Decoder
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
 from analyzer.errors import AnalyzerError, CaptureError, InputError
-from analyzer.events import CONNECTION_COLUMNS, Event, with_endpoints
-from analyzer.outputs.csvfile import CsvWriter
+from analyzer.events import Event, with_endpoints
+from analyzer.outputs.connections import ConnectionRows
 from analyzer.tcp.table import FlowTable
 
 # A packet this much older than the newest one before it is a step back in
 # time, not the reordering of a merged multi-interface capture.
 BACKWARDS_SECONDS = 1.0
+
+# A parallel worker's connection rows, in its part folder (engines/parallel.py).
+PART_CONNECTIONS = "connections.spill"
 
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".ntar", ".gz", ".bz2", ".xz", ".zst", ".dmp")
 
@@ -65,7 +69,7 @@ class RunResult:
     files: list[FileReport] = field(default_factory=list)
     packets: int = 0
     skipped: Counter = field(default_factory=Counter)
-    connections: list[dict] = field(default_factory=list)
+    connections: object = None   # outputs.connections.ConnectionRows: the finished connections' rows
     anomalies: Counter = field(default_factory=Counter)
     limits: Counter = field(default_factory=Counter)
     tcp_segments: int = 0
@@ -77,7 +81,7 @@ class RunResult:
     seconds: float = 0.0
     errors: list[AnalyzerError] = field(default_factory=list)
     interrupted: bool = False
-    stats: object = None   # the engines.sink.StatsFeed the events went to (None in parallel workers)
+    stats: object = None   # the engines.sink.StatsFeed the events went to (a parallel worker's: its share's)
     kept: object = None    # outputs.events.EventsKept when the events were kept in memory
 
     def coverage(self) -> dict:
@@ -87,11 +91,11 @@ class RunResult:
             "packets_skipped": dict(self.skipped),
             "tcp_segments": self.tcp_segments,
             "connections": self.connections_total,
-            "connections_dissected": len(self.connections),
+            "connections_dissected": self.connections.count if self.connections is not None else 0,
             "connections_with_gaps": self.connections_with_gaps,
             # Encrypted connections the native engine recognised but cannot
             # read: status unknown (--engine tshark --tls-keylog decodes them).
-            "tls_connections": sum(1 for c in self.connections if c.get("protocol") == "tls"),
+            "tls_connections": self.connections.tls if self.connections is not None else 0,
             "missed_bytes": self.missed_bytes,
             "anomalies": dict(self.anomalies),
             "limits_hit": dict(self.limits),
@@ -133,11 +137,16 @@ class Session:
             if callback is not None:
                 callback(with_endpoints(ev, ends))
 
-        # Live capture runs for hours: with `on_connection`, each finished
-        # connection's row goes to the caller (which writes connections.csv)
-        # instead of being kept in result.connections.
+        # Each finished connection's row goes to connections.csv and the
+        # spill the statistics read at the end (a parallel worker's to its
+        # part folder, for the parent); with `on_connection` (live capture)
+        # to the caller instead, which writes connections.csv itself.
         self.on_connection = on_connection
-        keep_row = on_connection or self.result.connections.append
+        if on_connection is None:
+            worker = (outputs or EventOutputs()).part is not None
+            self.result.connections = ConnectionRows(
+                self.out, spill=self.out / PART_CONNECTIONS if worker else None, csv=not worker)
+        keep_row = on_connection or self.result.connections.add
 
         def connection_row(row: dict) -> None:
             row["community_id"] = community_id.for_row(row)  # once per connection, off the packet path
@@ -271,8 +280,8 @@ class Session:
         self.events.commit()
         self.anomalies.commit()
         self._collect()
-        if self.on_connection is None:
-            _write_connections(self.out, self.result.connections)
+        if self.result.connections is not None:
+            self.result.connections.commit()
         return self.result
 
 
@@ -349,15 +358,6 @@ def read_all(session, paths: list[str], progress=None) -> RunResult:
     result = session.finish()
     result.interrupted = result.interrupted or interrupt.stop_requested()  # a stop while finishing
     return result
-
-
-def _write_connections(out: Path, rows: list[dict]) -> None:
-    writer = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
-    for row in rows:  # engines that do not fill it (tshark) get it here
-        if "community_id" not in row:
-            row["community_id"] = community_id.for_row(row)
-    writer.write_rows(tuple(r[c] for c in CONNECTION_COLUMNS) for r in rows)
-    writer.commit()
 
 
 def _size(path: str) -> int:

@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analyzer import interrupt
-from analyzer.engines.native import RunResult, Session, _size, _write_connections
+from analyzer.engines.native import RunResult, Session, _size
 from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, StatsFeed, open_consumers
+from analyzer.outputs.connections import ConnectionRows
 from analyzer.outputs.csvfile import CsvWriter
 
 # Below this much input one process finishes before N could start.
@@ -275,11 +276,19 @@ def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs
     for r in results:
         merged.events += r.events
         merged.events_by_protocol.update(r.events_by_protocol)
-        merged.connections.extend(r.connections)
         merged.anomalies.update(r.anomalies)
         merged.limits.update(r.limits)
         merged.connections_total += r.connections_total
         merged.connections_with_gaps += r.connections_with_gaps
         merged.missed_bytes += r.missed_bytes
-    _write_connections(out, merged.connections)
+    # Connections: each worker's rows in turn, as the workers' lists were
+    # concatenated before; streamed from their spills, never all in memory.
+    merged.connections = ConnectionRows(out)
+    for r in results:
+        if r.connections is not None:
+            for chunk in r.connections.chunks():
+                for row in chunk:
+                    merged.connections.add(row)
+            r.connections.close()
+    merged.connections.commit()
     return merged

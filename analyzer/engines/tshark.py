@@ -69,8 +69,9 @@ from analyzer.protocols.websocket.dissector import close_code_ok
 from analyzer.protocols.websocket.pairing import CloseHandshake, close_flags
 from analyzer.tcp.table import connection_id
 from analyzer import community_id
-from analyzer.engines.native import FileReport, RunResult, _size, _write_connections, read_all
+from analyzer.engines.native import FileReport, RunResult, _size, read_all
 from analyzer.engines.sink import AnomalySink, EventOutputs, EventSink, open_consumers
+from analyzer.outputs.connections import ConnectionRows
 
 INSTALL_HINT = "tshark is not installed; install it with: apt-get install tshark"
 PYSHARK_HINT = "pyshark is not installed; install it with: pip install pyshark"
@@ -390,13 +391,15 @@ class TsharkSession:
         self.events = EventSink(lang, consumers)
         self.anomalies = AnomalySink(self.out)
         self.on_event = on_event
-        self.on_connection = None
-        if on_connection is not None:  # live: the caller writes connections.csv, Community ID included
-            def keep_row(row: dict) -> None:
-                row["community_id"] = community_id.for_row(row)
-                on_connection(row)
+        if on_connection is None:  # else live: the caller writes connections.csv
+            self.result.connections = ConnectionRows(self.out)
+            on_connection = self.result.connections.add
 
-            self.on_connection = keep_row
+        def keep_row(row: dict) -> None:
+            row["community_id"] = community_id.for_row(row)
+            on_connection(row)
+
+        self.on_connection = keep_row
         self.conns: dict[int, _Conn] = {}
         self.anomaly_counts: Counter = Counter()
         self.capture = ""
@@ -1041,10 +1044,7 @@ class TsharkSession:
         row = self._row(conn, state)
         if row is None:
             return
-        if self.on_connection is not None:
-            self.on_connection(row)
-        else:
-            self.result.connections.append(row)
+        self.on_connection(row)
 
     def _row(self, conn: _Conn, state: str) -> dict | None:
         outcome: dict = {}
@@ -1105,8 +1105,8 @@ class TsharkSession:
         self.events.commit()
         self.anomalies.commit()
         self._collect()
-        if self.on_connection is None:
-            _write_connections(self.out, self.result.connections)
+        if self.result.connections is not None:
+            self.result.connections.commit()
         return self.result
 
 

@@ -86,10 +86,16 @@ def write_reports(outdir: str | Path, stats, coverage: dict | None = None, *, la
 
 
 def finish_stats(accumulator: StatsAccumulator, connections=(), coverage: dict | None = None):
-    """The statistics of a run: its accumulated events plus its connection rows (dicts)."""
-    rows = list(connections or ())
-    for start in range(0, len(rows), CONNECTION_CHUNK_ROWS):
-        accumulator.add_connections(connections_frame(rows[start:start + CONNECTION_CHUNK_ROWS]))
+    """The statistics of a run: its accumulated events plus its connection rows
+    (dicts, any iterable: a run's come from its spill, outputs/connections.py)."""
+    chunk: list = []
+    for row in connections or ():
+        chunk.append(row)
+        if len(chunk) == CONNECTION_CHUNK_ROWS:
+            accumulator.add_connections(connections_frame(chunk))
+            chunk = []
+    if chunk:
+        accumulator.add_connections(connections_frame(chunk))
     return accumulator.finish(coverage or {})
 
 
@@ -103,11 +109,11 @@ def build_and_write(result, *, lang: str = "en", selection=None):
         raise ValueError("this run kept no statistics (EventOutputs.stats was off)")
     coverage = result.coverage()
     coverage["partial"] = bool(result.interrupted)  # stopped by a signal: what was read
-    connections = result.connections
+    connections = result.connections.rows() if result.connections is not None else ()
     if selection:
         # The events were selected on their way to the statistics; the
         # connections are selected by the same rules (engines/selection.py).
-        connections = [row for row in connections if selection.keeps_connection(row)]
+        connections = (row for row in connections if selection.keeps_connection(row))
         coverage["selection"] = selection.describe()
     stats = finish_stats(result.stats.accumulator, connections, coverage)
     write_reports(result.outdir, stats, coverage, lang=lang)

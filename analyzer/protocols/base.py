@@ -38,13 +38,18 @@ DETECTED, REJECTED, NEED_MORE = "detected", "rejected", "need-more"
 
 
 class Dissector:
-    """Base class: shared anomaly/expectation bookkeeping, no-op hooks."""
+    """Base class: shared anomaly/expectation bookkeeping, no-op hooks.
 
+    `buffered` is the memory (bytes) the dissector holds in its own buffers
+    -- partial lines and heads, held bytes -- as of the last call returned:
+    the flow table charges it to the connection's state (tcp/table.py), so a
+    run bounds the total of every dissector's buffers, not each alone.  A
+    dissector that buffers keeps it up to date after each call.
+    """
+
+    # Slots: the table holds tens of thousands of dissectors (issue 17).
+    __slots__ = ("anomalies", "expectations", "server_direction", "handover", "buffered", "wants_acks")
     protocol = ""
-    handover: "Handover | None" = None   # set when the connection became a tunnel
-    # True when the dissector wants acked() before each feed() (HTTP, once
-    # bytes were lost: realigning its pairing); the hot paths read it.
-    wants_acks = False
 
     def __init__(self) -> None:
         self.anomalies: list[Anomaly] = []
@@ -52,6 +57,11 @@ class Dissector:
         # Direction (0/1) that plays the server, once the content has told us;
         # the flow table prefers the SYN when it saw one.
         self.server_direction: int | None = None
+        self.handover: Handover | None = None   # set when the connection became a tunnel
+        self.buffered = 0
+        # True when the dissector wants acked() before each feed() (HTTP, once
+        # bytes were lost: realigning its pairing); the hot paths read it.
+        self.wants_acks = False
 
     def anomaly(self, name: str, ts: float, frame: int, detail: str = "") -> None:
         self.anomalies.append(Anomaly(name, ts, frame, detail))

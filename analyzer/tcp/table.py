@@ -80,21 +80,30 @@ REPLAY_ENTRY_OVERHEAD = 158    # the 6-tuple 88, bytes header 33, int and float 
 # even when only a SYN was seen (2.3 KB before streams were made lazily), so
 # 500k would take ~550 MB in a SYN flood; 131072 keeps one under 300 MB RSS.
 # Beyond it the least recently active one is finalised early and counted in
-# limits["connections"].
+# limits["connections"].  Since connections are charged their memory (below),
+# the memory budget is reached first even in a SYN flood; the count stays as
+# a second bound, for cheaper connections on other interpreters.
 MAX_CONNECTIONS = 131_072
 # Connection state is also bounded by memory (issue 17: 200,000 connections
 # stopped half-way through a response header took 865 MB at the count limit,
 # ~4.5 KB each).  Each connection is charged what its state costs (measured
-# with tracemalloc on HTTP connections, CPython 3.11): the record itself,
-# then its two reassembly streams, then its dissector.  Past the budget the
-# least recently active connection is finalised early, as at the count
-# limit, and counted in limits["connection_memory"].  A SYN flood stays
-# bounded by the count (131,072 x 1.1 KB fit); fully dissected connections
-# by memory (~36,000 of them in 160 MiB).
-CONNECTION_COST = 1_100
-STREAMS_COST = 1_500
-DISSECTOR_COST = 1_900
-MAX_CONNECTION_MEMORY = 160 * 1024 * 1024
+# with tracemalloc on HTTP connections, CPython 3.11, table entries
+# included): the record itself, then its two reassembly streams, then its
+# dissector, plus the bytes its buffers hold as they grow and shrink --
+# detection's replay and heads, then the dissector's own (Dissector.buffered:
+# partial HTTP heads and FTP lines, held upgrade bytes, TLS hellos).  Past
+# the budget the least recently active connection is finalised early, as at
+# the count limit, and counted in limits["connection_memory"].  The budget
+# is what keeps a run under 300 MB of peak RSS: the interpreter, pandas and
+# the event pipeline take ~110 MB, the copy signatures and the event
+# re-ordering window ~30 MB more, the allocators' overhead and fragmentation
+# from short-lived objects the rest.  Peak RSS on the 200,000 half-open
+# connections: 394 MB with a 160 MiB budget, 292 MB with 64 MiB, 280 MB with
+# 48 MiB: ~13,000 HTTP connections of ~3.7 KB (~40,000 that only sent a SYN).
+CONNECTION_COST = 1_200
+STREAMS_COST = 1_450
+DISSECTOR_COST = 1_100
+MAX_CONNECTION_MEMORY = 48 * 1024 * 1024
 # Announced connections (FTP data) remembered at once; Zeek expires them after
 # 5 minutes, we also bound their number.
 MAX_EXPECTATIONS = 10_000
@@ -116,6 +125,7 @@ RST_WINDOW = 1 << 24
 MODE_DETECT, MODE_DISSECT, MODE_IGNORE, MODE_DATA, MODE_CLOSED = range(5)
 _LIVE = object()   # _deliver(): the bytes come from their stream now
 _NO_HEADS = (b"", b"")
+_NO_REPLAY = ()
 
 
 class _NoStream:
@@ -161,7 +171,7 @@ class Connection:
         "table", "addr", "ports", "streams", "mode", "syn_seen", "dissector", "replay",
         "heads", "first_ts", "last_ts", "bytes", "owner", "fin", "rst", "closed_at", "cid",
         "capture", "name", "rejected", "state", "ends", "queued", "serial", "syn_seq", "reset_at",
-        "tunnel", "replay_cost", "cost",
+        "tunnel", "replay_cost", "cost", "held",
     )
 
     def __init__(self, table: "FlowTable", src: bytes, sport: int, dst: bytes, dport: int, ts: float,
@@ -176,7 +186,7 @@ class Connection:
         self.mode = MODE_DETECT
         self.syn_seen = False
         self.dissector = None
-        self.replay: list = []
+        self.replay: list | tuple = _NO_REPLAY   # a list while detection waits (open_streams)
         self.replay_cost = 0            # memory of `replay` (DETECT_MAX_REPLAY_BYTES)
         self.heads = _NO_HEADS          # a list once data can arrive (open_streams)
         self.first_ts = ts
@@ -197,6 +207,7 @@ class Connection:
         self.reset_at = None            # (ts, direction) of a RST whose peer may still send
         self.tunnel = None              # what the connection became a tunnel of (Handover.info + outcome)
         self.cost = CONNECTION_COST     # memory charged to table.memory
+        self.held = 0                   # of which buffers: detection's, then the dissector's (buffered())
 
     def open_streams(self) -> tuple:
         """The two reassembly streams, made at the first packet that is not a bare SYN."""
@@ -209,8 +220,10 @@ class Connection:
             table.make_room(self.last_ts, keep=self)
         if self.syn_seq is not None:
             s0.syn(self.syn_seq)
-        self.heads = [b"", b""]
-        self.rejected = set()
+        if self.mode == MODE_DETECT:
+            self.heads = [b"", b""]
+            self.rejected = set()
+            self.replay = []
         (a, b), (pa, pb) = self.addr, self.ports
         table = self.table.table
         table[(a, pa, b, pb)] = (self, 0, s0, s1)
@@ -268,6 +281,8 @@ class Connection:
                 events = d.gap(value, direction, ts, frame)
             else:
                 events = d.end(direction, ts, frame, value)
+            if d.buffered != self.held:
+                self.table.charge(self, d.buffered)
             if events or d.anomalies or d.expectations:
                 self.table.drain(self, events)
         elif mode == MODE_DETECT:
@@ -284,6 +299,18 @@ class Connection:
                     self.detect()
             else:
                 self.replay_cost += REPLAY_ENTRY_OVERHEAD
+            now = self.buffered()
+            if now != self.held:
+                self.table.charge(self, now)
+
+    def buffered(self) -> int:
+        """Memory held in buffers: detection's replay and heads, then the dissector's."""
+        mode = self.mode
+        if mode == MODE_DETECT:
+            return self.replay_cost + len(self.heads[0]) + len(self.heads[1])
+        if mode == MODE_DISSECT:
+            return self.dissector.buffered
+        return 0
 
 
     def detect(self, final: bool = False) -> None:
@@ -309,9 +336,14 @@ class Connection:
         full = all(len(h) >= DETECT_MAX_BYTES for h in self.heads if h)
         if NEED_MORE not in verdicts or final or full:
             self.mode = MODE_IGNORE
-            self.replay = []
-            self.heads = [b"", b""]
+            self._detected()
             table.ignored += 1
+
+    def _detected(self) -> None:
+        """Detection is over: its buffers go (shared empty ones instead, a
+        few hundred bytes less per connection held in the table)."""
+        self.replay, self.heads, self.rejected = _NO_REPLAY, _NO_HEADS, None
+        self.replay_cost = 0
 
     def _start(self, spec, midstream: bool) -> None:
         # Roles: the SYN decides; without it the spec may tell from content
@@ -322,12 +354,12 @@ class Connection:
         self.name = name
         self.mode = MODE_DISSECT
         self.table.dissected += 1
-        # Charged now, enforced at the next new connection or stream (not
-        # here: this runs inside a stream's delivery).
+        # Charged now, enforced when the packet is done (FlowTable.packet;
+        # not here: this runs inside a stream's delivery).
         self.cost += DISSECTOR_COST
         self.table.memory += DISSECTOR_COST
-        replay, self.replay, self.heads = self.replay, [], [b"", b""]
-        self.replay_cost = 0
+        replay = self.replay
+        self._detected()
         for direction, kind, value, ts, frame, ahead in replay:
             self._deliver(direction, kind, value, ts, frame, ahead)
             if self.mode != MODE_DISSECT:
@@ -429,10 +461,14 @@ class FlowTable:
                         if dissector.wants_acks:
                             dissector.acked(d, seq_diff(ack, other.next_seq) if flags & ACK else None)
                         events = dissector.feed(payload, d, ts, frame)
+                        if dissector.buffered != conn.held:
+                            self.recharge(conn, ts)
                         if events or dissector.anomalies or dissector.expectations:
                             self.drain(conn, events)
                     else:
                         stream.segment(seq, payload, seglen, False, ts, frame, ack if flags & ACK else None)
+                        if self.memory > self.max_memory:
+                            self.make_room(ts, keep=conn)
                 return
         if entry is None:
             if flags & RST and not seglen:
@@ -500,6 +536,25 @@ class FlowTable:
             self._finalise(conn, ts, frame, "closed")
         elif conn.reset_at is not None and streams[1 - conn.reset_at[1]].ended:
             self._finalise(conn, ts, frame, "reset")   # the peer of the reset side is done too
+        # Buffers grown during the delivery (charged there) are enforced
+        # here, outside any stream's callback.
+        if self.memory > self.max_memory:
+            self.make_room(ts, keep=conn)
+
+    def charge(self, conn: Connection, held: int) -> None:
+        """`conn`'s buffers now hold `held` bytes: its charge follows (enforced by the caller)."""
+        delta = held - conn.held
+        conn.held = held
+        conn.cost += delta
+        self.memory += delta
+
+    def recharge(self, conn: Connection, ts: float) -> None:
+        """After a dissector call outside any stream callback (the hot paths,
+        here and in analyzer/_fast/loop.pyx): charge its buffers, and past
+        the budget finalise the least recently active connections."""
+        self.charge(conn, conn.dissector.buffered)
+        if self.memory > self.max_memory:
+            self.make_room(ts, keep=conn)
 
     def _reset(self, conn: Connection, d: int, seq: int, ts: float, frame: int) -> None:
         stream = conn.streams[d]
@@ -546,9 +601,10 @@ class FlowTable:
             self._remember(signature)
         order = self.order
         heapq.heappush(order, (ts, conn.serial, conn))
-        if len(order) > 2 * self.live + 1024:
-            # Finalised connections still in the heap; dropping them costs
-            # O(heap) once per as many finalisations: amortised O(1).
+        if len(order) > self.live + self.live // 2 + 1024:
+            # Finalised connections still in the heap (each keeps its closed
+            # record alive, uncharged); dropping them costs O(heap) once per
+            # half as many finalisations: amortised O(1).
             order[:] = [e for e in order if e[2].mode != MODE_CLOSED]
             heapq.heapify(order)
         table = self.table
@@ -705,13 +761,12 @@ class FlowTable:
             self.on_connection(conn.row())
         conn.mode = MODE_CLOSED
         conn.closed_at = ts
-        conn.replay = []
-        conn.heads = _NO_HEADS
+        conn.replay, conn.heads, conn.rejected = _NO_REPLAY, _NO_HEADS, None
         conn.dissector = None   # free parser state; the row is already out
-        conn.streams = None
+        conn.streams = conn.ends = conn.tunnel = None
         self.live -= 1
         self.memory -= conn.cost
-        conn.cost = 0
+        conn.cost = conn.held = 0
         if state in ("closed", "reset"):   # the others are forgotten at once
             self.lingering.append(conn)
 

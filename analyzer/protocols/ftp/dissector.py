@@ -319,6 +319,17 @@ class FtpDissector(Dissector):
     # --- contract -----------------------------------------------------------
 
     def feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
+        events = self._feed(data, direction, ts, frame)
+        self._count_buffered()
+        return events
+
+    def _count_buffered(self) -> None:
+        """`buffered` (base.py): the partial lines and an open reply's first line."""
+        reply = self._reply
+        self.buffered = len(self._lines[0].buf) + len(self._lines[1].buf) + \
+            (len(reply.text) if reply is not None else 0)
+
+    def _feed(self, data: bytes, direction: int, ts: float, frame: int) -> list[Event]:
         if self._tls or self._closed or not data:
             return []
         if (self._auth_sent and direction == self._client_direction()
@@ -349,6 +360,7 @@ class FtpDissector(Dissector):
         if self._reply is not None and direction == self.server_direction:
             self._reply.gap = True
         self._note("ftp_gap", ts, frame, f"{nbytes} bytes missing from direction {direction}")
+        self._count_buffered()
         return []
 
     def end(self, direction: int, ts: float, frame: int, rst: bool) -> list[Event]:
@@ -357,6 +369,7 @@ class FtpDissector(Dissector):
         events: list[Event] = []
         self._frame = None      # a line cut by the end did not end
         self._flush_partial(direction, events)
+        self._count_buffered()
         return events
 
     def close(self, ts: float) -> list[Event]:

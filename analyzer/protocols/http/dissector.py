@@ -200,6 +200,7 @@ class _Side:
 
 
 class HttpDissector(Dissector):
+    __slots__ = ("sides", "pairing", "upgraded", "tunnel", "midstream", "_events", "_frame", "_ack", "_ack_dir")
     protocol = "http"
 
     def __init__(self, server_direction: int | None = None, midstream: bool = False) -> None:
@@ -232,6 +233,7 @@ class HttpDissector(Dissector):
         side.end += side.mark - side.remaining + len(data)
         self._consume(direction, data, ts, frame)
         side.mark = side.remaining
+        self._count_buffered()
         return self._events
 
     def acked(self, direction: int, ahead: int | None) -> None:
@@ -246,6 +248,15 @@ class HttpDissector(Dissector):
             other = self.sides[1 - direction]
             self._ack = other.end + other.mark - other.remaining + ahead
 
+    def _count_buffered(self) -> None:
+        """`buffered` (base.py): partial heads, held upgrade bytes, 4xx/5xx body prefixes."""
+        n = 0
+        for side in self.sides:
+            n += len(side.buf) + side.held_bytes
+            if side.sniff is not None:
+                n += len(side.sniff[1])
+        self.buffered = n
+
     def gap(self, nbytes: int, direction: int, ts: float, frame: int) -> list[Event]:
         if self.upgraded is not None:
             return self._forward(self.upgraded.gap(nbytes, direction, ts, frame))
@@ -255,6 +266,7 @@ class HttpDissector(Dissector):
         self.wants_acks = True
         self._gap(direction, nbytes, ts, frame)
         side.mark = side.remaining
+        self._count_buffered()
         return self._events
 
     def _gap(self, direction: int, nbytes: int, ts: float, frame: int) -> None:
@@ -309,6 +321,7 @@ class HttpDissector(Dissector):
         side = self.sides[direction]
         if side.state == BODY_CLOSE:
             self._message_done(direction)
+        self._count_buffered()
         return self._events
 
     def close(self, ts: float) -> list[Event]:
@@ -321,6 +334,7 @@ class HttpDissector(Dissector):
                 self._salvage_head(d, "http_incomplete_head_at_end")
             self._flush_sniff(d)
         self.pairing.close()
+        self._count_buffered()
         return self._events
 
     def outcome(self) -> dict:

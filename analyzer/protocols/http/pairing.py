@@ -53,7 +53,6 @@
 # http_pairing_uncertain (also the response's flag).
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable
 
 from analyzer.events import Event
@@ -121,7 +120,10 @@ class HttpPairing:
 
     def __init__(self, note: Note) -> None:
         self.note = note
-        self.pending: deque[Request] = deque()
+        # A list, not a deque: most connections wait for one request at a
+        # time, and an empty deque costs ~630 bytes (a list 56), per
+        # connection held in the table (issue 17).
+        self.pending: list[Request] = []
         self.requests = 0
         self.responses = 0
         self.unanswered = 0
@@ -131,7 +133,9 @@ class HttpPairing:
         self.waited = False       # ... and sending one after all earlier ones were answered
         self.zone = False         # server bytes lost since the last response pinned the queue
         self.lost_responses = 0   # responses certainly lost in them (each lost a message start)
-        self.lost_ranges: list[tuple[int, int]] = []   # client (start, end) offsets that may hold requests
+        # Client (start, end) offsets that may hold requests; a shared empty
+        # tuple until a loss (a list per connection costs 56 bytes, issue 17).
+        self.lost_ranges: list[tuple[int, int]] | tuple = ()
         self.uncertain = False    # the last answer_after_gap() left several candidates
         self.unsettled = False    # one did: a request it took may still wait, so every later pair is unsure
 
@@ -146,7 +150,7 @@ class HttpPairing:
                 self.waited = True
         if len(self.pending) >= MAX_PENDING_REQUESTS:
             self.note("http_too_many_pending_requests", req.ts, req.frame, "")
-            self.pending.popleft()
+            self.pending.pop(0)
             self.unanswered += 1
         self.pending.append(req)
 
@@ -162,7 +166,7 @@ class HttpPairing:
     def client_loss(self, start: int, end: int) -> None:
         """Client bytes `start`..`end` were lost and may have held requests."""
         self.lossy = True
-        ranges = self.lost_ranges
+        ranges = self.lost_ranges = list(self.lost_ranges)
         if len(ranges) >= MAX_LOST_RANGES:
             del ranges[0]
         ranges.append((start, end))
@@ -180,7 +184,7 @@ class HttpPairing:
         """A response we will never see took the oldest request (`name`: the
         anomaly that says why)."""
         if self.pending:
-            self.pending.popleft()
+            self.pending.pop(0)
             self.unanswered += 1
             self.note(name, ts, frame, detail)
 
@@ -191,7 +195,7 @@ class HttpPairing:
         pending = self.pending
         req = pending[0] if pending and not unpaired else None
         if req is not None and not interim(code):
-            pending.popleft()
+            pending.pop(0)
         if req is None:
             self.note("http_response_without_request", ts, frame, str(code))
         return req
@@ -210,7 +214,7 @@ class HttpPairing:
             # response_lost()), unsure while a loss is unresolved.
             uncertain = self.zone or bool(self.lost_ranges)
             for _ in range(min(lost, len(pending))):
-                pending.popleft()
+                pending.pop(0)
                 self.unanswered += 1
                 self.note("http_response_lost", ts, frame, "")
             req = self.answer(code, ts, frame)
@@ -258,7 +262,7 @@ class HttpPairing:
                 first.start is not None and any(lo_ < first.start for lo_, _ in self.lost_ranges):
             uncertain = True      # a request lost before it (pipelined) may still be waiting
         for _ in range(skip):
-            pending.popleft()
+            pending.pop(0)
             self.unanswered += 1
             self.note("http_response_lost", ts, frame, "")
         req = self.answer(code, ts, frame)

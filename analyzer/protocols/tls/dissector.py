@@ -75,6 +75,7 @@ class TlsDissector(Dissector):
         head = self.heads[direction]
         if len(head) < MAX_HELLO_BYTES:
             head = self.heads[direction] = head + data[: MAX_HELLO_BYTES - len(head)]
+            self.buffered = len(self.heads[0]) + len(self.heads[1])   # base.py: charged by the table
             if len(head) >= 6 and head[0] == HANDSHAKE:
                 if head[5] == CLIENT_HELLO:
                     if self.server_direction is None:
