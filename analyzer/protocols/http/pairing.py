@@ -213,10 +213,7 @@ class HttpPairing:
             # this one answers the next (FIFO, as answer() after
             # response_lost()), unsure while a loss is unresolved.
             uncertain = self.zone or bool(self.lost_ranges)
-            for _ in range(min(lost, len(pending))):
-                pending.pop(0)
-                self.unanswered += 1
-                self.note("http_response_lost", ts, frame, "")
+            self._answered_by_lost(min(lost, len(pending)), ts, frame)
             req = self.answer(code, ts, frame)
             if not uncertain:
                 self.zone = False
@@ -261,10 +258,7 @@ class HttpPairing:
         if not uncertain and not one_at_a_time and not first.lost and \
                 first.start is not None and any(lo_ < first.start for lo_, _ in self.lost_ranges):
             uncertain = True      # a request lost before it (pipelined) may still be waiting
-        for _ in range(skip):
-            pending.pop(0)
-            self.unanswered += 1
-            self.note("http_response_lost", ts, frame, "")
+        self._answered_by_lost(skip, ts, frame)
         req = self.answer(code, ts, frame)
         if not uncertain:
             self.zone = False
@@ -272,6 +266,13 @@ class HttpPairing:
                 # Requests lost before this one are answered (or lost) by now.
                 self.lost_ranges = [r for r in self.lost_ranges if r[0] >= req.start]
         return self._settle(req, uncertain, ts, frame, code)
+
+    def _answered_by_lost(self, n: int, ts: float, frame: int) -> None:
+        """The `n` oldest requests were answered by responses lost in a gap."""
+        for _ in range(n):
+            self.pending.pop(0)
+            self.unanswered += 1
+            self.note("http_response_lost", ts, frame, "")
 
     def _settle(self, req: Request | None, uncertain: bool, ts: float, frame: int, code: int) -> Request | None:
         # Once a pair was unsure, the queue may be one off (a request it took
