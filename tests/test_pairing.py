@@ -126,12 +126,18 @@ def _queued(http: HttpPairing, *requests: tuple[str, int, int | None]) -> None:
         http.request(Request("GET", uri, "h", 0.0, 0, start=start, ack=ack))
 
 
+def _one_at_a_time(http: HttpPairing, *starts: int) -> None:
+    """Requests /0, /1, ... at client offsets `starts`, each answered before the
+    next is sent: the client is seen asking one at a time."""
+    for n, start in enumerate(starts):
+        _queued(http, (f"/{n}", start, None))
+        http.answer(200, float(n), n)
+
+
 def test_a_response_cannot_answer_a_request_the_server_had_not_received():
     notes = []
     http = HttpPairing(lambda *a: notes.append(a[0]))
-    for uri, start in (("/0", 0), ("/1", 50)):  # seen asking only once answered
-        _queued(http, (uri, start, None))
-        http.answer(200, 0.0, 0)
+    _one_at_a_time(http, 0, 50)
     http.client_loss(100, 160)                 # a client gap the server's ACKs went beyond
     _queued(http, ("/4", 160, 900))
     # Acknowledges client bytes up to 160 only: /4 (from 160) was not there yet.
@@ -156,9 +162,7 @@ def test_nor_one_the_client_sent_after_it_had_the_response():
 def test_one_request_at_a_time_lost_responses_took_the_older_requests():
     notes = []
     http = HttpPairing(lambda *a: notes.append(a[0]))
-    for uri, start in (("/0", 0), ("/1", 20)):  # seen asking only once answered
-        _queued(http, (uri, start, None))
-        http.answer(200, 1.0, 1)
+    _one_at_a_time(http, 0, 20)
     assert http.waited and not http.pipelining
     http.server_loss()                         # answers of /2 and /3 lost
     _queued(http, ("/2", 40, 100), ("/3", 80, 200), ("/4", 120, 300))

@@ -264,6 +264,43 @@ def test_tcp_fast_open_from_real_curl(tmp_path):
     assert [(e["code"], e["request"]) for e in events] == [("200", "GET /index.php")] * 3
 
 
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], check=check, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def veth_namespace(ns: str, host_if: str, ns_if: str, net: str):
+    """A network namespace `ns` joined to this one by a veth pair: `host_if`
+    here at `net`.1/24, `ns_if` in it at `net`.2/24 (both up, its lo too);
+    removed on the way out."""
+    _ip("netns", "del", ns, check=False)
+    _ip("netns", "add", ns)
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", ns)
+        _ip("addr", "add", f"{net}.1/24", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", ns, "addr", "add", f"{net}.2/24", "dev", ns_if)
+        _ip("-n", ns, "link", "set", ns_if, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        yield
+    finally:
+        _ip("link", "del", host_if, check=False)
+        _ip("netns", "del", ns, check=False)
+
+
+def _connect(address: tuple[str, int], within: float = 10.0, timeout: float = 5.0) -> socket.socket:
+    """A connection to a server that is still starting: retried until `within` seconds pass."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return socket.create_connection(address, timeout=timeout)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 NS = "anatest16"
 
 
@@ -275,19 +312,7 @@ def test_response_after_a_real_reset_across_a_slow_link(tmp_path):
     # reaches the client's side after the RST left it.
     from samples.capture import tcpdump
 
-    def ip(*args, check=True):
-        return subprocess.run(["ip", *args], check=check, capture_output=True, timeout=30)
-
-    ip("netns", "del", NS, check=False)
-    ip("netns", "add", NS)
-    try:
-        ip("link", "add", "veth16a", "type", "veth", "peer", "name", "veth16b")
-        ip("link", "set", "veth16b", "netns", NS)
-        ip("addr", "add", "10.216.0.1/24", "dev", "veth16a")
-        ip("link", "set", "veth16a", "up")
-        ip("-n", NS, "addr", "add", "10.216.0.2/24", "dev", "veth16b")
-        ip("-n", NS, "link", "set", "veth16b", "up")
-        ip("-n", NS, "link", "set", "lo", "up")
+    with veth_namespace(NS, "veth16a", "veth16b", "10.216.0"):
         # A slow link out of the server (token bucket, 64 kbit/s; netem is not
         # in every kernel): 12 KB of other traffic queued just before the
         # response hold it back about 1.3 s.
@@ -304,17 +329,9 @@ def test_response_after_a_real_reset_across_a_slow_link(tmp_path):
                   f"c.sendall({RESP!r}); c.close()\n")
         server = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", script])
         try:
-            deadline = time.monotonic() + 10
             capture = tmp_path / "rst.pcap"
             with tcpdump(capture, "tcp port 19902", interface="veth16a"):
-                while True:
-                    try:
-                        client = socket.create_connection(("10.216.0.2", 19902), timeout=5)
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.1)
+                client = _connect(("10.216.0.2", 19902))
                 client.sendall(REQ)
                 time.sleep(0.3)    # the request has arrived; the answer is queued behind 12 KB
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -325,9 +342,6 @@ def test_response_after_a_real_reset_across_a_slow_link(tmp_path):
             if server.poll() is None:
                 server.kill()
                 server.wait()
-    finally:
-        ip("link", "del", "veth16a", check=False)
-        ip("netns", "del", NS, check=False)
     order = []
     for _, data in _records(capture):
         flags, payload = data[47], len(data) - 14 - 20 - (data[46] >> 4) * 4
@@ -800,41 +814,18 @@ def keep_alive_capture(tmp_path_factory) -> Path:
         pytest.skip("needs root, iproute2, tcpdump and curl")
     from samples.capture import tcpdump
 
-    def ip(*args, check=True):
-        return subprocess.run(["ip", *args], check=check, capture_output=True, timeout=30)
-
     capture = tmp_path_factory.mktemp("keepalive") / "curl_keepalive.pcap"
-    ip("netns", "del", NS_ACK, check=False)
-    ip("netns", "add", NS_ACK)
-    server = None
-    try:
-        ip("link", "add", "veth16c", "type", "veth", "peer", "name", "veth16d")
-        ip("link", "set", "veth16d", "netns", NS_ACK)
-        ip("addr", "add", "10.217.0.1/24", "dev", "veth16c")
-        ip("link", "set", "veth16c", "up")
-        ip("-n", NS_ACK, "addr", "add", "10.217.0.2/24", "dev", "veth16d")
-        ip("-n", NS_ACK, "link", "set", "veth16d", "up")
-        ip("-n", NS_ACK, "link", "set", "lo", "up")
+    with veth_namespace(NS_ACK, "veth16c", "veth16d", "10.217.0"):
         server = subprocess.Popen(["ip", "netns", "exec", NS_ACK, sys.executable, "-c", _ACK_SERVER])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("10.217.0.2", ACK_PORT), timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        urls = [f"http://10.217.0.2:{ACK_PORT}/{n}" for n in range(1, ACK_URLS + 1)]
-        with tcpdump(capture, f"tcp port {ACK_PORT}", interface="veth16c"):
-            subprocess.run(["curl", "-s", "--keepalive-time", "30", *(a for u in urls for a in ("-o", "/dev/null", u))],
-                           check=True, timeout=60)
-    finally:
-        if server is not None:
+        try:
+            _connect(("10.217.0.2", ACK_PORT), timeout=2).close()
+            urls = [f"http://10.217.0.2:{ACK_PORT}/{n}" for n in range(1, ACK_URLS + 1)]
+            with tcpdump(capture, f"tcp port {ACK_PORT}", interface="veth16c"):
+                subprocess.run(["curl", "-s", "--keepalive-time", "30",
+                                *(a for u in urls for a in ("-o", "/dev/null", u))], check=True, timeout=60)
+        finally:
             server.kill()
             server.wait()
-        ip("link", "del", "veth16c", check=False)
-        ip("netns", "del", NS_ACK, check=False)
     return capture
 
 

@@ -164,6 +164,10 @@ class _Table:
                     self.limit is not None and self._rows > 2 * self.limit):
                 self.compact()
 
+    def add_grouped(self, columns: dict, **strings: np.ndarray) -> None:
+        """add() the rows of `columns` grouped by this table's keys (see _grouped)."""
+        self.add(_grouped(columns, self.keys, self.ops, **strings))
+
     def compact(self) -> None:
         if not self._parts:
             return
@@ -191,10 +195,6 @@ class _Table:
         if not self._parts:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in self.keys + list(self.ops)})
         return self._parts[0]
-
-
-# The grouping of host names per (host, role) (used with _grouped only).
-_HOST_NAME_COUNTS = _Table(["ip", "role", "name"], {"count": "sum"})
 
 
 class _Extremes:
@@ -404,8 +404,8 @@ def _coded(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 _REDUCE = {"sum": np.add, "min": np.fmin, "max": np.fmax}  # fmin/fmax skip NaN, as pandas does
 
 
-def _grouped(columns: dict, table: _Table, **strings: np.ndarray) -> pd.DataFrame:
-    """`columns` (arrays) grouped by `table`'s keys and reduced by its ops.
+def _grouped(columns: dict, keys: list[str], ops: dict[str, str], **strings: np.ndarray) -> pd.DataFrame:
+    """`columns` (arrays) grouped by `keys` and reduced by `ops`.
 
     The string key columns named in `strings` hold integer codes into the
     array given for them, decoded on the (small) result.  Groups come in
@@ -413,14 +413,14 @@ def _grouped(columns: dict, table: _Table, **strings: np.ndarray) -> pd.DataFram
     groupby(sort=False, dropna=False) gives; numpy reduceat does the work
     (pandas' groupby machinery cost ~15 ms per call on a batch).
     """
-    n = len(columns[table.keys[0]])
-    gid = _group_ids(*(columns[key] for key in table.keys))
+    n = len(columns[keys[0]])
+    gid = _group_ids(*(columns[key] for key in keys))
     order = np.argsort(gid, kind="stable")
     ordered = gid[order]
     starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if n else np.zeros(0, np.int64)
     first = order[starts]
-    out = {key: np.asarray(columns[key])[first] for key in table.keys}
-    for name, op in table.ops.items():
+    out = {key: np.asarray(columns[key])[first] for key in keys}
+    for name, op in ops.items():
         values = np.asarray(columns[name])
         if values.dtype == bool:
             values = values.astype(np.int64)
@@ -532,7 +532,7 @@ class StatsAccumulator:
             "count": np.ones(2 * n, dtype=np.int64), "first": both(epoch), "last": both(epoch),
             "flagged": both(flags != ""), "norequest": both(request == ""),
         }
-        self._codes.add(_grouped(long, self._codes, ip=ips, role=np.array(ROLES, dtype=object), protocol=p_names))
+        self._codes.add_grouped(long, ip=ips, role=np.array(ROLES, dtype=object), protocol=p_names)
 
         ok = ~np.isnan(epoch)
         if ok.any():
@@ -544,7 +544,7 @@ class StatsAccumulator:
             ts = {"server_ip": s_code[ok], "protocol": p_code[ok], "code": code[ok],
                   "bucket": np.floor(epoch[ok] / self._step) * self._step,
                   "count": np.ones(int(ok.sum()), dtype=np.int64)}
-            self._ts.add(_grouped(ts, self._ts, server_ip=s_names, protocol=p_names))
+            self._ts.add_grouped(ts, server_ip=s_names, protocol=p_names)
 
         substatus = _strings(_col(df, "substatus", ""))
         has_sub = substatus != ""
@@ -592,18 +592,18 @@ class StatsAccumulator:
         (s_code, s_names), (p_code, p_names), (h_code, h_names) = server, proto, hostname
         ends = {"server_ip": s_code, "server_port": port, "protocol": p_code,
                 "events": np.ones(len(s_code), dtype=np.int64), "errors": error.astype(np.int64)}
-        self._endpoints.add(_grouped(ends, self._endpoints, server_ip=s_names, protocol=p_names))
+        self._endpoints.add_grouped(ends, server_ip=s_names, protocol=p_names)
         named = http & (h_names[h_code] != "")
         if named.any():
             names = {"server_ip": s_code[named], "server_port": port[named], "host": h_code[named],
                      "count": np.ones(int(named.sum()), dtype=np.int64)}
-            self._endpoint_names.add(_grouped(names, self._endpoint_names, server_ip=s_names, host=h_names))
+            self._endpoint_names.add_grouped(names, server_ip=s_names, host=h_names)
         timed = error & ~np.isnan(epoch)
         if not error.any():
             return
         errs = {"server_ip": s_code[error], "server_port": port[error], "protocol": p_code[error],
                 "code": code[error], "count": np.ones(int(error.sum()), dtype=np.int64)}
-        self._endpoint_codes.add(_grouped(errs, self._endpoint_codes, server_ip=s_names, protocol=p_names))
+        self._endpoint_codes.add_grouped(errs, server_ip=s_names, protocol=p_names)
         if timed.any():
             frame = pd.to_numeric(_col(df, "frame", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
             capture = _strings(_col(df, "capture", ""))
@@ -626,11 +626,16 @@ class StatsAccumulator:
         words = {name: _strings(_col(df, name, "").iloc[rows]) for name in ("class", "name", "meaning")}
         standard = _bools(_col(df, "standard", False).iloc[rows])
         for i, row in enumerate(rows):
-            key = (p_names[p_code[row]], int(code[row]))
-            old = self._meanings.get(key)
-            if old is None or (not old[4] and plain[row]):
-                self._meanings[key] = (words["class"][i], words["name"][i], words["meaning"][i], bool(standard[i]),
-                                       bool(plain[row]))
+            self._keep_meaning((p_names[p_code[row]], int(code[row])),
+                               (words["class"][i], words["name"][i], words["meaning"][i], bool(standard[i]),
+                                bool(plain[row])))
+
+    def _keep_meaning(self, key: tuple[str, int], meaning: tuple) -> None:
+        """The first meaning seen for `key`, unless a later one is of an event
+        without a sub-status (meaning[4]) and the kept one is not."""
+        old = self._meanings.get(key)
+        if old is None or (not old[4] and meaning[4]):
+            self._meanings[key] = meaning
 
     def _note_host_names(self, server, client, names) -> None:
         """Host names per (host, role); each argument is (codes, names) of _coded()."""
@@ -638,16 +643,20 @@ class StatsAccumulator:
         n = len(h_code)
         counts = _grouped({"ip": np.concatenate([s_code, c_code + len(s_names)]), "role": np.repeat(np.arange(2), n),
                            "name": np.concatenate([h_code, h_code]), "count": np.ones(2 * n, dtype=np.int64)},
-                          _HOST_NAME_COUNTS, ip=np.concatenate([s_names, c_names]),
+                          ["ip", "role", "name"], {"count": "sum"}, ip=np.concatenate([s_names, c_names]),
                           role=np.array(ROLES, dtype=object), name=h_names)
         for ip, role, name, k in zip(counts["ip"], counts["role"], counts["name"], counts["count"]):
-            seen = self._names.setdefault((ip, role), {})
-            if name in seen:
-                seen[name] += int(k)
-            elif len(seen) < self.max_host_names:
-                seen[name] = int(k)
-            else:
-                self.host_names_dropped += 1
+            self._count_name((ip, role), name, int(k))
+
+    def _count_name(self, key: tuple[str, str], name: str, n: int) -> None:
+        """`n` more requests naming `name` for (host, role); past MAX_HOST_NAMES new names are dropped, counted."""
+        seen = self._names.setdefault(key, {})
+        if name in seen:
+            seen[name] += n
+        elif len(seen) < self.max_host_names:
+            seen[name] = n
+        else:
+            self.host_names_dropped += 1
 
     # -- shares ---------------------------------------------------------------
 
@@ -687,18 +696,10 @@ class StatsAccumulator:
         self._last_errors.add(other._last_errors.frame())
         self._latency.merge(other._latency)
         for key, meaning in other._meanings.items():
-            old = self._meanings.get(key)
-            if old is None or (not old[4] and meaning[4]):
-                self._meanings[key] = meaning
+            self._keep_meaning(key, meaning)
         for key, names in other._names.items():
-            seen = self._names.setdefault(key, {})
             for name, n in names.items():
-                if name in seen:
-                    seen[name] += n
-                elif len(seen) < self.max_host_names:
-                    seen[name] = n
-                else:
-                    self.host_names_dropped += 1
+                self._count_name(key, name, n)
 
     def _rebucket(self, step: int) -> None:
         if step <= self._step:
