@@ -206,6 +206,122 @@ def test_same_outputs_on_random_captures(capture, tmp_path_factory):
     same_outputs(path, workdir)
 
 
+def _pcapng_from(pcap: bytes, draw) -> bytes:
+    """The records of a classic pcap as pcapng, with the block mix and
+    damage drawn: byte order, time resolution and offset, Enhanced, Simple
+    and obsolete Packet Blocks, blocks to skip, secrets, a second section,
+    a cut or a broken length."""
+    link = struct.unpack_from("<I", pcap, 20)[0]
+    records, pos = [], 24
+    while pos + 16 <= len(pcap):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", pcap, pos)
+        records.append((sec * 1_000_000 + usec, pcap[pos + 16:pos + 16 + incl], orig))
+        pos += 16 + incl
+    order = draw(st.sampled_from("<>"))
+
+    def block(btype, body):
+        body += bytes(-len(body) % 4)
+        return struct.pack(order + "II", btype, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+    def section():
+        return block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+    def interface(resol, offset):
+        options = b""
+        if resol is not None:
+            options += struct.pack(order + "HH", 9, 1) + bytes([resol]) + bytes(3)
+        if offset:
+            options += struct.pack(order + "HHq", 14, 8, offset)
+        return block(1, struct.pack(order + "HHI", link, 0, 0) + options + struct.pack(order + "HH", 0, 0))
+
+    resol = draw(st.sampled_from([None, None, 6, 9, 0x80 | 20]))
+    units = 1_000_000 if resol in (None, 6) else (10 ** 9 if resol == 9 else 1 << 20)
+    offset = draw(st.sampled_from([0, 0, 0, 3600]))
+    out = [section(), interface(resol, offset)]
+    for i, (micros, data, orig) in enumerate(records):
+        ticks = micros * units // 1_000_000 - offset * units
+        kind = draw(st.sampled_from(["epb"] * 6 + ["spb", "pb", "skip", "secrets", "section"]))
+        if kind == "skip":   # a name resolution block, then the packet
+            out.append(block(4, struct.pack(order + "HH", 0, 0)))
+        elif kind == "secrets":
+            out.append(block(0x0A, struct.pack(order + "II", 0x544C534B, 5) + b"CLIENT"[:5]))
+        elif kind == "section":   # a new section forgets the interfaces
+            out += [section(), interface(resol, offset)]
+        if kind == "spb":
+            out.append(block(3, struct.pack(order + "I", orig) + data))
+        elif kind == "pb":
+            out.append(block(2, struct.pack(order + "HHIIII", 0, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), orig)
+                             + data))
+        else:
+            out.append(block(6, struct.pack(order + "IIIII", 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), orig)
+                             + data))
+    raw = bytearray(b"".join(out))
+    damage = draw(st.sampled_from([None, None, "cut", "length", "interface"]))
+    if damage == "cut":
+        del raw[draw(st.integers(28, len(raw) - 1)):]
+    elif damage == "length" and len(out) > 2:   # a block's leading or trailing length
+        i = draw(st.integers(2, len(out) - 1))
+        at = sum(map(len, out[:i])) + draw(st.sampled_from([4, len(out[i]) - 4]))
+        raw[at:at + 4] = struct.pack(order + "I", draw(st.sampled_from([13, 8, 1 << 30, 36, 28])))
+    elif damage == "interface" and len(out) > 2:
+        raw += block(6, struct.pack(order + "IIIII", 7, 0, 0, 0, 0))
+    return bytes(raw)
+
+
+def _ng_block(btype: int, body: bytes, order: str = "<", length: int | None = None, trailing: int | None = None):
+    body += bytes(-len(body) % 4)
+    size = len(body) + 12
+    return struct.pack(order + "II", btype, size if length is None else length) + body + \
+        struct.pack(order + "I", size if trailing is None else trailing)
+
+
+_NG_SHB = _ng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+_NG_IDB = _ng_block(1, struct.pack("<HHI", 1, 0, 0))
+_NG_EPB = _ng_block(6, struct.pack("<IIIII", 0, 0, 1, 4, 4) + b"abcd")
+# Each damage pcapng.py names, after one good packet: both walks must stop
+# at the same block with the same message.
+PCAPNG_DAMAGE = {
+    "length below 12": struct.pack("<II", 6, 8) + bytes(8),
+    "length not a multiple of 4": struct.pack("<II", 6, 13) + bytes(20),
+    "trailing copy differs": _ng_block(6, struct.pack("<IIIII", 0, 0, 1, 4, 4) + b"abcd", trailing=44),
+    "block too large": struct.pack("<II", 6, 1 << 30) + bytes(64),
+    "short enhanced packet": _ng_block(6, bytes(16)),
+    "packet longer than its block": _ng_block(6, struct.pack("<IIIII", 0, 0, 1, 40, 40) + b"abcd"),
+    "unknown interface": _ng_block(6, struct.pack("<IIIII", 3, 0, 1, 4, 4) + b"abcd"),
+    "short packet block": _ng_block(2, bytes(16)),
+    "short interface block": _ng_block(1, b""),
+    "short simple packet": _ng_block(3, b""),
+    "short secrets": _ng_block(0x0A, b""),
+    "secrets longer than the block": _ng_block(0x0A, struct.pack("<II", 1, 99) + b"x"),
+    "bad byte-order magic": _ng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x11223344, 1, 0, -1)),
+    "unsupported version": _ng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 2, 0, -1)),
+    "short section header": _ng_block(0x0A0D0D0A, struct.pack("<I", 0x1A2B3C4D)),
+    "simple packet before any interface": _NG_SHB + _ng_block(3, struct.pack("<I", 4) + b"abcd"),
+    "cut in a block": _NG_EPB[:30],
+}
+
+
+@compiled
+@pytest.mark.parametrize("damage", PCAPNG_DAMAGE, ids=str)
+def test_same_damage_report_on_pcapng(damage, tmp_path):
+    path = tmp_path / "damaged.pcapng"
+    path.write_bytes(_NG_SHB + _NG_IDB + _NG_EPB + PCAPNG_DAMAGE[damage])
+    python = outputs(path, tmp_path, "python")
+    assert len(python["errors"]) == 1 and python["coverage"]["packets_read"] == 1
+    same_outputs(path, tmp_path)
+
+
+@compiled
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(capture=conversations(), data=st.data())
+def test_same_outputs_on_random_pcapng_captures(capture, data, tmp_path_factory):
+    # The compiled block walk (Loop.walk_pcapng) against capture/pcapng.py's records().
+    workdir = tmp_path_factory.mktemp("random")
+    path = workdir / "random.pcapng"
+    path.write_bytes(_pcapng_from(capture, data.draw))
+    same_outputs(path, workdir)
+
+
 @compiled
 @settings(max_examples=120, deadline=None)
 @given(capture=conversations(), data=st.data())

@@ -3,8 +3,9 @@
 # Session.read_file (the pure-Python reference), done without a Python call
 # for the packets that need none.
 #
-# Per packet, in C: the pcap record walk over the chunk buffer (pcapng
-# records still come from capture/pcapng.py's generator), and link/IP/TCP
+# Per packet, in C: the pcap record walk and the pcapng block walk over the
+# chunk buffer (the other pcapng blocks, and packets whose timestamps need
+# Python integers, as capture/pcapng.py handles them), and link/IP/TCP
 # decode for the common cases -- Ethernet with any VLAN tags, Linux SLL and
 # SLL2, raw IP, BSD null/loop, IPv4 with or without options, IPv6 without
 # extension headers.  Anything else (fragments, tunnels, extension headers,
@@ -45,6 +46,7 @@ from libc.string cimport memcmp, memcpy
 
 from analyzer.capture import open_capture
 from analyzer.capture.pcap import KEEP_RECORD_BYTES, MAX_RECORD_BYTES, _packets, read_past, refill
+from analyzer.capture import pcapng as _pcapng
 from analyzer.errors import AnalyzerError, CaptureError
 from analyzer.protocols.http.dissector import BODY_LENGTH as _BODY_LENGTH, HttpDissector
 try:  # the same class compiled (a twin, see setup.py): the lanes take both
@@ -57,6 +59,13 @@ cdef int MODE_DISSECT = _MODE_DISSECT
 cdef int BODY_LENGTH = _BODY_LENGTH
 cdef Py_ssize_t MAX_RECORD = MAX_RECORD_BYTES
 cdef Py_ssize_t KEEP_RECORD = KEEP_RECORD_BYTES
+cdef Py_ssize_t MAX_BLOCK = _pcapng.MAX_BLOCK_BYTES
+cdef Py_ssize_t KEEP_BLOCK = _pcapng.KEEP_BLOCK_BYTES
+cdef uint32_t SHB = _pcapng.SHB, IDB = _pcapng.IDB, PB = _pcapng.PB, SPB = _pcapng.SPB, EPB = _pcapng.EPB
+cdef uint32_t DSB = _pcapng.DSB
+# Microsecond ticks below this are exact doubles: their quotient by 1e6 is
+# the correctly rounded one, as Python's int / int (see pcap below).
+cdef uint64_t EXACT_TICKS = 1ULL << 53
 cdef object NO_EVENTS = []   # never appended to, as the dissector's own _NO_EVENTS
 # As in Session.read_file: progress and first_epoch now and then, not per packet.
 cdef Py_ssize_t TICK = 20000
@@ -87,6 +96,14 @@ cdef inline uint32_t u32be(const uint8_t* p) noexcept nogil:
 
 cdef inline uint32_t u32le(const uint8_t* p) noexcept nogil:
     return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+cdef inline uint32_t u32o(const uint8_t* p, bint big) noexcept nogil:
+    return u32be(p) if big else u32le(p)
+
+
+cdef inline unsigned int u16o(const uint8_t* p, bint big) noexcept nogil:
+    return u16(p) if big else (p[1] << 8) | p[0]
 
 
 # -- decode: 1 = a segment, exactly what decode/packets.py returns; 0 = ask it --
@@ -529,6 +546,174 @@ cdef class Loop:
             buf = buf[pos:] + more if pos < end else more
             pos = 0
 
+    def walk_pcapng(self, reader, buf, fill):
+        """capture/pcapng.py's records(), the block walk in C; same damage messages.
+
+        Enhanced Packet Blocks of microsecond interfaces without a time
+        offset (what dumpcap writes) are handled without a Python object
+        but the timestamp; every other block the way records() does it,
+        with Python values (rare: one per section, interface, secret).
+        """
+        self.reader = reader
+        name = reader.name
+        interfaces, secrets = reader.interfaces, reader.decryption_secrets
+        cdef bint big = False
+        cdef Py_ssize_t pos = 0, end, need, nxt, n = 0
+        cdef uint32_t btype, blen, ifid, caplen, wirelen
+        cdef uint64_t ticks
+        cdef const uint8_t* p
+        cdef double ts
+        cdef int skipped, linktype
+        # The interface of the last packet, in C: (id, link type, exact microseconds).
+        cdef Py_ssize_t last_if = -1
+        cdef int last_link = 0
+        cdef bint last_micro = False
+        section = []   # (linktype, units, offset, snaplen) by interface id, as records()
+        if not isinstance(buf, bytes):
+            buf = bytes(buf)
+
+        def damaged(why):
+            return CaptureError(f"{name}: damaged pcapng block after {_packets(n)}: {why}", n)
+
+        while True:
+            end = PyBytes_GET_SIZE(buf)
+            p = <const uint8_t*>PyBytes_AS_STRING(buf)
+            need = 12
+            while pos + 12 <= end:
+                btype = u32o(p + pos, big)
+                blen = u32o(p + pos + 4, big)
+                if btype == SHB:
+                    order = _pcapng.byte_order(buf[pos + 8:pos + 12])
+                    if order is None:
+                        raise damaged("section header with a bad byte-order magic")
+                    big = order == ">"
+                    blen = u32o(p + pos + 4, big)
+                if blen < 12 or blen & 3:
+                    raise damaged(f"impossible block length {blen} (below 12 or not a multiple of 4)")
+                nxt = pos + blen
+                if nxt > end:
+                    if blen > MAX_BLOCK:
+                        raise damaged(f"block length {blen} is larger than {MAX_BLOCK}")
+                    if blen > KEEP_BLOCK:
+                        head, last, buf = read_past(name, fill, buf[pos:], blen, n, KEEP_BLOCK)
+                        pos, end = 0, PyBytes_GET_SIZE(buf)
+                        p = <const uint8_t*>PyBytes_AS_STRING(buf)
+                        if u32o(<const uint8_t*>PyBytes_AS_STRING(last), big) != blen:
+                            raise damaged(f"block length {blen} does not match its trailing copy")
+                        reader._cut()
+                        packet = _pcapng._long_block(btype, ">" if big else "<", head, blen, section, damaged)
+                        if packet is not None:
+                            self._record(packet)
+                            n += 1
+                        elif btype == SHB:
+                            section = []
+                            last_if = -1
+                        continue
+                    need = blen
+                    break
+                if u32o(p + nxt - 4, big) != blen:
+                    raise damaged(f"block length {blen} does not match its trailing copy")
+                if btype == EPB:
+                    if blen < 32:
+                        raise damaged(f"enhanced packet block of {blen} bytes")
+                    ifid = u32o(p + pos + 8, big)
+                    caplen = u32o(p + pos + 20, big)
+                    wirelen = u32o(p + pos + 24, big)
+                    if caplen > blen - 32:
+                        raise damaged(f"packet of {caplen} bytes in a block of {blen}")
+                    if ifid != last_if:
+                        if ifid >= len(section):
+                            raise damaged(f"packet on interface {ifid}, but only "
+                                          f"{len(section)} interfaces are described")
+                        link, units, offset, _snaplen = section[ifid]
+                        last_if, last_link, last_micro = ifid, link, units == 1_000_000 and offset == 0
+                    ticks = (<uint64_t>u32o(p + pos + 12, big) << 32) | u32o(p + pos + 16, big)
+                    if last_micro and ticks < EXACT_TICKS:
+                        ts = <double>ticks / 1000000.0
+                        ts_obj = PyFloat_FromDouble(ts)
+                    else:
+                        _link, units, offset, _snaplen = section[ifid]
+                        ts_obj = ticks / units + offset
+                        ts = ts_obj
+                    self.frame += 1
+                    self.last_ts = ts_obj
+                    self.clock(ts_obj, ts)
+                    skipped = self.packet(ts_obj, ts, last_link, p + pos + 28, caplen, wirelen, None)
+                    n += 1
+                    if not skipped:
+                        self.tick(ts_obj)
+                elif btype == PB:
+                    if blen < 32:
+                        raise damaged(f"packet block of {blen} bytes")
+                    ifid = u16o(p + pos + 8, big)
+                    caplen = u32o(p + pos + 20, big)
+                    wirelen = u32o(p + pos + 24, big)
+                    if caplen > blen - 32:
+                        raise damaged(f"packet of {caplen} bytes in a block of {blen}")
+                    if ifid >= len(section):
+                        raise damaged(f"packet on interface {ifid}, but only "
+                                      f"{len(section)} interfaces are described")
+                    link, units, offset, _snaplen = section[ifid]
+                    ticks = (<uint64_t>u32o(p + pos + 12, big) << 32) | u32o(p + pos + 16, big)
+                    self._record((ticks / units + offset, link, buf[pos + 28:pos + 28 + caplen], wirelen))
+                    n += 1
+                elif btype == IDB:
+                    if blen < 20:
+                        raise damaged(f"interface description block of {blen} bytes")
+                    link, units, offset, snaplen, resol = _pcapng._interface(">" if big else "<", buf, pos, nxt)
+                    section.append((link, units, offset, snaplen))
+                    interfaces.append((link, resol))
+                elif btype == SPB:
+                    if blen < 16:
+                        raise damaged(f"simple packet block of {blen} bytes")
+                    if not section:
+                        raise damaged("simple packet block before any interface description")
+                    wirelen = u32o(p + pos + 8, big)
+                    link, _units, _offset, snaplen = section[0]
+                    caplen = min(wirelen, blen - 16)
+                    if snaplen:
+                        caplen = min(caplen, snaplen)
+                    self._record((0.0, link, buf[pos + 12:pos + 12 + caplen], wirelen))
+                    n += 1
+                elif btype == SHB:
+                    if blen < 28:
+                        raise damaged(f"section header block of {blen} bytes")
+                    major = u16o(p + pos + 12, big)
+                    if major != 1:
+                        raise damaged(f"section header of unsupported version {major}")
+                    section = []
+                    last_if = -1
+                elif btype == DSB:
+                    if blen < 20:
+                        raise damaged(f"decryption secrets block of {blen} bytes")
+                    stype = u32o(p + pos + 8, big)
+                    slen = u32o(p + pos + 12, big)
+                    if slen > blen - 20:
+                        raise damaged(f"{slen} bytes of secrets in a block of {blen}")
+                    secrets.append((stype, buf[pos + 16:pos + 16 + slen]))
+                pos = nxt
+            reader._progress(n)
+            more = refill(name, fill, need - (end - pos), n)
+            if not more:
+                if pos == end:
+                    return
+                raise CaptureError(f"{name}: cut short in the middle of a block after {_packets(n)}", n)
+            if not isinstance(more, bytes):
+                more = bytes(more)
+            buf = buf[pos:] + more if pos < end else more
+            pos = 0
+
+    cdef int _record(self, tuple record) except -1:
+        """One packet as the reference's records() yields it, as walk_records does."""
+        ts_obj, linktype, data, wirelen = record
+        self.frame += 1
+        self.last_ts = ts_obj
+        self.clock(ts_obj, ts_obj)
+        if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
+                           PyBytes_GET_SIZE(data), wirelen, data):
+            self.tick(ts_obj)
+        return 0
+
     def walk_records(self, reader):
         """Any other format: records from the reader, decoded here."""
         self.reader = reader
@@ -560,9 +745,10 @@ def read_file(session, path, progress=None, done_before=0, total=0, partition=No
         with open_capture(path) as reader:
             opened = reader
             report.format, report.compression = reader.format, reader.compression
-            source = reader.pcap_source
-            if source is not None:
-                loop.walk_pcap(reader, *source)
+            if reader.pcap_source is not None:
+                loop.walk_pcap(reader, *reader.pcap_source)
+            elif reader.pcapng_source is not None:
+                loop.walk_pcapng(reader, *reader.pcapng_source)
             else:
                 loop.walk_records(reader)
     except AnalyzerError as exc:

@@ -130,6 +130,8 @@ class CaptureReader:
       pcap_source (header, bytes after the file header, fill) of a classic
                   pcap, for a record walk of its own (the compiled loop,
                   analyzer/_fast); None for pcapng
+      pcapng_source (bytes from the first section header on, fill) of a
+                  pcapng file, for the same; None for classic pcap
       records_cut  records longer than pcap.KEEP_RECORD_BYTES, yielded cut to
                   that length (and skipped pcapng blocks of that size)
     """
@@ -141,6 +143,7 @@ class CaptureReader:
         self.decryption_secrets: list[tuple[int, bytes]] = []
         self.packets_read = 0
         self.pcap_source = None
+        self.pcapng_source = None
         self.records_cut = 0
         self._gen = None
         if path == "-":
@@ -214,6 +217,7 @@ class CaptureReader:
                 raise InputError(f"{name}: not a capture (starts like pcapng, but "
                                  f"the byte-order magic is {buf[8:12].hex()})")
             self.format = "pcapng"
+            self.pcapng_source = (buf, fill)
             self._gen = pcapng.records(name, buf, fill, self._progress,
                                        self.interfaces, self.decryption_secrets, self._cut)
         else:
