@@ -35,11 +35,9 @@ TWINS = {
 # {name: function of the reference module giving the C one, or None when
 # none answers as the reference does (then the twin keeps its own)}.
 def _http_headers(reference):
-    from functools import partial
+    from analyzer._fast.http_head import headers, headers_utf8
 
-    from analyzer._fast.http_head import headers
-
-    for candidate in (headers, partial(headers, utf8=True)):
+    for candidate in (headers, headers_utf8):
         if all(candidate(head, start) == reference._headers(head, start) for head, start in _HEAD_PROBES):
             return candidate
     return None

@@ -4,6 +4,7 @@
 # module (analyzer._fast.http_dissector, see setup.py) can call them instead.
 #
 #   headers(head, start, utf8)  ==  dissector._headers(head, start)
+#   (headers_utf8(head, start) is headers(head, start, True))
 #   start_line(line)            ==  dissector._start_line(line)
 #   framing(is_response, method, code, headers)  ==  dissector.framing(...)
 #
@@ -39,6 +40,15 @@ cdef inline int _lower(int c) noexcept nogil:
 
 def headers(bytes head, Py_ssize_t start=0, bint utf8=False):
     """Wanted header fields of a head, from `start` on: see dissector._headers."""
+    return _scan(head, start, utf8)
+
+
+def headers_utf8(bytes head, Py_ssize_t start=0):
+    """headers(head, start, utf8=True), without a partial's cost per call (~0.2 us)."""
+    return _scan(head, start, True)
+
+
+cdef dict _scan(bytes head, Py_ssize_t start, bint utf8):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(head)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(head)
     cdef Py_ssize_t i = start, j, k, q, vstart, vend, length
