@@ -129,7 +129,11 @@ def _headers(head: bytes, start: int = 0) -> dict[str, str]:
 
 
 def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) -> tuple[int, int]:
-    """Body framing per RFC 9112 §6.3 as (state, length)."""
+    """Body framing per RFC 9112 §6.3 as (state, length).
+
+    The compiled twin uses analyzer/_fast/http_head.pyx's framing, equal to
+    this on every method, code and header values (str semantics included).
+    """
     if is_response:
         if 100 <= code < 200 or code in (204, 304) or method == "HEAD":
             return HEAD, 0
