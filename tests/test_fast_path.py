@@ -384,7 +384,7 @@ def test_c_header_scan_equals_the_regex_one(pieces, start):
 
 
 @compiled
-def test_the_http_twin_is_compiled_from_the_reference_and_uses_the_c_scan():
+def test_the_http_twin_is_compiled_from_the_reference_and_uses_the_c_helpers():
     from analyzer.protocols import all_protocols
     from analyzer._fast import http_head
 
@@ -399,7 +399,9 @@ def test_the_http_twin_is_compiled_from_the_reference_and_uses_the_c_scan():
     import analyzer.protocols.http.dissector as reference
 
     assert not twin.__file__.endswith(".py")
-    assert getattr(twin._headers, "func", twin._headers) is http_head.headers
+    assert twin._headers in (http_head.headers, http_head.headers_utf8)
+    assert twin._start_line is http_head.start_line and twin.framing is http_head.framing
+    assert reference._start_line is not http_head.start_line and reference.framing is not http_head.framing
     def defined(module):  # what the source defines (imports and __future__ aside)
         return {n for n, v in vars(module).items()
                 if not n.startswith("__") and not inspect.ismodule(v) and n != "annotations"}

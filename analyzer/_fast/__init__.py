@@ -35,11 +35,9 @@ TWINS = {
 # {name: function of the reference module giving the C one, or None when
 # none answers as the reference does (then the twin keeps its own)}.
 def _http_headers(reference):
-    from functools import partial
+    from analyzer._fast.http_head import headers, headers_utf8
 
-    from analyzer._fast.http_head import headers
-
-    for candidate in (headers, partial(headers, utf8=True)):
+    for candidate in (headers, headers_utf8):
         if all(candidate(head, start) == reference._headers(head, start) for head, start in _HEAD_PROBES):
             return candidate
     return None
@@ -53,8 +51,49 @@ _HEAD_PROBES = (
     (b"\ncontent-length\t:\t7\x0b\r\ntransfer-encoding: chunked\n\n", 0),
 )
 
+# Start lines on which http_head.start_line must answer as _start_line: the
+# regexes' corners (backtracking past a URI cut by \v, spaces, no URI, `$`
+# before a final LF, CR in a reason, non-ASCII digits, non-UTF-8 bytes).
+_LINE_PROBES = (
+    b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 404 Not\rFound\r\r\n", b"HTTP/1.1 200\n\n", b"HTTP/1.1 200 x\n\n\n",
+    b"HTTP/1.1 2\xd9\xa30 x\r\n", b"HTTP/1.1 500 \xe9\xc3\xa9\r\n", b"HTTP/1.1 301", b"HTTP/2 200\r\n",
+    b"GET /a HTTP/1.1\r\n", b"GET /a\x0bb HTTP/1.1\r\n", b"GET   /\xe9  HTTP/1.1 \r\n", b"OPTIONS",
+    b"GET /\r\n\r\n", b"GET \t/\r\n", b"M" * 33 + b" / HTTP/1.1\r\n", b"PUT /x\x0c\n",
+)
+# Framing questions on which http_head.framing must answer as framing():
+# the states' numbers, HEAD/CONNECT/1xx/204/304, list values, odd digits.
+_FRAMING_PROBES = (
+    (True, "GET", 200, {"content-length": "12"}), (True, "HEAD", 200, {"content-length": "12"}),
+    (True, "GET", 204, {}), (True, "GET", 101, {}), (True, "CONNECT", 200, {}), (True, "GET", 200, {}),
+    (False, "POST", 0, {"content-length": "7, 7"}), (False, "GET", 0, {}), (True, "GET", 200, {"content-length": "0"}),
+    (True, "GET", 500, {"transfer-encoding": "gzip , Chunked", "content-length": "3"}),
+    (True, "GET", 200, {"transfer-encoding": "chun\u212aed"}), (False, "PUT", 0, {"content-length": "\xb3"}),
+    (True, "GET", 200, {"content-length": "9" * 30}), (True, "GET", 200, {"content-length": "\x1c12\x1f"}),
+)
+
+
+def _http_start_line(reference):
+    from analyzer._fast.http_head import start_line
+
+    if all(start_line(line) == reference._start_line(line) for line in _LINE_PROBES):
+        return start_line
+    return None
+
+
+def _http_framing(reference):
+    from analyzer._fast.http_head import framing
+
+    if all(framing(*args) == reference.framing(*args) for args in _FRAMING_PROBES):
+        return framing
+    return None
+
+
 HELPERS = {
-    "analyzer._fast.http_dissector": {"_headers": ("analyzer.protocols.http.dissector", _http_headers)},
+    "analyzer._fast.http_dissector": {
+        "_headers": ("analyzer.protocols.http.dissector", _http_headers),
+        "_start_line": ("analyzer.protocols.http.dissector", _http_start_line),
+        "framing": ("analyzer.protocols.http.dissector", _http_framing),
+    },
 }
 
 

@@ -120,15 +120,20 @@ def _headers(head: bytes, start: int = 0) -> dict[str, str]:
     Lower-cased name -> value; repeated fields joined with ',' (RFC 9110 §5.3).
     """
     out: dict[str, str] = {}
-    for m in _WANTED.finditer(head, start):
-        name = m.group(1).decode("latin-1").lower()
-        value = _text(m.group(2).strip())  # UTF-8 (IDN hosts), \xNN for bytes that are not
+    # findall: (name, value) tuples, no match object per field.
+    for name, raw in _WANTED.findall(head, start):
+        name = name.decode("latin-1").lower()
+        value = _text(raw.strip())  # UTF-8 (IDN hosts), \xNN for bytes that are not
         out[name] = out[name] + "," + value if name in out else value
     return out
 
 
 def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) -> tuple[int, int]:
-    """Body framing per RFC 9112 §6.3 as (state, length)."""
+    """Body framing per RFC 9112 §6.3 as (state, length).
+
+    The compiled twin uses analyzer/_fast/http_head.pyx's framing, equal to
+    this on every method, code and header values (str semantics included).
+    """
     if is_response:
         if 100 <= code < 200 or code in (204, 304) or method == "HEAD":
             return HEAD, 0
@@ -139,7 +144,7 @@ def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) 
         return BODY_CHUNKED, 0
     cl = headers.get("content-length")
     if cl is not None:
-        first = cl.split(",")[0].strip()
+        first = cl.partition(",")[0].strip()
         # ASCII digits only: str.isdigit() is also true for "³" (latin-1 0xB3),
         # which int() refuses (found by the fuzz harness).
         if first.isascii() and first.isdigit():
@@ -152,6 +157,22 @@ def framing(is_response: bool, method: str, code: int, headers: dict[str, str]) 
 def _text(raw: bytes) -> str:
     """Wire text as UTF-8; a byte that is not part of valid UTF-8 becomes \\xNN (README "Outputs")."""
     return raw.decode("utf-8", "backslashreplace")
+
+
+def _start_line(line: bytes) -> tuple | None:
+    """A message's first line: (code, reason) of a status line, (method, URI)
+    of a request line, None when it is neither.
+
+    A line starting "HTTP/" can only be a status line.  The reason is text
+    up to the line feed without its trailing CRs; a request without a URI
+    (or with one that is not a \\S+ token) gives "".  The compiled twin uses
+    analyzer/_fast/http_head.pyx's start_line, equal on every input.
+    """
+    if line[:5] == b"HTTP/":
+        m = STATUS_LINE.match(line)
+        return None if m is None else (int(m.group(3)), _text(m.group(4) or b"").rstrip("\r"))
+    m = REQUEST_LINE.match(line)
+    return None if m is None else (m.group(1).decode("latin-1"), _text(m.group(2) or b""))
 
 
 _FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
@@ -498,8 +519,7 @@ class HttpDissector(Dissector):
             # Reject what is not a message start as early as the first line allows.
             if first_nl >= 0 or len(buf) > MAX_START_LINE:
                 line = bytes(buf[: first_nl + 1]) if first_nl >= 0 else bytes(buf[:MAX_START_LINE])
-                m = (STATUS_LINE if line[:5] == b"HTTP/" else REQUEST_LINE).match(line)
-                if not m or first_nl < 0:
+                if first_nl < 0 or _start_line(line) is None:
                     return self._bad_start(d, line, bytes(buf[first_nl:]) if first_nl >= 0 else None)
             if len(buf) > MAX_HEAD_BYTES:
                 self._salvage_head(d, "http_head_too_long")
@@ -516,14 +536,13 @@ class HttpDissector(Dissector):
         """Handle one complete head; on a bad start line return what follows it."""
         nl = head.find(b"\n")
         line = head[: nl + 1]
-        is_resp = line[:5] == b"HTTP/"
-        m = (STATUS_LINE if is_resp else REQUEST_LINE).match(line)
-        if m is None:
+        start = _start_line(line)
+        if start is None:
             return self._bad_start(d, line, head[nl:])
-        if is_resp:
-            self._response(d, m, _headers(head, nl))
+        if line[:5] == b"HTTP/":
+            self._response(d, start[0], start[1], _headers(head, nl))
         else:
-            self._request(d, m, _headers(head, nl))
+            self._request(d, start[0], start[1], _headers(head, nl))
         return None
 
     def _bad_start(self, d: int, line: bytes, rest: bytes | None) -> bytes | None:
@@ -538,10 +557,8 @@ class HttpDissector(Dissector):
         side.state = RESYNC
         return rest
 
-    def _request(self, d: int, m: re.Match, headers: dict[str, str]) -> None:
+    def _request(self, d: int, method: str, uri: str, headers: dict[str, str]) -> None:
         side = self.sides[d]
-        method = m.group(1).decode("latin-1")
-        uri = _text(m.group(2) or b"")
         if self.server_direction is None:
             self.server_direction = 1 - d
         upgrade = requested_upgrade(method, headers.get("upgrade"), headers.get("connection"))
@@ -553,10 +570,9 @@ class HttpDissector(Dissector):
             # Later client bytes may already speak the new protocol.
             side.state = HOLD
 
-    def _response(self, d: int, m: re.Match, headers: dict[str, str], extra_flags: tuple[str, ...] = ()) -> None:
+    def _response(self, d: int, code: int, reason: str, headers: dict[str, str],
+                  extra_flags: tuple[str, ...] = ()) -> None:
         side = self.sides[d]
-        code = int(m.group(3))
-        reason = _text(m.group(4) or b"").rstrip("\r")
         if self.server_direction is None:
             self.server_direction = d
         pairing = self.pairing
@@ -753,9 +769,10 @@ class HttpDissector(Dissector):
         side = self.sides[d]
         buf = bytes(side.buf)
         nl = buf.find(b"\n")
-        if buf[:5] == b"HTTP/" and nl >= 0 and STATUS_LINE.match(buf[: nl + 1]):
+        start = _start_line(buf[: nl + 1]) if buf[:5] == b"HTTP/" and nl >= 0 else None
+        if start is not None:
             self.anomaly(reason, side.msg_ts, side.msg_frame)
-            self._response(d, STATUS_LINE.match(buf[: nl + 1]), _headers(buf, nl), (reason,))
+            self._response(d, start[0], start[1], _headers(buf, nl), (reason,))
             self._flush_sniff(d)
         side.buf.clear()
         if self.upgraded is None and side.state != TUNNEL:
