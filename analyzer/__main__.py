@@ -1,5 +1,5 @@
 import sys
 
-from analyzer.cli import main
+from analyzer.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

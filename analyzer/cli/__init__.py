@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -126,6 +127,21 @@ def _subcommand(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParse
         if isinstance(action, argparse._SubParsersAction):
             return action.choices.get(getattr(args, "command", None))
     return None
+
+
+def entry() -> int:
+    """The `analyzer` command (console script and `python -m analyzer`): main(),
+    then an exit without the interpreter's last collection.
+
+    At exit Python collects once more, walking every object still alive --
+    the imported libraries' and the run's -- which took ~0.3 s after a
+    200,000-packet run.  Frozen objects are not walked; files are still
+    flushed and closed and atexit handlers still run.  Not in main(): tests
+    call that in their own process, which must go on collecting.
+    """
+    status = main()
+    gc.freeze()
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
