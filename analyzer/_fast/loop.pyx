@@ -250,17 +250,24 @@ cdef inline int32_t _seg_key(Seg* s) noexcept nogil:
     return <int32_t>(s.sport + s.dport)
 
 
+cdef inline int64_t _seg_ports(Seg* s) noexcept nogil:
+    # Both ends one host (loopback): the ports, for the FTP routes of capture/split.py; else -1.
+    if memcmp(s.src, s.dst, s.alen) == 0:
+        return (<int64_t>s.sport << 16) | s.dport
+    return -1
+
+
 def share_key(int linktype, bytes data, wirelen):
-    """The share key of one packet where the C decoder makes a segment of it, else -1
-    (capture/split.py's share_key is the pure-Python equivalent)."""
+    """(share key, ports) of one packet where the C decoder makes a segment of it, else
+    None (capture/split.py keys it through the Python Decoder)."""
     cdef Seg s
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef int64_t cut = wirelen - n
     if cut < 0:
         cut = 0
     if not decode(linktype, <const uint8_t*>PyBytes_AS_STRING(data), n, cut, &s):
-        return -1
-    return _seg_key(&s)
+        return None
+    return _seg_key(&s), _seg_ports(&s)
 
 
 def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktype, Py_ssize_t keep):
@@ -271,7 +278,8 @@ def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int link
     (position after the last record taken, records taken, header fields as
     four uint32 arrays' bytes (sec, frac, incl, orig), the captured bytes
     concatenated, their int32 offsets (n + 1), int32 share keys (-1 where
-    the C decoder leaves the packet to the Python one)).
+    the C decoder leaves the packet to the Python one), int64 loopback ports
+    (sport << 16 | dport when both ends are one host, else -1)).
     """
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(buf)
     if limit > PyBytes_GET_SIZE(buf):
@@ -281,6 +289,8 @@ def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int link
     data = bytearray(limit - pos if limit > pos else 0)
     offsets = bytearray((most + 1) * 4)
     keys = bytearray(most * 4)
+    ports = bytearray(most * 8)
+    cdef int64_t* pt = <int64_t*><char*>ports
     cdef uint32_t* f = <uint32_t*><char*>fields
     cdef uint8_t* out = <uint8_t*><char*>data
     cdef int32_t* off = <int32_t*><char*>offsets
@@ -305,10 +315,16 @@ def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int link
         cut = <int64_t>orig - <int64_t>incl
         if cut < 0:
             cut = 0
-        k[n] = _seg_key(&s) if decode(linktype, p + start, incl, cut, &s) else -1
+        if decode(linktype, p + start, incl, cut, &s):
+            k[n] = _seg_key(&s)
+            pt[n] = _seg_ports(&s)
+        else:
+            k[n] = -1
+            pt[n] = -1
         n += 1
         pos = start + incl
-    return (pos, n, bytes(fields[:16 * n]), bytes(data[:used]), bytes(offsets[:4 * (n + 1)]), bytes(keys[:4 * n]))
+    return (pos, n, bytes(fields[:16 * n]), bytes(data[:used]), bytes(offsets[:4 * (n + 1)]), bytes(keys[:4 * n]),
+            bytes(ports[:8 * n]))
 
 
 cdef class Loop:

@@ -39,11 +39,13 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from analyzer.capture.pcap import FILE_HEADER_BYTES, KEEP_RECORD_BYTES, MAGICS, MAX_RECORD_BYTES, parse_header
 
@@ -61,6 +63,7 @@ BACK_SECONDS, FORWARD_SECONDS = 1, 3600
 ROW_SCHEMA = pa.schema([
     ("file", pa.int32()), ("piece", pa.int32()), ("index", pa.int64()), ("ts", pa.float64()),
     ("linktype", pa.int32()), ("data", pa.binary()), ("wirelen", pa.int64()), ("key", pa.int32()),
+    ("ports", pa.int64()),  # sport << 16 | dport of TCP between one host and itself, else -1 (FTP routes)
 ])
 
 
@@ -93,6 +96,7 @@ class PieceRead:
     error_kind: str = ""         # "capture" (damage) or "input" (cannot be read at all)
     packets_before_error: int = 0  # records of this piece read before the damage
     jumps: list = field(default_factory=list)  # (index, ts, newest): the clock went backwards (from -inf)
+    announced: list = field(default_factory=list)  # (control key, its ports, data port): FTP on one host
     newest: float = float("-inf")  # the clock check's state after the piece, started from -inf
 
 
@@ -185,7 +189,7 @@ def scan_records(buf: bytes, pos: int, limit: int, big: bool, linktype: int, kee
     decoder = Decoder()
     unpack = struct.Struct((">" if big else "<") + "IIII").unpack_from
     limit = min(limit, len(buf))
-    fields, data, offsets, keys = [], [], [0], []
+    fields, data, offsets, keys, ports = [], [], [0], [], []
     used = 0
     while pos + 16 <= limit:
         sec, frac, incl, orig = unpack(buf, pos)
@@ -198,9 +202,16 @@ def scan_records(buf: bytes, pos: int, limit: int, big: bool, linktype: int, kee
         offsets.append(used)
         seg = decoder.decode(linktype, record, 0.0, orig)
         keys.append(-1 if seg is None else _share_key(seg))
+        ports.append(-1 if seg is None else _seg_ports(seg))
         pos += 16 + incl
     return (pos, len(fields), np.array(fields, dtype=np.uint32).reshape(-1, 4).tobytes(), b"".join(data),
-            np.array(offsets, dtype=np.int32).tobytes(), np.array(keys, dtype=np.int32).tobytes())
+            np.array(offsets, dtype=np.int32).tobytes(), np.array(keys, dtype=np.int32).tobytes(),
+            np.array(ports, dtype=np.int64).tobytes())
+
+
+def _seg_ports(seg) -> int:
+    """sport << 16 | dport when both ends are one host (loopback), else -1."""
+    return (seg[2] << 16) | seg[3] if seg[0] == seg[1] else -1
 
 
 def loose_key(linktype: int, data: bytes) -> int:
@@ -252,14 +263,16 @@ class _Rows:
         self.data: list[pa.Array] = []
         self.wirelen: list[np.ndarray] = []
         self.keys: list[np.ndarray] = []
+        self.ports: list[np.ndarray] = []
         self.count = 0
 
-    def add(self, ts, linktype, data: pa.Array, wirelen, keys) -> None:
+    def add(self, ts, linktype, data: pa.Array, wirelen, keys, ports) -> None:
         self.ts.append(np.asarray(ts, dtype=np.float64))
         self.linktypes.append(np.asarray(linktype, dtype=np.int32))
         self.data.append(data)
         self.wirelen.append(np.asarray(wirelen, dtype=np.int64))
         self.keys.append(np.asarray(keys, dtype=np.int32))
+        self.ports.append(np.asarray(ports, dtype=np.int64))
         self.count += len(data)
 
     def table(self) -> pa.Table:
@@ -269,23 +282,27 @@ class _Rows:
         columns = [pa.array(np.full(n, self.piece.file, np.int32)), pa.array(np.full(n, self.piece.piece, np.int32)),
                    pa.array(np.arange(n, dtype=np.int64)), pa.array(cat(self.ts, np.float64)),
                    pa.array(cat(self.linktypes, np.int32)), data.combine_chunks() if n else pa.array([], pa.binary()),
-                   pa.array(cat(self.wirelen, np.int64)), pa.array(cat(self.keys, np.int32))]
+                   pa.array(cat(self.wirelen, np.int64)), pa.array(cat(self.keys, np.int32)),
+                   pa.array(cat(self.ports, np.int64))]
         return pa.Table.from_arrays(columns, schema=ROW_SCHEMA)
 
 
-def _fix_keys(keys: np.ndarray, linktypes, data: pa.Array, ts, wirelen, decoder) -> np.ndarray:
-    """Keys the C decoder left (-1) from the Python Decoder's segment, else loose_key."""
+def _fix_keys(keys: np.ndarray, ports: np.ndarray, linktypes, data: pa.Array, ts, wirelen, decoder):
+    """Keys (and ports) the C decoder left (-1) from the Python Decoder's segment, else loose_key."""
     from analyzer.engines.native import _share_key
 
     todo = np.flatnonzero(keys < 0)
     if len(todo):
-        keys = keys.copy()
+        keys, ports = keys.copy(), ports.copy()
         for i in todo.tolist():
             record = data[i].as_py()
             linktype = int(linktypes[i]) if np.ndim(linktypes) else int(linktypes)
             seg = decoder.decode(linktype, record, float(ts[i]), int(wirelen[i]))
-            keys[i] = _share_key(seg) if seg is not None else loose_key(linktype, record)
-    return keys
+            if seg is not None:
+                keys[i], ports[i] = _share_key(seg), _seg_ports(seg)
+            else:
+                keys[i], ports[i] = loose_key(linktype, record), -1
+    return keys, ports
 
 
 def read_piece(piece: Piece) -> tuple[pa.Table, PieceRead]:
@@ -295,6 +312,7 @@ def read_piece(piece: Piece) -> tuple[pa.Table, PieceRead]:
     else:
         table, info = _read_range(piece)
     _clock(table.column("ts").to_numpy(), info)
+    info.announced = announced_ports(table)
     if info.count:
         ts = table.column("ts")
         info.first_ts, info.last_ts = ts[0].as_py(), ts[info.count - 1].as_py()
@@ -311,14 +329,15 @@ def _read_whole(piece: Piece):
     rows = _Rows(piece)
     keyer = _fast.share_key() or _py_share_key
     decoder = Decoder()
-    ts_l, lt_l, data_l, wl_l, key_l = [], [], [], [], []
+    ts_l, lt_l, data_l, wl_l, key_l, port_l = [], [], [], [], [], []
 
     def flush():
         if data_l:
             data = pa.array(data_l, pa.binary())
-            keys = _fix_keys(np.array(key_l, np.int32), np.array(lt_l, np.int32), data, ts_l, wl_l, decoder)
-            rows.add(ts_l, lt_l, data, wl_l, keys)
-            for part in (ts_l, lt_l, data_l, wl_l, key_l):
+            keys, ports = _fix_keys(np.array(key_l, np.int32), np.array(port_l, np.int64), np.array(lt_l, np.int32),
+                                    data, ts_l, wl_l, decoder)
+            rows.add(ts_l, lt_l, data, wl_l, keys, ports)
+            for part in (ts_l, lt_l, data_l, wl_l, key_l, port_l):
                 part.clear()
 
     try:
@@ -331,7 +350,9 @@ def _read_whole(piece: Piece):
                     lt_l.append(linktype)
                     data_l.append(data)
                     wl_l.append(wirelen)
-                    key_l.append(keyer(linktype, data, wirelen))
+                    keyed = keyer(linktype, data, wirelen)
+                    key_l.append(-1 if keyed is None else keyed[0])
+                    port_l.append(-1 if keyed is None else keyed[1])
                     if len(data_l) >= 65536:
                         flush()
             finally:
@@ -345,8 +366,8 @@ def _read_whole(piece: Piece):
     return rows.table(), info
 
 
-def _py_share_key(linktype: int, data: bytes, wirelen: int) -> int:
-    return -1  # the Python Decoder keys every packet (_fix_keys)
+def _py_share_key(linktype: int, data: bytes, wirelen: int):
+    return None  # the Python Decoder keys every packet (_fix_keys)
 
 
 def _read_range(piece: Piece):
@@ -371,7 +392,7 @@ def _read_range(piece: Piece):
         pos = 0
         n = 0
         while at + pos < piece.stop:
-            end, taken, fields, data, offsets, keys = scan(buf, pos, len(buf), big, linktype, KEEP_RECORD_BYTES)
+            end, taken, fields, data, offsets, keys, ports = scan(buf, pos, len(buf), big, linktype, KEEP_RECORD_BYTES)
             if taken:
                 offs = np.frombuffer(offsets, dtype=np.int32)
                 # Records that start at or after `stop` are the next piece's.
@@ -380,15 +401,16 @@ def _read_range(piece: Piece):
                 if mine < taken:
                     end = int(starts[mine] - at)
                     taken = mine
-                    fields, keys = fields[:16 * taken], keys[:4 * taken]
+                    fields, keys, ports = fields[:16 * taken], keys[:4 * taken], ports[:8 * taken]
                     offsets = offsets[:4 * (taken + 1)]
                 if taken:
                     hdr = np.frombuffer(fields, dtype=np.uint32).reshape(-1, 4)
                     arr = pa.Array.from_buffers(pa.binary(), taken, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
                     ts = _times(hdr[:, 0], hdr[:, 1], units)
                     wirelen = hdr[:, 3].astype(np.int64)
-                    keys = _fix_keys(np.frombuffer(keys, dtype=np.int32), linktype, arr, ts, wirelen, decoder)
-                    rows.add(ts, np.full(taken, linktype, np.int32), arr, wirelen, keys)
+                    keys, ports = _fix_keys(np.frombuffer(keys, dtype=np.int32), np.frombuffer(ports, dtype=np.int64),
+                                            linktype, arr, ts, wirelen, decoder)
+                    rows.add(ts, np.full(taken, linktype, np.int32), arr, wirelen, keys, ports)
                     n += taken
                 pos = end
                 if at + pos >= piece.stop:
@@ -415,9 +437,10 @@ def _read_range(piece: Piece):
                     arr = pa.array([kept], pa.binary())
                     ts = _times(np.array([sec], np.uint32), np.array([frac], np.uint32), units)
                     wirelen = np.array([max(orig, incl)], np.int64)
-                    keys = _fix_keys(np.array([_key_one(linktype, kept, int(wirelen[0]))], np.int32), linktype, arr,
-                                     ts, wirelen, decoder)
-                    rows.add(ts, np.array([linktype], np.int32), arr, wirelen, keys)
+                    keyed = _key_one(linktype, kept, int(wirelen[0]))
+                    keys, ports = _fix_keys(np.array([keyed[0]], np.int32), np.array([keyed[1]], np.int64), linktype,
+                                            arr, ts, wirelen, decoder)
+                    rows.add(ts, np.array([linktype], np.int32), arr, wirelen, keys, ports)
                     n += 1
                     f.seek(record_end)
                     at, pos, buf = record_end, 0, f.read(CHUNK_BYTES)
@@ -443,7 +466,8 @@ def _key_one(linktype: int, data: bytes, wirelen: int) -> int:
     from analyzer import _fast
 
     keyer = _fast.share_key()
-    return keyer(linktype, data, wirelen) if keyer is not None else -1
+    keyed = keyer(linktype, data, wirelen) if keyer is not None else None
+    return (-1, -1) if keyed is None else keyed
 
 
 def _times(sec: np.ndarray, frac: np.ndarray, units: int) -> np.ndarray:
@@ -480,3 +504,120 @@ def clock_from(ts: list, newest: float) -> tuple[float, list]:
             jumps.append((i, t, newest))
             newest = t
     return newest, jumps
+
+
+# -- FTP data channels between one host and itself ----------------------------
+#
+# The share key keeps a host pair together, so an FTP data connection meets
+# its control connection -- except when both ends are one host (loopback),
+# where the ports decide and the two connections have none in common.  So
+# each piece also lists the data ports its loopback packets announce (a line
+# starting 227 or 229 from a server, PORT or EPRT from a client, parsed as
+# the FTP dissector parses them), with the announcing connection's key;
+# `routes` joins every control key with the ports it announced (and keys
+# announcing the same port with each other), and `rekey` gives a loopback
+# packet that uses an announced port, or belongs to a control connection,
+# its group's key before the shuffle.  A group holds the control
+# connections' own ports too (so one FTP server's sessions on a host are one
+# group).  Moving more connections together is always safe; missed are an
+# announcement split across two TCP segments and a data connection whose
+# other port belongs to another group (an ephemeral port equal to another
+# session's): such a data connection is dissected apart from its control,
+# as in a parallel run.
+
+_CANDIDATE = r"\d{1,3},\d{1,3},\d{1,3},\d{1,3},\d{1,3},\d{1,3}|\([!-~]{3}\d{1,5}[!-~]\)|[Ee][Pp][Rr][Tt] "
+_EPRT_RE = re.compile(rb"([!-~])[12]\1[0-9A-Fa-f.:]+\1(\d{1,5})\1")
+
+
+def announced_ports(table: pa.Table) -> list[tuple[int, int, int]]:
+    """(control key, its ports, port) for every FTP data port a loopback packet of `table` announces."""
+    from analyzer.decode.packets import Decoder
+    from analyzer.protocols.ftp.dissector import parse_epsv, parse_host_port
+
+    loop = pc.not_equal(table.column("ports"), -1)
+    if not pc.any(loop).as_py():
+        return []
+    rows = table.filter(loop)
+    rows = rows.filter(pc.match_substring_regex(rows.column("data"), _CANDIDATE))
+    out = []
+    decoder = Decoder()
+    for linktype, data, ts, wirelen, key, ports in zip(*(rows.column(c).to_pylist()
+                                                        for c in ("linktype", "data", "ts", "wirelen", "key", "ports"))):
+        seg = decoder.decode(linktype, data, ts, wirelen)
+        if seg is None:
+            continue
+        for line in seg[7].split(b"\n"):
+            line = line.lstrip()
+            head = line[:4].upper()
+            port = None
+            if head[:3] == b"227" or head == b"PORT":
+                found = parse_host_port(line)
+                port = found[1] if found else None
+            elif head[:3] == b"229":
+                port = parse_epsv(line)
+            elif head == b"EPRT":
+                m = _EPRT_RE.search(line)
+                port = int(m.group(2)) if m and 0 < int(m.group(2)) < 65536 else None
+            if port is not None:
+                out.append((key, ports, port))
+    return out
+
+
+@dataclass
+class Routes:
+    """Loopback FTP groups: announced port -> group key, control key -> group key."""
+
+    ports: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
+
+
+def routes(infos: list) -> Routes:
+    """Join control keys and the ports they announced (union-find); each group's key is its smallest."""
+    parent: dict = {}
+
+    def find(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(x, y):
+        a, b = find(x), find(y)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    for info in infos:
+        for key, ports, port in info.announced:
+            # The control connection's own ports too: a connection using one of
+            # them (or an announced one) can then be in one group only.
+            for p in (port, ports >> 16, ports & 0xFFFF):
+                union(("k", key), ("p", p))
+    groups: dict = {}
+    for node in list(parent):
+        groups.setdefault(find(node), []).append(node)
+    out = Routes()
+    for members in groups.values():
+        rep = min(v for kind, v in members if kind == "k")
+        for kind, v in members:
+            (out.keys if kind == "k" else out.ports)[v] = rep
+    return out
+
+
+def rekey(frame, found: Routes):
+    """A decode task's rows (pandas) with loopback FTP connections moved to their group's key."""
+    import pandas as pd
+
+    if not found.ports or not len(frame):
+        return frame
+    ports = frame["ports"].to_numpy(dtype=np.int64)
+    loop = ports >= 0
+    if not loop.any():
+        return frame
+    keys = frame["key"].to_numpy(dtype=np.int64)
+    sport = pd.Series(ports[loop] >> 16).map(found.ports)
+    dport = pd.Series(ports[loop] & 0xFFFF).map(found.ports)
+    own = pd.Series(keys[loop]).map(found.keys)
+    moved = sport.fillna(dport).fillna(own).fillna(pd.Series(keys[loop])).to_numpy(dtype=np.int64)
+    keys = keys.copy()
+    keys[loop] = moved
+    return frame.assign(key=pd.array(keys.astype(np.int32), dtype=pd.ArrowDtype(pa.int32())))
