@@ -294,6 +294,8 @@ def dissect_partition(frame, plan: Layout, index: int, paths: list, lang: str, o
             for f, frame_no, ts, newest in plan.notes:
                 session.begin(paths[f])
                 session.table.note(None, NOTE, ts, frame_no, f"{newest - ts:.6f} s before frame time seen")
+        # What the end of the run finalises is named after the run's last file, as in a single run.
+        session.begin(paths[-1])
         result = session.finish()
         events = (work / PART_EVENTS).read_bytes() if (work / PART_EVENTS).exists() else b""
         anomalies = list(_rows(work / "anomalies.csv"))
