@@ -419,7 +419,7 @@ def _read_range(piece: Piece):
             left = len(buf) - pos
             if left >= 16:
                 sec, frac, incl, orig = struct.unpack_from(header.byte_order + "IIII", buf, pos)
-                if incl > KEEP_RECORD_BYTES and 16 + incl > left:
+                if incl > KEEP_RECORD_BYTES:  # scan_records leaves every such record here
                     if incl > MAX_RECORD_BYTES:
                         info.error = (f"{name}: damaged record after {{packets}}: it claims "
                                       f"{incl} captured bytes (more than {MAX_RECORD_BYTES})")
