@@ -159,7 +159,7 @@ def test_garbage_after_a_header_reads_as_the_reader_reads_it(tmp_path, garbage):
 def test_tiny_and_empty_files(tmp_path, blob):
     path = tmp_path / "tiny.pcap"
     path.write_bytes(blob)
-    assert split.cuts_of(str(path), 1) is None  # nothing to cut: one piece, the reader decides
+    assert split.cuts_of(str(path), 10**9) is None  # nothing to cut: one piece, the reader decides
     same_as_reader(str(path), 1)
 
 

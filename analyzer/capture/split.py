@@ -114,15 +114,14 @@ def plan(paths: list[str], piece_bytes: int = PIECE_BYTES, unsplit=frozenset()) 
 
 
 def cuts_of(path: str, piece_bytes: int) -> list[int] | None:
-    """Boundaries [24, b1, ..., size] of a plain classic pcap worth cutting, else None."""
+    """Boundaries [24, b1, ..., size] of a plain classic pcap (one range when it is
+    not worth cutting: the compiled record scan reads it), else None."""
     try:
         size = os.path.getsize(path)
-        if size < 2 * piece_bytes:
-            return None
         with open(path, "rb") as f:
             head = f.read(FILE_HEADER_BYTES)
-            if len(head) < FILE_HEADER_BYTES or head[:4] not in MAGICS:
-                return None  # pcapng, compressed, or not a capture: the reader decides
+            if size <= FILE_HEADER_BYTES or len(head) < FILE_HEADER_BYTES or head[:4] not in MAGICS:
+                return None  # pcapng, compressed, tiny or not a capture: the reader decides
             header = parse_header(head)
             cuts = [FILE_HEADER_BYTES]
             offset = FILE_HEADER_BYTES + piece_bytes
@@ -136,7 +135,7 @@ def cuts_of(path: str, piece_bytes: int) -> list[int] | None:
     except OSError:
         return None
     cuts.append(size)
-    return cuts if len(cuts) > 2 else None
+    return cuts
 
 
 def _limit(header) -> int:
