@@ -226,3 +226,20 @@ def test_local_cluster_from_the_command_line(tmp_path):
     assert "analyzer: cluster: tcp://127.0.0.1:43950, dashboard http://127.0.0.1:43951/status" in err
     assert " tasks done, " in err and "packets/s)" in err
     assert_same(tmp_path / "single", tmp_path / "cluster")
+
+
+def test_the_readme_example_uses_options_that_exist():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Cluster mode", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert any(c.startswith("dask scheduler") for c in commands) and any(c.startswith("dask worker") for c in commands)
+    assert any("--cluster tcp://" in c for c in commands) and any("--cluster local:" in c for c in commands)
+    for command in commands:
+        words = command.split()
+        if words[0] == "dask":
+            helptext = subprocess.run([str(DASK), words[1], "--help"], capture_output=True, text=True).stdout
+        else:
+            helptext = cli(*words[1:2], "--help").stdout.decode()
+        for word in words:
+            if word.startswith("--"):
+                assert word in helptext, (command, word)
