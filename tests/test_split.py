@@ -245,3 +245,25 @@ def test_loopback_ftp_data_ports_route_to_their_control_connection():
     keys = frame["key"].astype("int64").tolist()
     assert keys[0] == keys[1] == keys[2]   # both control connections (one server port) and the data connection
     assert keys[3] == 51000 + 8080         # the rest keeps its own key
+
+
+# -- Session.feed_records: records with their frame numbers given -----------------------
+
+@pytest.mark.parametrize("path", SAMPLES[:6] + [p for p in CORPUS_FILES if p.name == "ppp_http_packets.pcap"],
+                         ids=lambda p: p.name)
+def test_feeding_records_with_their_frames_equals_reading_the_file(path, implementation, tmp_path):
+    from analyzer.engines.native import Session
+
+    def run(out: Path, feed: bool):
+        session = Session(out)
+        if feed:
+            records, error = reference(str(path))
+            session.feed_records(str(path), ((n, ts, lt, data, wl) for n, (ts, lt, data, wl) in
+                                             enumerate(records, 1)))
+        else:
+            session.read_file(str(path))
+        session.finish()
+        return {name: sorted((out / name).read_text(encoding="utf-8").splitlines())
+                for name in ("events.csv", "connections.csv")}
+
+    assert run(tmp_path / "fed", True) == run(tmp_path / "read", False)
