@@ -117,6 +117,13 @@ def scan_records():
     return None
 
 
+def ftp_lines():
+    """The compiled pre-pass of the loopback FTP routes (loop.ftp_lines), or None."""
+    if selected() == "compiled":
+        return _COMPILED.ftp_lines
+    return None
+
+
 def share_key():
     """The compiled per-packet share key (loop.share_key: -1 where its decoder
     leaves the packet to the Python one), or None."""

@@ -41,7 +41,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.float cimport PyFloat_FromDouble
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 from analyzer.capture import open_capture
 from analyzer.capture.pcap import KEEP_RECORD_BYTES, MAX_RECORD_BYTES, _packets, read_past, refill
@@ -325,6 +325,68 @@ def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int link
         pos = start + incl
     return (pos, n, bytes(fields[:16 * n]), bytes(data[:used]), bytes(offsets[:4 * (n + 1)]), bytes(keys[:4 * n]),
             bytes(ports[:8 * n]))
+
+
+cdef inline bint _space(uint8_t c) noexcept nogil:
+    return c == 32 or c == 9 or c == 10 or c == 13 or c == 11 or c == 12
+
+
+cdef inline bint _ftp_line(const uint8_t* q, Py_ssize_t n) noexcept nogil:
+    # A line (already stripped of leading whitespace) starting 227/229, or PORT/EPRT in any case.
+    if n >= 3 and q[0] == 50 and q[1] == 50 and (q[2] == 55 or q[2] == 57):
+        return 1
+    if n < 4:
+        return 0
+    cdef uint8_t a = q[0] | 0x20, b = q[1] | 0x20, c = q[2] | 0x20, d = q[3] | 0x20
+    return (a == 112 or a == 101) and b == (111 if a == 112 else 112) and c == 114 and d == 116  # port / eprt
+
+
+def ftp_lines(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktype, Py_ssize_t keep):
+    """The pre-pass of the cluster's loopback FTP routes (capture/split.py): the
+    complete records in buf[pos:limit] (as scan_records walks them) whose packet is
+    TCP between one host and itself with a payload line starting 227, 229, PORT or
+    EPRT.  Returns (position after the last record walked, [(key, ports, payload)],
+    [(offset, captured, original length)] of the records its decoder leaves to the
+    Python one)."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(buf)
+    if limit > PyBytes_GET_SIZE(buf):
+        limit = PyBytes_GET_SIZE(buf)
+    cdef uint32_t incl, orig
+    cdef int64_t cut
+    cdef Py_ssize_t start, q, end
+    cdef const uint8_t* nl
+    cdef Seg s
+    found = []
+    rest = []
+    while pos + 16 <= limit:
+        if big:
+            incl, orig = u32be(p + pos + 8), u32be(p + pos + 12)
+        else:
+            incl, orig = u32le(p + pos + 8), u32le(p + pos + 12)
+        if incl > keep or pos + 16 + <Py_ssize_t>incl > limit:
+            break
+        start = pos + 16
+        cut = <int64_t>orig - <int64_t>incl
+        if cut < 0:
+            cut = 0
+        if not decode(linktype, p + start, incl, cut, &s):
+            rest.append((pos, incl, orig))
+        elif s.avail > s.pay and memcmp(s.src, s.dst, s.alen) == 0:
+            q = start + s.pay
+            end = start + s.avail
+            while q < end:
+                while q < end and _space(p[q]):
+                    q += 1
+                if _ftp_line(p + q, end - q):
+                    found.append((_seg_key(&s), _seg_ports(&s),
+                                  PyBytes_FromStringAndSize(<const char*>p + start + s.pay, s.avail - s.pay)))
+                    break
+                nl = <const uint8_t*>memchr(p + q, 10, end - q)
+                if nl == NULL:
+                    break
+                q = (nl - p) + 1
+        pos = start + incl
+    return pos, found, rest
 
 
 cdef class Loop:

@@ -7,8 +7,8 @@
 # VERIFY_RECORDS consecutive record headers parse plausibly -- sub-second
 # field below its unit, 0 < captured <= original length, captured within the
 # snap length, seconds moving monotone-ish (at most a second back, an hour
-# forward) -- and chain exactly (each header where the one before it ends),
-# or chain exactly to the end of the file.  A candidate that fails is not a
+# forward) -- and chain exactly (each header where the one before it ends).
+# A candidate that fails is not a
 # boundary; when none is found within SEARCH_BYTES the cut is dropped and
 # the piece before it grows.
 #
@@ -96,7 +96,6 @@ class PieceRead:
     error_kind: str = ""         # "capture" (damage) or "input" (cannot be read at all)
     packets_before_error: int = 0  # records of this piece read before the damage
     jumps: list = field(default_factory=list)  # (index, ts, newest): the clock went backwards (from -inf)
-    announced: list = field(default_factory=list)  # (control key, its ports, data port): FTP on one host
     newest: float = float("-inf")  # the clock check's state after the piece, started from -inf
 
 
@@ -156,13 +155,11 @@ def boundary(f, header, offset: int, size: int) -> int | None:
 
 
 def verified(buf: bytes, p: int, base: int, size: int, unpack, units: int, limit: int) -> bool:
-    """True when VERIFY_RECORDS plausible headers chain from buf[p] (or, from at
-    least two records, chain exactly to the end of the file)."""
+    """True when VERIFY_RECORDS plausible headers chain from buf[p] (so no cut falls
+    among a file's last few records, where a short chain would prove little)."""
     pos = p
     prev = None
-    for n in range(VERIFY_RECORDS):
-        if base + pos == size:
-            return n >= 2
+    for _ in range(VERIFY_RECORDS):
         if pos + 16 > len(buf):
             return False
         sec, frac, incl, orig = unpack(buf, pos)
@@ -311,7 +308,6 @@ def read_piece(piece: Piece) -> tuple[pa.Table, PieceRead]:
     else:
         table, info = _read_range(piece)
     _clock(table.column("ts").to_numpy(), info)
-    info.announced = announced_ports(table)
     if info.count:
         ts = table.column("ts")
         info.first_ts, info.last_ts = ts[0].as_py(), ts[info.count - 1].as_py()
@@ -512,7 +508,9 @@ def clock_from(ts: list, newest: float) -> tuple[float, list]:
 # where the ports decide and the two connections have none in common.  So
 # each piece also lists the data ports its loopback packets announce (a line
 # starting 227 or 229 from a server, PORT or EPRT from a client, parsed as
-# the FTP dissector parses them), with the announcing connection's key;
+# the FTP dissector parses them), with the announcing connection's key, in a
+# pre-pass over the pieces (`announce_piece`: a record walk that copies
+# nothing, before any decode task, so that no decoded rows wait for it);
 # `routes` joins every control key with the ports it announced (and keys
 # announcing the same port with each other), and `rekey` gives a loopback
 # packet that uses an announced port, or belongs to a control connection,
@@ -528,10 +526,63 @@ _CANDIDATE = r"\d{1,3},\d{1,3},\d{1,3},\d{1,3},\d{1,3},\d{1,3}|\([!-~]{3}\d{1,5}
 _EPRT_RE = re.compile(rb"([!-~])[12]\1[0-9A-Fa-f.:]+\1(\d{1,5})\1")
 
 
+def data_ports(payload: bytes) -> list[int]:
+    """The FTP data ports a payload's lines announce, parsed as the FTP dissector parses them."""
+    from analyzer.protocols.ftp.dissector import parse_epsv, parse_host_port
+
+    out = []
+    for line in payload.split(b"\n"):
+        line = line.lstrip()
+        head = line[:4].upper()
+        port = None
+        if head[:3] == b"227" or head == b"PORT":
+            found = parse_host_port(line)
+            port = found[1] if found else None
+        elif head[:3] == b"229":
+            port = parse_epsv(line)
+        elif head == b"EPRT":
+            m = _EPRT_RE.search(line)
+            port = int(m.group(2)) if m and 0 < int(m.group(2)) < 65536 else None
+        if port is not None:
+            out.append(port)
+    return out
+
+
+def ftp_lines(buf: bytes, pos: int, limit: int, big: bool, linktype: int, keep: int):
+    """Pure-Python equivalent of analyzer/_fast/loop.pyx ftp_lines: (position after the
+    last record walked, [(key, ports, payload)], [] -- the compiled one lists there the
+    records its decoder leaves to the Python one, as (offset, captured, original))."""
+    from analyzer.decode.packets import Decoder
+    from analyzer.engines.native import _share_key
+
+    decoder = Decoder()
+    unpack = struct.Struct((">" if big else "<") + "IIII").unpack_from
+    limit = min(limit, len(buf))
+    found = []
+    while pos + 16 <= limit:
+        _sec, _frac, incl, orig = unpack(buf, pos)
+        if incl > keep or pos + 16 + incl > limit:
+            break
+        seg = decoder.decode(linktype, buf[pos + 16:pos + 16 + incl], 0.0, orig)
+        if _has_ftp_line(seg):
+            found.append((_share_key(seg), _seg_ports(seg), seg[7]))
+        pos += 16 + incl
+    return pos, found, []
+
+
+def _has_ftp_line(seg) -> bool:
+    if seg is None or not seg[7] or seg[0] != seg[1]:
+        return False
+    for line in seg[7].split(b"\n"):
+        head = line.lstrip()[:4].upper()
+        if head[:3] in (b"227", b"229") or head in (b"PORT", b"EPRT"):
+            return True
+    return False
+
+
 def announced_ports(table: pa.Table) -> list[tuple[int, int, int]]:
     """(control key, its ports, port) for every FTP data port a loopback packet of `table` announces."""
     from analyzer.decode.packets import Decoder
-    from analyzer.protocols.ftp.dissector import parse_epsv, parse_host_port
 
     loop = pc.not_equal(table.column("ports"), -1)
     if not pc.any(loop).as_py():
@@ -543,22 +594,50 @@ def announced_ports(table: pa.Table) -> list[tuple[int, int, int]]:
     for linktype, data, ts, wirelen, key, ports in zip(*(rows.column(c).to_pylist()
                                                         for c in ("linktype", "data", "ts", "wirelen", "key", "ports"))):
         seg = decoder.decode(linktype, data, ts, wirelen)
-        if seg is None:
-            continue
-        for line in seg[7].split(b"\n"):
-            line = line.lstrip()
-            head = line[:4].upper()
-            port = None
-            if head[:3] == b"227" or head == b"PORT":
-                found = parse_host_port(line)
-                port = found[1] if found else None
-            elif head[:3] == b"229":
-                port = parse_epsv(line)
-            elif head == b"EPRT":
-                m = _EPRT_RE.search(line)
-                port = int(m.group(2)) if m and 0 < int(m.group(2)) < 65536 else None
-            if port is not None:
-                out.append((key, ports, port))
+        if seg is not None:
+            out.extend((key, ports, port) for port in data_ports(seg[7]))
+    return out
+
+
+def announce_piece(piece: Piece) -> list[tuple[int, int, int]]:
+    """The pre-pass over a piece: (control key, its ports, data port) of its loopback FTP lines."""
+    from analyzer import _fast
+
+    if piece.whole:
+        return announced_ports(read_piece(piece)[0])
+    from analyzer.decode.packets import Decoder
+    from analyzer.engines.native import _share_key
+
+    walk = _fast.ftp_lines() or ftp_lines
+    decoder = Decoder()
+    out = []
+    with open(piece.path, "rb") as f:
+        header = parse_header(f.read(FILE_HEADER_BYTES))
+        big, linktype = header.byte_order == ">", header.linktype
+        f.seek(piece.start)
+        at, pos, buf = piece.start, 0, f.read(CHUNK_BYTES)
+        while at + pos < piece.stop:
+            pos, found, rest = walk(buf, pos, len(buf), big, linktype, KEEP_RECORD_BYTES)
+            for offset, incl, orig in rest:
+                seg = decoder.decode(linktype, buf[offset + 16:offset + 16 + incl], 0.0, orig)
+                if _has_ftp_line(seg):
+                    found.append((_share_key(seg), _seg_ports(seg), seg[7]))
+            out.extend((key, ports, port) for key, ports, payload in found for port in data_ports(payload))
+            if at + pos >= piece.stop:
+                break
+            left = len(buf) - pos
+            incl = struct.unpack_from(header.byte_order + "I", buf, pos + 8)[0] if left >= 16 else 0
+            if incl > KEEP_RECORD_BYTES:  # an oversized record holds no FTP line worth a read: skipped
+                at += pos + 16 + incl
+                f.seek(at)
+                pos, buf = 0, f.read(CHUNK_BYTES)
+                if not buf:
+                    break
+                continue
+            more = f.read(max(CHUNK_BYTES, 16 + incl))
+            if not more:
+                break
+            at, buf, pos = at + pos, buf[pos:] + more, 0
     return out
 
 
@@ -570,8 +649,9 @@ class Routes:
     keys: dict = field(default_factory=dict)
 
 
-def routes(infos: list) -> Routes:
-    """Join control keys and the ports they announced (union-find); each group's key is its smallest."""
+def routes(announced: list) -> Routes:
+    """Join control keys and the ports they announced (`announce_piece`'s lists, union-find);
+    each group's key is its smallest."""
     parent: dict = {}
 
     def find(x):
@@ -585,8 +665,8 @@ def routes(infos: list) -> Routes:
         if a != b:
             parent[max(a, b)] = min(a, b)
 
-    for info in infos:
-        for key, ports, port in info.announced:
+    for found in announced:
+        for key, ports, port in found:
             # The control connection's own ports too: a connection using one of
             # them (or an announced one) can then be in one group only.
             for p in (port, ports >> 16, ports & 0xFFFF):

@@ -7,6 +7,9 @@
 #      rows: file, piece, index in the piece, timestamp, link type, captured
 #      bytes, wire length and the share key (engines/native.py _share_key:
 #      the host pair, or the ports when both ends are one host);
+#      (Loopback FTP data connections get their control connection's key:
+#      a light pre-pass over the pieces collects the data ports announced,
+#      capture/split.py.)
 #   2. Dask's own P2P shuffle (dask.dataframe, spilling to disk) moves the
 #      rows on the key into P partitions, so every connection's packets --
 #      and an FTP data connection's with its control connection, between two
@@ -174,13 +177,20 @@ def _use(implementation: str):
         _fast.use("python")
 
 
-def decode_piece(piece: split.Piece, implementation: str):
-    """Task: a piece's rows as an Arrow-backed DataFrame, and what reading it found."""
+def announce_piece(piece: split.Piece, implementation: str) -> list:
+    """Task: the pre-pass over a piece for the loopback FTP routes (capture/split.py)."""
+    _use(implementation)
+    return split.announce_piece(piece)
+
+
+def decode_piece(piece: split.Piece, implementation: str, routes: split.Routes):
+    """Task: a piece's rows as an Arrow-backed DataFrame, keyed for the shuffle, and
+    what reading it found."""
     import pandas as pd
 
     _use(implementation)
     table, info = split.read_piece(piece)
-    return table.to_pandas(types_mapper=pd.ArrowDtype), info
+    return split.rekey(table.to_pandas(types_mapper=pd.ArrowDtype), routes), info
 
 
 @dataclass
@@ -368,13 +378,15 @@ def _attempt(client, paths, names, pieces, outdir, lang, outputs, implementation
 
     total = sum(_size(p) for p in paths)
     n_parts = partitions_for(total, partition_bytes)
-    decoded = [delayed(decode_piece, nout=2, pure=False)(piece, implementation)
-               for piece in pieces]
+    # The routes first (a light walk of every piece), so that decode tasks, which
+    # need them, start only when they can hand their rows to the shuffle at once.
+    routes = delayed(split.routes, pure=False)([delayed(announce_piece, pure=False)(piece, implementation)
+                                                for piece in pieces])
+    decoded = [delayed(decode_piece, nout=2, pure=False)(piece, implementation, routes) for piece in pieces]
     frames, infos = [d[0] for d in decoded], [d[1] for d in decoded]
     plan = delayed(layout, pure=False)(infos, pieces, implementation)
     meta = split.ROW_SCHEMA.empty_table().to_pandas(types_mapper=pd.ArrowDtype)
     rows = dd.from_delayed(frames, meta=meta, verify_meta=False)
-    rows = rows.map_partitions(split.rekey, delayed(split.routes, pure=False)(infos), meta=meta)
     shuffled = rows.shuffle(on="key", npartitions=n_parts, shuffle_method="p2p")
     parts = shuffled.to_delayed()
     tasks = [delayed(dissect_partition, pure=False)(part, plan, k, paths, lang, outputs, implementation)
