@@ -13,7 +13,7 @@ copy until the archive holds `--gigabytes` (default 5.2) -- one file per
 100,000 (web) or 200,000 (api) packets, as a ring buffer would rotate.
 
 Each cluster run starts a distributed.LocalCluster of N worker processes
-(one thread each, ports from --ports) in this process, runs
+(one thread each, --memory-limit each, ports from --ports) in this process, runs
 analyzer.api.run_analysis(..., cluster=client) and records Dask's task
 stream: the worker-seconds spent decoding (decode_piece), shuffling (the
 P2P shuffle's transfer and unpack tasks) and dissecting (dissect_partition),
@@ -149,7 +149,7 @@ def classify(key) -> str:
     return "other"
 
 
-def clustered(files: list[str], outdir: Path, workers: int, ports: tuple[int, int]) -> dict:
+def clustered(files: list[str], outdir: Path, workers: int, ports: tuple[int, int], memory_limit: str) -> dict:
     import distributed
 
     from analyzer.api import run_analysis
@@ -158,7 +158,8 @@ def clustered(files: list[str], outdir: Path, workers: int, ports: tuple[int, in
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        scheduler_port=low, dashboard_address=f"127.0.0.1:{low + 1}",
                                        worker_dashboard_address=None, worker_port=f"{low + 2}:{high}",
-                                       port=f"{low + 2}:{high}", silence_logs=logging.ERROR)
+                                       port=f"{low + 2}:{high}", silence_logs=logging.ERROR,
+                                       memory_limit=memory_limit)
     client = distributed.Client(cluster)
     try:
         pids = list(client.run(os.getpid).values())
@@ -192,11 +193,16 @@ def main() -> int:
     parser.add_argument("--sources", help="folder holding web_1000000.pcap and api_2000000.pcap")
     parser.add_argument("--runs", default="single,local:1,local:2", help="what to run, comma-separated")
     parser.add_argument("--ports", default="43600-43699", help="ports of the local clusters (LOW-HIGH)")
+    parser.add_argument("--memory-limit", default="2GiB",
+                        help="each worker's Dask memory limit (spilling starts at 60%%; default 2GiB)")
+    parser.add_argument("--files", type=int, default=0, help="only the first N files of the archive (a quick look)")
     parser.add_argument("--keep", action="store_true", help="keep the output folders (under benchmarks/data)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     files = build(ARCHIVE, sources_dir(args.sources), args.gigabytes)
+    if args.files:
+        files = files[:args.files]
     size = sum(os.path.getsize(f) for f in files)
     gb = size / 1e9
     low, high = (int(p) for p in args.ports.split("-"))
@@ -209,7 +215,7 @@ def main() -> int:
             if run == "single":
                 row = single(files, out)
             else:
-                row = clustered(files, out, int(run.split(":")[1]), (low, high))
+                row = clustered(files, out, int(run.split(":")[1]), (low, high), args.memory_limit)
             row["events_sha256"], codes, row["events"] = events_digest(out)
             row["codes"] = dict(sorted(codes.items()))
             row["packets_per_s"] = row["packets"] / row["wall"]
