@@ -63,6 +63,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -282,29 +283,29 @@ def dissect_partition(frame, plan: Layout, index: int, paths: list, lang: str, o
     table = pa.Table.from_pandas(frame, preserve_index=False) if len(frame) else split.ROW_SCHEMA.empty_table()
     table = table.select(split.ROW_SCHEMA.names)
     # Only pieces the layout kept (damage ends a file), numbered as the file counts.
-    ids = pc.add(pc.multiply(pc.cast(table.column("file"), pa.int64()), 1 << 32),
-                 pc.cast(table.column("piece"), pa.int64()))
     kept = sorted(plan.offsets)
     kept_ids = pa.array([(f << 32) + p for f, p in kept], pa.int64())
     base = pa.array([plan.offsets[k] for k in kept], pa.int64())
-    where = pc.index_in(ids, value_set=kept_ids)
-    table = table.filter(pc.is_valid(where))
-    where = pc.index_in(pc.add(pc.multiply(pc.cast(table.column("file"), pa.int64()), 1 << 32),
-                               pc.cast(table.column("piece"), pa.int64())), value_set=kept_ids)
-    frames = pc.add(pc.add(pc.take(base, where), table.column("index")), 1)
-    table = table.append_column("frame", frames).sort_by([("file", "ascending"), ("frame", "ascending")])
+
+    def piece_ids(t):
+        return pc.add(pc.multiply(pc.cast(t.column("file"), pa.int64()), 1 << 32), pc.cast(t.column("piece"), pa.int64()))
+
+    where = pc.index_in(piece_ids(table), value_set=kept_ids)
+    if where.null_count:
+        table = table.filter(pc.is_valid(where))
+        where = pc.index_in(piece_ids(table), value_set=kept_ids)
+    frames = pc.add(pc.add(pc.take(base, where), table.column("index")), 1).to_numpy()
+    files = table.column("file").to_numpy()
+    # Sorted by (file, frame) through indices: the rows are copied a chunk at a
+    # time, never all at once (memory: the partition once, plus a chunk).
+    order = np.lexsort((frames, files))
     work = Path(tempfile.mkdtemp(prefix="analyzer-partition-"))
     try:
         session = Session(work, lang=lang, outputs=worker_outputs(outputs, work))
-        files = table.column("file").to_numpy()
-        starts = [0] + [int(i) + 1 for i in (files[1:] != files[:-1]).nonzero()[0]] if len(files) else []
-        for a, b in zip(starts, starts[1:] + [len(files)]):
-            part = table.slice(a, b - a)
-            f = int(files[a])
-            records = zip(part.column("frame").to_pylist(), part.column("ts").to_pylist(),
-                          part.column("linktype").to_pylist(), part.column("data").to_pylist(),
-                          part.column("wirelen").to_pylist())
-            session.feed_records(paths[f], records)
+        in_order = files[order]
+        starts = [0] + [int(i) + 1 for i in (in_order[1:] != in_order[:-1]).nonzero()[0]] if len(order) else []
+        for a, b in zip(starts, starts[1:] + [len(order)]):
+            session.feed_records(paths[int(in_order[a])], _records(table, frames, order[a:b]))
         if index == 0:  # the clock notes are the driver's walk over every file; one partition names them
             for f, frame_no, ts, newest in plan.notes:
                 session.begin(paths[f])
@@ -325,6 +326,18 @@ def dissect_partition(frame, plan: Layout, index: int, paths: list, lang: str, o
         return PartitionOutput(index, result, events, anomalies, marshal.dumps(rows), table.num_rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+FEED_ROWS = 65_536  # rows of a partition turned into Python records at a time
+
+
+def _records(table: pa.Table, frames, order):
+    """(frame, ts, linktype, data, wirelen) of `table`'s rows in `order`, a chunk at a time."""
+    for i in range(0, len(order), FEED_ROWS):
+        take = order[i:i + FEED_ROWS]
+        part = table.take(pa.array(take))
+        yield from zip(frames[take].tolist(), part.column("ts").to_pylist(), part.column("linktype").to_pylist(),
+                       part.column("data").to_pylist(), part.column("wirelen").to_pylist())
 
 
 # -- the driver ------------------------------------------------------------------
@@ -375,6 +388,7 @@ def _attempt(client, paths, names, pieces, outdir, lang, outputs, implementation
     import dask.dataframe as dd
     import pandas as pd
     from dask import delayed
+    from distributed import KilledWorker
 
     total = sum(_size(p) for p in paths)
     n_parts = partitions_for(total, partition_bytes)
@@ -398,7 +412,14 @@ def _attempt(client, paths, names, pieces, outdir, lang, outputs, implementation
     spill.mkdir(parents=True, exist_ok=True)
     try:
         with interrupt.reading():
-            got = _collect(info_futures, plan_future, task_futures, spill, say, progress, total, len(pieces))
+            try:
+                got = _collect(info_futures, plan_future, task_futures, spill, say, progress, total, len(pieces))
+            except KilledWorker as exc:
+                raise ClusterError(f"the workers died running one task, on every retry ({_first_line(exc)}); "
+                                   f"out of memory? Give the workers more (dask worker --memory-limit) or "
+                                   f"smaller partitions ({PARTITION_ENV}, now {partition_bytes or _env_bytes(PARTITION_ENV, PARTITION_BYTES)} bytes)") from None
+            except OSError as exc:
+                raise ClusterError(f"lost the Dask scheduler mid-run ({_first_line(exc)})") from None
         if isinstance(got, set):
             return got
         plan_result, outputs_by_index = got
@@ -456,6 +477,11 @@ def _collect(info_futures, plan_future, task_futures, spill: Path, say, progress
         if pending or plan_result is None:
             time.sleep(0.1)
     return plan_result, taken
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _spill(part: PartitionOutput, spill: Path) -> dict:
