@@ -252,7 +252,7 @@ def _ip_offset(linktype: int, data: bytes) -> int | None:
 class _Rows:
     """A piece's rows as they are read, then one Arrow table."""
 
-    def __init__(self, piece: Piece, linktype_of=None) -> None:
+    def __init__(self, piece: Piece) -> None:
         self.piece = piece
         self.ts: list[np.ndarray] = []
         self.linktypes: list[np.ndarray] = []
@@ -367,7 +367,6 @@ def _py_share_key(linktype: int, data: bytes, wirelen: int):
 
 def _read_range(piece: Piece):
     from analyzer import _fast
-    from analyzer.capture.pcap import _packets  # noqa: F401 - the wording the templates repeat
     from analyzer.decode.packets import Decoder
 
     info = PieceRead(piece.file, piece.piece, format="pcap")
