@@ -296,3 +296,35 @@ def test_the_ftp_pre_pass_finds_what_the_rows_hold(path):
             assert sorted(announce_piece(piece)) == expected, implementation
         finally:
             _fast.use(None)
+
+
+# -- the clock check over pieces ---------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([0.3, 0.0, -0.5, -0.9, -1.5, -3.0, 2.0, 40.0, -100.0]), min_size=50, max_size=400),
+       st.integers(600, 5000))
+def test_the_clock_check_over_pieces_names_what_a_single_run_names(tmp_path, steps, piece_bytes):
+    """capture_time_went_backwards, chained over pieces by the layout task (and a piece
+    re-walked when its first packet falls in the second before the state it inherits),
+    at the frames and with the details a single run gives."""
+    from analyzer.engines.native import Session
+
+    t, records = 1_700_000_000.0, []
+    for i, step in enumerate(steps):
+        t += step
+        sec = int(t)
+        records.append((sec, int(round((t - sec) * 1e6)) % 1_000_000, eth_tcp(7000 + i % 3, 80, b"p" * (i % 90)),
+                        54 + i % 90))
+    path = tmp_path / "clock.pcap"
+    path.write_bytes(pcap(records))
+    session = Session(tmp_path / "single")
+    session.read_file(str(path))
+    session.finish()
+    import csv
+
+    with open(tmp_path / "single" / "anomalies.csv", newline="", encoding="utf-8") as handle:
+        expected = sorted((int(row["frame"]), row["detail"]) for row in csv.DictReader(handle)
+                          if row["name"] == "capture_time_went_backwards")
+    _, plan, pieces = pieces_read(str(path), piece_bytes)
+    got = sorted((frame, f"{newest - ts:.6f} s before frame time seen") for _, frame, ts, newest in plan.notes)
+    assert got == expected
