@@ -39,7 +39,8 @@ def resolve_lang(lang: str | None) -> str:
 def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(), jsonl: bool = False,
                  parquet: bool = False, keep: bool = False, jobs: int = 1, engine: str = "native",
                  keylog=None, decode_as=None, progress=None, also=(), selection=None,
-                 uri_grouping: str = "path", on_phase=None, bpf: str | None = None, counters=None):
+                 uri_grouping: str = "path", on_phase=None, bpf: str | None = None, counters=None,
+                 cluster=None, cluster_ports=None, cluster_timeout=None, notify=None):
     """Run `engine` and write every report; returns (RunResult, StatsResult).
 
     The files are written into a staging folder and replace `outdir`'s set
@@ -69,9 +70,17 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
     stage = Staging(outdir)
     try:
         try:
-            result = engine_run(engine, paths, stage.path, lang=lang, jobs=jobs, keylog=keylog,
-                                decode_as=decode_as, progress=progress, outputs=outputs,
-                                packet_filter=packet_filter, counters=counters)
+            if cluster is not None:
+                from analyzer.engines.cluster import run_cluster
+
+                if engine != "native" or packet_filter is not None:
+                    raise UsageError("--cluster runs the native engine without -f")
+                result = run_cluster(paths, stage.path, cluster=cluster, lang=lang, progress=progress,
+                                     outputs=outputs, notify=notify, ports=cluster_ports, timeout=cluster_timeout)
+            else:
+                result = engine_run(engine, paths, stage.path, lang=lang, jobs=jobs, keylog=keylog,
+                                    decode_as=decode_as, progress=progress, outputs=outputs,
+                                    packet_filter=packet_filter, counters=counters)
         finally:
             if packet_filter is not None:
                 packet_filter.close()
@@ -114,7 +123,7 @@ API_RENAMES = {"class": "code_class", "flags": "anomaly_flags"}
 def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=(), jsonl: bool = False,
             parquet: bool = False, engine: str = "native", jobs: int = 1, errors: str = "raise",
             protocols=(), servers=(), since=None, until=None, uri_grouping: str = "path",
-            bpf: str | None = None) -> Analysis:
+            bpf: str | None = None, cluster=None) -> Analysis:
     """Analyse captures and return the tables the files hold, as DataFrames.
 
     `paths` is a path or a list of them (files, directories, "-").  Reports
@@ -134,6 +143,8 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
     `class`/`flags` renamed `code_class`/`anomaly_flags` (API_RENAMES).
     The selection arguments are `--protocol`, `--server`, `--since`/`--until`
     and `-f` (`bpf`, a libpcap capture filter on the packets).
+    `cluster` runs on Dask as `--cluster` does: an address ("tcp://host:8786",
+    "local:N") or a `distributed.Client` (left open).
     When no input could be read at all the InputError is raised and nothing
     is written; OutputError when the reports cannot be written.
     """
@@ -156,7 +167,7 @@ def analyze(paths, outdir=None, *, lang: str | None = None, policy=None, expect=
         policy = make_policy(policy, expect)
         result, stats = run_analysis(expand_inputs([str(p) for p in paths]), out, lang=lang, policy=policy,
                                      jsonl=jsonl, parquet=parquet, keep=True, engine=engine, jobs=jobs,
-                                     selection=selection, uri_grouping=uri_grouping, bpf=bpf)
+                                     selection=selection, uri_grouping=uri_grouping, bpf=bpf, cluster=cluster)
         if stats is None:  # no input could be read: nothing was written
             raise result.errors[0]
         events = _api_events(events_frame(result.kept.table()), policy, uri_grouping)

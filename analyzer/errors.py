@@ -17,6 +17,7 @@ class ExitStatus(IntEnum):
     PERMISSION = 6        # live capture without privilege
     MISSING_TOOL = 7      # tshark (or another external tool) is not installed
     OUTPUT = 8            # the outputs cannot be written (-o is a file, no permission, disk full)
+    CLUSTER = 9           # --cluster: the scheduler cannot be reached, or the cluster lost the run
     INTERRUPTED = 130     # SIGINT (Ctrl-C): what was read is written, marked partial (128 + 2)
     TERMINATED = 143      # SIGTERM: the same, for the other stop signal (128 + 15)
 
@@ -51,6 +52,13 @@ class PermissionDenied(AnalyzerError):
 
 class MissingTool(AnalyzerError):
     exit_status = ExitStatus.MISSING_TOOL
+
+
+class ClusterError(AnalyzerError):
+    """--cluster: the scheduler cannot be reached (within the connect timeout), or the
+    run was lost (the scheduler went away, workers kept dying on one task)."""
+
+    exit_status = ExitStatus.CLUSTER
 
 
 class OutputError(AnalyzerError):

@@ -36,7 +36,7 @@ if [ -n "$need" ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check '.[dev,cluster]'
 # The compiled fast path beside the sources the tests import; without a
 # compiler a warning, not a failure: its tests then skip.  setup.py reads
 # pyproject.toml, whose licence field needs setuptools 77.

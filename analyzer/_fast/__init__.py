@@ -141,6 +141,36 @@ def read_file():
     return None
 
 
+def feed_records():
+    """The compiled Session.feed_records, or None when the Python one is to run."""
+    if selected() == "compiled":
+        return _COMPILED.feed_records
+    return None
+
+
+def scan_records():
+    """The compiled record scan of the cluster's decode tasks (loop.scan_records),
+    or None when the Python one (capture/split.py) is to run."""
+    if selected() == "compiled":
+        return _COMPILED.scan_records
+    return None
+
+
+def ftp_lines():
+    """The compiled pre-pass of the loopback FTP routes (loop.ftp_lines), or None."""
+    if selected() == "compiled":
+        return _COMPILED.ftp_lines
+    return None
+
+
+def share_key():
+    """The compiled per-packet share key (loop.share_key: -1 where its decoder
+    leaves the packet to the Python one), or None."""
+    if selected() == "compiled":
+        return _COMPILED.share_key
+    return None
+
+
 def protocols(specs: tuple) -> tuple:
     """The registry's specs, with each module that has a built twin pointed at it.
 

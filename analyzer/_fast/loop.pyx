@@ -41,8 +41,8 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.float cimport PyFloat_FromDouble
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcmp, memcpy
 
 from analyzer.capture import open_capture
 from analyzer.capture.pcap import KEEP_RECORD_BYTES, MAX_RECORD_BYTES, _packets, read_past, refill
@@ -254,6 +254,156 @@ def decode_segment(int linktype, bytes data, wirelen):
         return None
     return (PyBytes_FromStringAndSize(<const char*>s.src, s.alen), PyBytes_FromStringAndSize(<const char*>s.dst, s.alen),
             s.sport, s.dport, s.seq, s.ack, s.flags, data[s.pay:s.avail], s.seglen)
+
+
+
+# -- the cluster's decode tasks (engines/cluster.py): records and their share keys --
+
+cdef inline int32_t _seg_key(Seg* s) noexcept nogil:
+    # _share_key in engines/native.py (the key _share_filter mixes).
+    cdef int a = s.alen
+    if memcmp(s.src, s.dst, a) != 0:
+        return <int32_t>(s.src[a - 2] + s.src[a - 1] + s.dst[a - 2] + s.dst[a - 1])
+    return <int32_t>(s.sport + s.dport)
+
+
+cdef inline int64_t _seg_ports(Seg* s) noexcept nogil:
+    # Both ends one host (loopback): the ports, for the FTP routes of capture/split.py; else -1.
+    if memcmp(s.src, s.dst, s.alen) == 0:
+        return (<int64_t>s.sport << 16) | s.dport
+    return -1
+
+
+def share_key(int linktype, bytes data, wirelen):
+    """(share key, ports) of one packet where the C decoder makes a segment of it, else
+    None (capture/split.py keys it through the Python Decoder)."""
+    cdef Seg s
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef int64_t cut = wirelen - n
+    if cut < 0:
+        cut = 0
+    if not decode(linktype, <const uint8_t*>PyBytes_AS_STRING(data), n, cut, &s):
+        return None
+    return _seg_key(&s), _seg_ports(&s)
+
+
+def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktype, Py_ssize_t keep):
+    """The complete pcap records in buf[pos:limit], for a decode task (capture/split.py).
+
+    Stops before a record that does not end within `limit`, and before one
+    longer than `keep` (the caller reads those through).  Returns
+    (position after the last record taken, records taken, header fields as
+    four uint32 arrays' bytes (sec, frac, incl, orig), the captured bytes
+    concatenated, their int32 offsets (n + 1), int32 share keys (-1 where
+    the C decoder leaves the packet to the Python one), int64 loopback ports
+    (sport << 16 | dport when both ends are one host, else -1)).
+    """
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(buf)
+    if limit > PyBytes_GET_SIZE(buf):
+        limit = PyBytes_GET_SIZE(buf)
+    cdef Py_ssize_t most = (limit - pos) // 16 + 1 if limit > pos else 1
+    fields = bytearray(most * 16)
+    data = bytearray(limit - pos if limit > pos else 0)
+    offsets = bytearray((most + 1) * 4)
+    keys = bytearray(most * 4)
+    ports = bytearray(most * 8)
+    cdef int64_t* pt = <int64_t*><char*>ports
+    cdef uint32_t* f = <uint32_t*><char*>fields
+    cdef uint8_t* out = <uint8_t*><char*>data
+    cdef int32_t* off = <int32_t*><char*>offsets
+    cdef int32_t* k = <int32_t*><char*>keys
+    cdef Py_ssize_t n = 0, used = 0, start
+    cdef uint32_t sec, frac, incl, orig
+    cdef int64_t cut
+    cdef Seg s
+    off[0] = 0
+    while pos + 16 <= limit:
+        if big:
+            sec, frac, incl, orig = u32be(p + pos), u32be(p + pos + 4), u32be(p + pos + 8), u32be(p + pos + 12)
+        else:
+            sec, frac, incl, orig = u32le(p + pos), u32le(p + pos + 4), u32le(p + pos + 8), u32le(p + pos + 12)
+        if incl > keep or pos + 16 + <Py_ssize_t>incl > limit:
+            break
+        start = pos + 16
+        f[4 * n], f[4 * n + 1], f[4 * n + 2], f[4 * n + 3] = sec, frac, incl, orig
+        memcpy(out + used, p + start, incl)
+        used += incl
+        off[n + 1] = <int32_t>used
+        cut = <int64_t>orig - <int64_t>incl
+        if cut < 0:
+            cut = 0
+        if decode(linktype, p + start, incl, cut, &s):
+            k[n] = _seg_key(&s)
+            pt[n] = _seg_ports(&s)
+        else:
+            k[n] = -1
+            pt[n] = -1
+        n += 1
+        pos = start + incl
+    return (pos, n, bytes(fields[:16 * n]), bytes(data[:used]), bytes(offsets[:4 * (n + 1)]), bytes(keys[:4 * n]),
+            bytes(ports[:8 * n]))
+
+
+cdef inline bint _space(uint8_t c) noexcept nogil:
+    return c == 32 or c == 9 or c == 10 or c == 13 or c == 11 or c == 12
+
+
+cdef inline bint _ftp_line(const uint8_t* q, Py_ssize_t n) noexcept nogil:
+    # A line (already stripped of leading whitespace) starting 227/229, or PORT/EPRT in any case.
+    if n >= 3 and q[0] == 50 and q[1] == 50 and (q[2] == 55 or q[2] == 57):
+        return 1
+    if n < 4:
+        return 0
+    cdef uint8_t a = q[0] | 0x20, b = q[1] | 0x20, c = q[2] | 0x20, d = q[3] | 0x20
+    return (a == 112 or a == 101) and b == (111 if a == 112 else 112) and c == 114 and d == 116  # port / eprt
+
+
+def ftp_lines(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktype, Py_ssize_t keep):
+    """The pre-pass of the cluster's loopback FTP routes (capture/split.py): the
+    complete records in buf[pos:limit] (as scan_records walks them) whose packet is
+    TCP between one host and itself with a payload line starting 227, 229, PORT or
+    EPRT.  Returns (position after the last record walked, [(key, ports, payload)],
+    [(offset, captured, original length)] of the records its decoder leaves to the
+    Python one)."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(buf)
+    if limit > PyBytes_GET_SIZE(buf):
+        limit = PyBytes_GET_SIZE(buf)
+    cdef uint32_t incl, orig
+    cdef int64_t cut
+    cdef Py_ssize_t start, q, end
+    cdef const uint8_t* nl
+    cdef Seg s
+    found = []
+    rest = []
+    while pos + 16 <= limit:
+        if big:
+            incl, orig = u32be(p + pos + 8), u32be(p + pos + 12)
+        else:
+            incl, orig = u32le(p + pos + 8), u32le(p + pos + 12)
+        if incl > keep or pos + 16 + <Py_ssize_t>incl > limit:
+            break
+        start = pos + 16
+        cut = <int64_t>orig - <int64_t>incl
+        if cut < 0:
+            cut = 0
+        if not decode(linktype, p + start, incl, cut, &s):
+            rest.append((pos, incl, orig))
+        elif s.avail > s.pay and memcmp(s.src, s.dst, s.alen) == 0:
+            q = start + s.pay
+            end = start + s.avail
+            while q < end:
+                while q < end and _space(p[q]):
+                    q += 1
+                if _ftp_line(p + q, end - q):
+                    found.append((_seg_key(&s), _seg_ports(&s),
+                                  PyBytes_FromStringAndSize(<const char*>p + start + s.pay, s.avail - s.pay)))
+                    break
+                nl = <const uint8_t*>memchr(p + q, 10, end - q)
+                if nl == NULL:
+                    break
+                q = (nl - p) + 1
+        pos = start + incl
+    return pos, found, rest
 
 
 cdef class Loop:
@@ -727,6 +877,18 @@ cdef class Loop:
                                PyBytes_GET_SIZE(data), wirelen, data):
                 self.tick(ts_obj)
 
+    def walk_frames(self, records):
+        """Records with their frame numbers given, (frame, ts, linktype, data, wirelen):
+        a cluster partition's share of a file (Session.feed_records)."""
+        cdef bytes data
+        for frame, ts_obj, linktype, raw, wirelen in records:
+            data = raw if type(raw) is bytes else bytes(raw)
+            self.frame = frame
+            self.last_ts = ts_obj
+            if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), wirelen, data):
+                self.tick(ts_obj)
+
     def settle(self):
         """Counters kept in C back to their Python owners (once, at the end of the file)."""
         self.decoder.decoded += self.fast_decoded
@@ -764,3 +926,17 @@ def read_file(session, path, progress=None, done_before=0, total=0, partition=No
         report.packets = frame
         result.packets += frame
         session.frame = frame
+
+
+def feed_records(session, records):
+    """Session.feed_records, compiled: records with explicit frame numbers, no clock check
+    (a partition holds some of a file's records; the driver checked the clock over all)."""
+    loop = Loop(session, None, None, 0, 0)
+    loop.check_back = False
+    try:
+        loop.walk_frames(records)
+    finally:
+        _frame, ts = loop.settle()
+        if ts is not None:
+            result = session.result
+            result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)

@@ -21,6 +21,7 @@ EPILOG_ANALYZE = """examples:
   analyzer analyze day1.pcap.gz day2.pcap.zst -o out/ --fail-on 'http.5xx>1%'
   tcpdump -w - -i eth0 port 80 | analyzer analyze - -o out/
   analyzer analyze -r capture.pcapng --server 10.0.0.5:443 --since 2024-05-01T08:00:00Z --protocol http
+  analyzer analyze /archive/ --cluster tcp://10.0.0.2:8786 -o out/
 """
 
 
@@ -68,6 +69,14 @@ def _analyze_parser(sub) -> None:
                    help="failing URIs grouped by path, query dropped and IDs as {id} (default), or full URIs"),
     p.add_argument("-j", "--jobs", type=int, default=0, metavar="N",
                    help="processes to use for large inputs (default: all cores, up to 8; 1 = one process)")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="run on a Dask cluster: a scheduler (tcp://host:8786) or local:N (N worker processes "
+                        "started and stopped by the run); needs pip install 'analyzer[cluster]'")
+    p.add_argument("--cluster-ports", metavar="LOW-HIGH", default=None,
+                   help="with --cluster local:N: the ports its scheduler, dashboard and workers listen on "
+                        "(default: any free ones)")
+    p.add_argument("--cluster-timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for the scheduler before giving up (default: 10)")
     p.add_argument("--engine", choices=("native", "tshark"), default="native",
                    help="native (default, fast) or tshark (Wireshark's dissectors: TLS with a key log, HTTP/2)")
     p.add_argument("--tls-keylog", metavar="FILE", default=None,
@@ -118,7 +127,8 @@ def cmd_analyze(args) -> int:
         captures, args.outdir, lang=args.lang, fail_on=args.fail_on, policy=args.policy,
         expect=args.expect, jsonl=args.jsonl, parquet=args.parquet, quiet=args.quiet, jobs=args.jobs,
         metrics_file=args.metrics_file, metrics_servers=args.metrics_servers,
-        selection=selection, uri_grouping=args.uris, clients=args.clients, bpf=args.bpf, **engine_options(args),
+        selection=selection, uri_grouping=args.uris, clients=args.clients, bpf=args.bpf, cluster=args.cluster,
+        cluster_ports=args.cluster_ports, cluster_timeout=args.cluster_timeout, **engine_options(args),
     )
 
 

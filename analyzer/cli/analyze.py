@@ -17,7 +17,8 @@ from analyzer.outputs.visible import visible
 def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expect=(), jsonl=False,
                    parquet=False, quiet=False, jobs: int = 0, engine: str = "native", keylog=None,
                    decode_as=None, metrics_file=None, metrics_servers=None, selection=None,
-                   uri_grouping: str = "path", clients: bool = False, bpf: str | None = None) -> int:
+                   uri_grouping: str = "path", clients: bool = False, bpf: str | None = None, cluster=None,
+                   cluster_ports=None, cluster_timeout=None) -> int:
     from analyzer.engines.parallel import default_jobs
 
     paths = expand_inputs(list(captures))
@@ -48,11 +49,24 @@ def run_and_report(captures, outdir, *, lang=None, fail_on=(), policy=None, expe
     options = dict(lang=lang, policy=policy, expect=expect, jsonl=jsonl, parquet=parquet, jobs=jobs,
                    engine=engine, keylog=keylog, decode_as=decode_as, also=(metrics,) if metrics else (),
                    selection=selection, uri_grouping=uri_grouping, bpf=bpf)
+    if cluster is not None:
+        from analyzer.engines.cluster import check_address, parse_ports
+
+        check_address(cluster)
+        options.update(cluster=cluster, cluster_ports=parse_ports(cluster_ports), cluster_timeout=cluster_timeout)
     # SIGINT/SIGTERM stop the reading; what was read is written, marked partial.
     interrupt.install()
     try:
         if quiet:
             result, stats = run_analysis(paths, outdir, **options)
+        elif cluster is not None:
+            # Progress as lines (tasks done / total, packets/s), after the dashboard's address.
+            from analyzer.cli.terminal import print_summary
+
+            result, stats = run_analysis(paths, outdir, notify=lambda text: print(f"analyzer: {text}", file=sys.stderr,
+                                                                               flush=True), **options)
+            if stats is not None:
+                print_summary(stats, result.coverage(), lang=lang, clients=clients)
         else:
             from analyzer.cli.terminal import print_summary, progress
 

@@ -2,6 +2,8 @@
 #
 #   native  analyzer.engines.native (our own decoder, reassembly and dissectors):
 #           the fast default, no external tool.
+#   cluster analyzer.engines.cluster: the native engine spread over a Dask
+#           cluster (--cluster); run by api.run_analysis, not by run() below.
 #   tshark  analyzer.engines.tshark: Wireshark's dissectors through pyshark,
 #           for what ours does not decode (TLS with a key log, HTTP/2) and to
 #           check one engine against the other (`analyzer crosscheck`).

@@ -259,6 +259,29 @@ class Session:
             result.packets += frame
             self.frame = frame
 
+    def feed_records(self, name: str, records, display: str | None = None) -> None:
+        """Records of one file with their frame numbers given, (frame, ts, linktype,
+        data, wirelen), in frame order: a cluster partition's connections of that
+        file (engines/cluster.py), so that frame numbers are the file's own.
+
+        No clock check here (a partition holds only some of the file's
+        records; the cluster driver checks the clock over all of them) and
+        no progress.  The compiled loop does the same when it is selected.
+        """
+        self.begin(name, display)
+        compiled = _fast.feed_records()
+        if compiled is not None:
+            return compiled(self, records)
+        decode, packet = self.decoder.decode, self.table.packet
+        ts = None
+        for frame, ts, linktype, data, wirelen in records:
+            seg = decode(linktype, data, ts, wirelen)
+            if seg is not None:
+                packet(seg, ts, frame)
+        if ts is not None:
+            result = self.result
+            result.last_epoch = ts if result.last_epoch is None else max(result.last_epoch, ts)
+
     def _went_backwards(self, ts: float, newest: float, frame: int) -> float:
         """A packet much older than the newest so far: two captures pasted
         together, or a clock step.  Named once per jump; the jump's start is
@@ -303,14 +326,18 @@ def _share_filter(packet, share: int, shares: int):
     """`packet` for the connections of one share only (parallel runs)."""
 
     def filtered(seg, ts, frame):
-        src, dst = seg[0], seg[1]
-        # Symmetric in the two directions; one host pair stays in one share
-        # (FTP data channels), unless both ends are one host (loopback).
-        key = src[-2] + src[-1] + dst[-2] + dst[-1] if src != dst else seg[2] + seg[3]
-        if _mix(key) % shares == share:
+        if _mix(_share_key(seg)) % shares == share:
             packet(seg, ts, frame)
 
     return filtered
+
+
+def _share_key(seg) -> int:
+    """A segment's share key: symmetric in the two directions; one host pair
+    has one key (FTP data channels meet their control connection), unless
+    both ends are one host (loopback), where the ports decide."""
+    src, dst = seg[0], seg[1]
+    return src[-2] + src[-1] + dst[-2] + dst[-1] if src != dst else seg[2] + seg[3]
 
 
 def _other_share(share: int, shares: int):

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -249,16 +249,29 @@ def _rows(path: Path):
         return
 
 
-def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs) -> RunResult:
-    first = results[0]
-    merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
-                       first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
-                       tcp_segments=first.tcp_segments)  # every worker reads every packet
-    # Events: each part is in time order; merged by (epoch, frame) as one run would order them.
+@dataclass
+class Share:
+    """One share's outputs, for `merge_shares`: its counters and statistics (a
+    RunResult) and where its rows are.  The parallel runner's come from part
+    files, the cluster's (engines/cluster.py) from what its tasks returned."""
+
+    result: RunResult
+    events: object       # () -> record batches in (epoch, frame) order
+    anomalies: object    # () -> anomalies.csv rows (ANOMALY_COLUMNS)
+    connections: object  # () -> chunks of connection rows (lists of dicts), in the order they ended
+
+
+def merge_shares(shares: list[Share], merged: RunResult, outputs: EventOutputs) -> RunResult:
+    """The shares as one run, written into merged.outdir: events by time, statistics
+    exactly, anomaly and connection rows, and the counters each share kept of its
+    own connections.  What depends on how the packets were read (files, packets,
+    skipped, epochs, errors, TCP segments) is the caller's, already in `merged`."""
+    out = merged.outdir
+    # Events: each share is in time order; merged by (epoch, frame) as one run would order them.
     consumers, _, merged.kept = open_consumers(out, replace(outputs, part=None, stats=False, accumulator=None))
-    merged.stats = _merged_stats([r.stats for r in results], outputs)
+    merged.stats = _merged_stats([share.result.stats for share in shares], outputs)
     try:
-        for batch in merge_in_time_order([_batches(r.outdir / PART_EVENTS) for r in results]):
+        for batch in merge_in_time_order([share.events() for share in shares]):
             for consumer in consumers:
                 consumer.write(batch)
         for consumer in consumers:
@@ -268,12 +281,13 @@ def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs
             consumer.abort()
         raise
     anomalies = CsvWriter(out / "anomalies.csv", ANOMALY_COLUMNS)
-    for r in results:
-        anomalies.write_trusted_rows(_rows(r.outdir / "anomalies.csv"))
+    for share in shares:
+        anomalies.write_trusted_rows(share.anomalies())
     anomalies.commit()
     merged.events_by_protocol = Counter()
-    merged.anomalies, merged.limits = Counter(), Counter()
-    for r in results:
+    merged.anomalies, merged.limits = Counter(), Counter(merged.limits)
+    for share in shares:
+        r = share.result
         merged.events += r.events
         merged.events_by_protocol.update(r.events_by_protocol)
         merged.anomalies.update(r.anomalies)
@@ -281,14 +295,30 @@ def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs
         merged.connections_total += r.connections_total
         merged.connections_with_gaps += r.connections_with_gaps
         merged.missed_bytes += r.missed_bytes
-    # Connections: each worker's rows in turn, as the workers' lists were
-    # concatenated before; streamed from their spills, never all in memory.
+    # Connections: each share's rows in turn, streamed, never all in memory.
     merged.connections = ConnectionRows(out)
-    for r in results:
-        if r.connections is not None:
-            for chunk in r.connections.chunks():
-                for row in chunk:
-                    merged.connections.add(row)
-            r.connections.close()
+    for share in shares:
+        for chunk in share.connections():
+            for row in chunk:
+                merged.connections.add(row)
     merged.connections.commit()
     return merged
+
+
+def _connection_chunks(result: RunResult):
+    if result.connections is None:
+        return
+    try:
+        yield from result.connections.chunks()
+    finally:
+        result.connections.close()
+
+
+def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs) -> RunResult:
+    first = results[0]
+    merged = RunResult(outdir=out, files=first.files, packets=first.packets, skipped=first.skipped,
+                       first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
+                       tcp_segments=first.tcp_segments)  # every worker reads every packet
+    shares = [Share(r, lambda r=r: _batches(r.outdir / PART_EVENTS), lambda r=r: _rows(r.outdir / "anomalies.csv"),
+                    lambda r=r: _connection_chunks(r)) for r in results]
+    return merge_shares(shares, merged, outputs)
