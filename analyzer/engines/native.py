@@ -269,6 +269,10 @@ class Session:
         no progress.  The compiled loop does the same when it is selected.
         """
         self.begin(name, display)
+        with fewer_collections():
+            self._feed_records(records)
+
+    def _feed_records(self, records) -> None:
         compiled = _fast.feed_records()
         if compiled is not None:
             return compiled(self, records)
