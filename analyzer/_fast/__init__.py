@@ -134,40 +134,25 @@ def use(name: str | None) -> None:
     _forced = name
 
 
-def read_file():
-    """The compiled Session.read_file, or None when the Python one is to run."""
+# The compiled loop's entry points, each with a Python equal beside its caller.
+ENTRY_POINTS = ("read_file", "feed_records", "scan_records", "ftp_lines", "share_key")
+
+
+def compiled(name: str):
+    """loop.<name> when the compiled implementation is selected, else None (the
+    caller runs its Python equal).  The entry points:
+
+      read_file     Session.read_file (engines/native.py)
+      feed_records  Session.feed_records (the cluster's partitions)
+      scan_records  the record scan of the cluster's decode tasks (capture/split.py)
+      ftp_lines     the pre-pass of the loopback FTP routes (capture/split.py)
+      share_key     the per-packet share key; -1 where its decoder leaves the
+                    packet to the Python one
+    """
+    if name not in ENTRY_POINTS:
+        raise ValueError(f"no compiled entry point {name!r}")
     if selected() == "compiled":
-        return _COMPILED.read_file
-    return None
-
-
-def feed_records():
-    """The compiled Session.feed_records, or None when the Python one is to run."""
-    if selected() == "compiled":
-        return _COMPILED.feed_records
-    return None
-
-
-def scan_records():
-    """The compiled record scan of the cluster's decode tasks (loop.scan_records),
-    or None when the Python one (capture/split.py) is to run."""
-    if selected() == "compiled":
-        return _COMPILED.scan_records
-    return None
-
-
-def ftp_lines():
-    """The compiled pre-pass of the loopback FTP routes (loop.ftp_lines), or None."""
-    if selected() == "compiled":
-        return _COMPILED.ftp_lines
-    return None
-
-
-def share_key():
-    """The compiled per-packet share key (loop.share_key: -1 where its decoder
-    leaves the packet to the Python one), or None."""
-    if selected() == "compiled":
-        return _COMPILED.share_key
+        return getattr(_COMPILED, name)
     return None
 
 

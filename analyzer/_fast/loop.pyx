@@ -763,10 +763,11 @@ cdef class Loop:
                     break
                 if u32o(p + nxt - 4, big) != blen:
                     raise damaged(f"block length {blen} does not match its trailing copy")
-                if btype == EPB:
+                if btype == EPB or btype == PB:
                     if blen < 32:
-                        raise damaged(f"enhanced packet block of {blen} bytes")
-                    ifid = u32o(p + pos + 8, big)
+                        raise damaged(f"{'enhanced packet' if btype == EPB else 'packet'} block of {blen} bytes")
+                    # The obsolete Packet Block: a 16-bit interface id, then a drops count.
+                    ifid = u32o(p + pos + 8, big) if btype == EPB else u16o(p + pos + 8, big)
                     caplen = u32o(p + pos + 20, big)
                     wirelen = u32o(p + pos + 24, big)
                     if caplen > blen - 32:
@@ -792,21 +793,6 @@ cdef class Loop:
                     n += 1
                     if not skipped:
                         self.tick(ts_obj)
-                elif btype == PB:
-                    if blen < 32:
-                        raise damaged(f"packet block of {blen} bytes")
-                    ifid = u16o(p + pos + 8, big)
-                    caplen = u32o(p + pos + 20, big)
-                    wirelen = u32o(p + pos + 24, big)
-                    if caplen > blen - 32:
-                        raise damaged(f"packet of {caplen} bytes in a block of {blen}")
-                    if ifid >= len(section):
-                        raise damaged(f"packet on interface {ifid}, but only "
-                                      f"{len(section)} interfaces are described")
-                    link, units, offset, _snaplen = section[ifid]
-                    ticks = (<uint64_t>u32o(p + pos + 12, big) << 32) | u32o(p + pos + 16, big)
-                    self._record((ticks / units + offset, link, buf[pos + 28:pos + 28 + caplen], wirelen))
-                    n += 1
                 elif btype == IDB:
                     if blen < 20:
                         raise damaged(f"interface description block of {blen} bytes")

@@ -322,7 +322,7 @@ def _read_whole(piece: Piece):
 
     info = PieceRead(piece.file, piece.piece)
     rows = _Rows(piece)
-    keyer = _fast.share_key() or _py_share_key
+    keyer = _fast.compiled("share_key") or _py_share_key
     decoder = Decoder()
     ts_l, lt_l, data_l, wl_l, key_l, port_l = [], [], [], [], [], []
 
@@ -371,7 +371,7 @@ def _read_range(piece: Piece):
 
     info = PieceRead(piece.file, piece.piece, format="pcap")
     rows = _Rows(piece)
-    scan = _fast.scan_records() or scan_records
+    scan = _fast.compiled("scan_records") or scan_records
     decoder = Decoder()
     name = piece.path
     with open(piece.path, "rb") as f:
@@ -459,7 +459,7 @@ def _read_range(piece: Piece):
 def _key_one(linktype: int, data: bytes, wirelen: int) -> int:
     from analyzer import _fast
 
-    keyer = _fast.share_key()
+    keyer = _fast.compiled("share_key")
     keyed = keyer(linktype, data, wirelen) if keyer is not None else None
     return (-1, -1) if keyed is None else keyed
 
@@ -607,7 +607,7 @@ def announce_piece(piece: Piece) -> list[tuple[int, int, int]]:
     from analyzer.decode.packets import Decoder
     from analyzer.engines.native import _share_key
 
-    walk = _fast.ftp_lines() or ftp_lines
+    walk = _fast.compiled("ftp_lines") or ftp_lines
     decoder = Decoder()
     out = []
     with open(piece.path, "rb") as f:

@@ -203,7 +203,7 @@ class Session:
         the code below is the reference it is tested against.
         """
         # -f (a libpcap filter on each record) is the reference loop's alone.
-        compiled = _fast.read_file() if self.packet_filter is None else None
+        compiled = _fast.compiled("read_file") if self.packet_filter is None else None
         if compiled is not None:
             return compiled(self, path, progress, done_before, total, partition)
         report = self.begin(path, "<stdin>" if path == "-" else None)
@@ -273,7 +273,7 @@ class Session:
             self._feed_records(records)
 
     def _feed_records(self, records) -> None:
-        compiled = _fast.feed_records()
+        compiled = _fast.compiled("feed_records")
         if compiled is not None:
             return compiled(self, records)
         decode, packet = self.decoder.decode, self.table.packet
