@@ -840,8 +840,9 @@ cdef class Loop:
             pos = 0
 
     cdef int _record(self, tuple record) except -1:
-        """One packet as the reference's records() yields it, as walk_records does."""
-        ts_obj, linktype, data, wirelen = record
+        """One packet as the reference's records() yields it (ts, linktype, data, wirelen)."""
+        ts_obj, linktype, raw, wirelen = record
+        cdef bytes data = raw if type(raw) is bytes else bytes(raw)
         self.frame += 1
         self.last_ts = ts_obj
         self.clock(ts_obj, ts_obj)
@@ -853,15 +854,8 @@ cdef class Loop:
     def walk_records(self, reader):
         """Any other format: records from the reader, decoded here."""
         self.reader = reader
-        cdef bytes data
-        for ts_obj, linktype, raw, wirelen in reader:
-            data = raw if type(raw) is bytes else bytes(raw)
-            self.frame += 1
-            self.last_ts = ts_obj
-            self.clock(ts_obj, ts_obj)
-            if not self.packet(ts_obj, ts_obj, linktype, <const uint8_t*>PyBytes_AS_STRING(data),
-                               PyBytes_GET_SIZE(data), wirelen, data):
-                self.tick(ts_obj)
+        for record in reader:
+            self._record(record)
 
     def walk_frames(self, records):
         """Records with their frame numbers given, (frame, ts, linktype, data, wirelen):
