@@ -439,3 +439,25 @@ def test_without_the_build_analyze_says_so_once_and_works(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("the compiled fast path is not built") == 1
     assert (tmp_path / "o" / "events.csv").read_text(encoding="utf-8").count("\n") > 1
+
+
+def test_the_read_loop_leaves_the_collector_as_it_found_it(tmp_path):
+    # fewer_collections (engines/native.py): thresholds restored, our freeze
+    # undone, and a caller's own freeze kept.
+    import gc
+
+    from analyzer.engines.native import LOOP_GC_THRESHOLD, fewer_collections
+
+    before = gc.get_threshold()
+    with fewer_collections():
+        assert gc.get_threshold()[0] == LOOP_GC_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with fewer_collections():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

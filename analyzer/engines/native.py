@@ -400,13 +400,18 @@ def fewer_collections():
     still collected, in fewer, larger passes.
     """
     old = gc.get_threshold()
-    gc.freeze()
+    # A caller that froze objects itself (the Python API's user) keeps them
+    # frozen: unfreeze() cannot tell theirs from ours, so we freeze nothing.
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     gc.set_threshold(LOOP_GC_THRESHOLD, *old[1:])
     try:
         yield
     finally:
         gc.set_threshold(*old)
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
 
 
 def read_all(session, paths: list[str], progress=None) -> RunResult:
