@@ -34,13 +34,18 @@ TWINS = {
 # Pure functions of a twin replaced by C ones equal to them: twin module ->
 # {name: function of the reference module giving the C one, or None when
 # none answers as the reference does (then the twin keeps its own)}.
+def _first_equal(candidates, reference, probes):
+    """The first of `candidates` answering as `reference` on every probe (argument tuples), or None."""
+    for candidate in candidates:
+        if all(candidate(*args) == reference(*args) for args in probes):
+            return candidate
+    return None
+
+
 def _http_headers(reference):
     from analyzer._fast.http_head import headers, headers_utf8
 
-    for candidate in (headers, headers_utf8):
-        if all(candidate(head, start) == reference._headers(head, start) for head, start in _HEAD_PROBES):
-            return candidate
-    return None
+    return _first_equal((headers, headers_utf8), reference._headers, _HEAD_PROBES)
 
 
 # Heads on which a C helper must answer as the reference (how values are
@@ -75,17 +80,13 @@ _FRAMING_PROBES = (
 def _http_start_line(reference):
     from analyzer._fast.http_head import start_line
 
-    if all(start_line(line) == reference._start_line(line) for line in _LINE_PROBES):
-        return start_line
-    return None
+    return _first_equal((start_line,), reference._start_line, [(line,) for line in _LINE_PROBES])
 
 
 def _http_framing(reference):
     from analyzer._fast.http_head import framing
 
-    if all(framing(*args) == reference.framing(*args) for args in _FRAMING_PROBES):
-        return framing
-    return None
+    return _first_equal((framing,), reference.framing, _FRAMING_PROBES)
 
 
 HELPERS = {

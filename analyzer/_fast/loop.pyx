@@ -287,6 +287,18 @@ def share_key(int linktype, bytes data, wirelen):
     return _seg_key(&s), _seg_ports(&s)
 
 
+cdef inline bint _whole_record(const uint8_t* p, Py_ssize_t pos, Py_ssize_t limit, bint big, Py_ssize_t keep,
+                               uint32_t* incl, uint32_t* orig) noexcept nogil:
+    # The record header at `pos` (its captured and original lengths into
+    # incl/orig) when the whole record lies within `limit` and is at most
+    # `keep` long: the walk of scan_records and ftp_lines.
+    if pos + 16 > limit:
+        return 0
+    incl[0] = u32o(p + pos + 8, big)
+    orig[0] = u32o(p + pos + 12, big)
+    return incl[0] <= keep and pos + 16 + <Py_ssize_t>incl[0] <= limit
+
+
 def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktype, Py_ssize_t keep):
     """The complete pcap records in buf[pos:limit], for a decode task (capture/split.py).
 
@@ -313,19 +325,13 @@ def scan_records(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int link
     cdef int32_t* off = <int32_t*><char*>offsets
     cdef int32_t* k = <int32_t*><char*>keys
     cdef Py_ssize_t n = 0, used = 0, start
-    cdef uint32_t sec, frac, incl, orig
+    cdef uint32_t incl, orig
     cdef int64_t cut
     cdef Seg s
     off[0] = 0
-    while pos + 16 <= limit:
-        if big:
-            sec, frac, incl, orig = u32be(p + pos), u32be(p + pos + 4), u32be(p + pos + 8), u32be(p + pos + 12)
-        else:
-            sec, frac, incl, orig = u32le(p + pos), u32le(p + pos + 4), u32le(p + pos + 8), u32le(p + pos + 12)
-        if incl > keep or pos + 16 + <Py_ssize_t>incl > limit:
-            break
+    while _whole_record(p, pos, limit, big, keep, &incl, &orig):
         start = pos + 16
-        f[4 * n], f[4 * n + 1], f[4 * n + 2], f[4 * n + 3] = sec, frac, incl, orig
+        f[4 * n], f[4 * n + 1], f[4 * n + 2], f[4 * n + 3] = u32o(p + pos, big), u32o(p + pos + 4, big), incl, orig
         memcpy(out + used, p + start, incl)
         used += incl
         off[n + 1] = <int32_t>used
@@ -375,13 +381,7 @@ def ftp_lines(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktyp
     cdef Seg s
     found = []
     rest = []
-    while pos + 16 <= limit:
-        if big:
-            incl, orig = u32be(p + pos + 8), u32be(p + pos + 12)
-        else:
-            incl, orig = u32le(p + pos + 8), u32le(p + pos + 12)
-        if incl > keep or pos + 16 + <Py_ssize_t>incl > limit:
-            break
+    while _whole_record(p, pos, limit, big, keep, &incl, &orig):
         start = pos + 16
         cut = <int64_t>orig - <int64_t>incl
         if cut < 0:
@@ -713,7 +713,7 @@ cdef class Loop:
         cdef uint64_t ticks
         cdef const uint8_t* p
         cdef double ts
-        cdef int skipped, linktype
+        cdef int skipped
         # The interface of the last packet, in C: (id, link type, exact microseconds).
         cdef Py_ssize_t last_if = -1
         cdef int last_link = 0

@@ -445,26 +445,18 @@ def _collect(info_futures, plan_future, task_futures, spill: Path, say, progress
     total_tasks = n_pieces + len(task_futures)
     while pending or plan_result is None:
         for k, future in list(pending_infos.items()):
-            if future.status == "finished":
-                info = future.result()
-                packets += info.count
+            if _finished(future):
+                packets += future.result().count
                 del pending_infos[k]
-            elif future.status in ("error", "cancelled"):
-                future.result()  # raises the task's error
-        if plan_result is None and plan_future.status == "finished":
+        if plan_result is None and _finished(plan_future):
             plan_result = plan_future.result()
             if plan_result.miscut:
                 return set(plan_result.miscut)
-        elif plan_future.status in ("error", "cancelled"):
-            plan_future.result()
         for k, future in list(pending.items()):
-            if future.status == "finished":
+            if _finished(future):
                 if k not in taken:  # once per partition, whatever Dask ran twice
-                    part = future.result()
-                    taken[k] = _spill(part, spill)
+                    taken[k] = _spill(future.result(), spill)
                 del pending[k]
-            elif future.status in ("error", "cancelled"):
-                future.result()
         now = time.perf_counter()
         done = (n_pieces - len(pending_infos)) + len(taken)
         if progress is not None:
@@ -477,6 +469,13 @@ def _collect(info_futures, plan_future, task_futures, spill: Path, say, progress
         if pending or plan_result is None:
             time.sleep(0.1)
     return plan_result, taken
+
+
+def _finished(future) -> bool:
+    """True once the task has finished; a failed or cancelled task raises its error here."""
+    if future.status in ("error", "cancelled"):
+        future.result()
+    return future.status == "finished"
 
 
 def _first_line(exc: BaseException) -> str:
