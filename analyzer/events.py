@@ -178,7 +178,9 @@ def iso_time(epoch: float) -> str:
             whole, micros = whole + 1, micros - 1_000_000
         if _SECOND[0] != whole:
             _SECOND[0] = whole
-            _SECOND[1] = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            # isoformat, not strftime("%Y"): the C library writes year 999 as "999",
+            # ISO 8601 (and events.csv's time column) as "0999".
+            _SECOND[1] = datetime.fromtimestamp(whole, timezone.utc).isoformat(timespec="seconds")[:19]
         return f"{_SECOND[1]}.{micros:06d}Z"
     except (ValueError, OverflowError, OSError):
         _SECOND[0] = None

@@ -10,6 +10,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -120,6 +121,18 @@ def test_api_frame_types(hostile):
                  st.sampled_from([0.0, 0.9999995, 1_700_000_000.9999996, 2.5e-7, 1e13, -1.5, float("nan")])))
 def test_time_column_equals_iso_time(epoch):
     assert time_column(pd.Series([epoch]).to_numpy())[0].as_py() == iso_time(epoch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(min_value=-62135596800.0, max_value=253402300800.0),
+                          st.floats(allow_nan=True, allow_infinity=True),
+                          st.sampled_from([-62135596800.0, 253402300799.99997, 0.9999995, -1e-7])),
+                min_size=1, max_size=40))
+def test_time_column_whole_batches_equal_iso_time(epochs):
+    # The column is built as one fixed-width buffer: every row must still be
+    # its own iso_time, at the calendar's ends and beside rows no calendar holds.
+    column = time_column(np.array(epochs, dtype=np.float64))
+    assert column.to_pylist() == [iso_time(e) for e in epochs]
 
 
 def _event(code, epoch, frame, protocol="http", substatus=""):
