@@ -20,6 +20,7 @@ import ipaddress
 import struct
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 VERSION = "1"
 TCP = 6
@@ -50,12 +51,18 @@ def for_row(row: dict) -> str:
 
 
 def column(client_ip: pa.Array, client_port: pa.Array, server_ip: pa.Array, server_port: pa.Array) -> pa.Array:
-    """Community IDs of a batch's events, one hash per distinct 4-tuple."""
-    seen: dict[tuple, str] = {}
-    out = []
-    for key in zip(client_ip.to_pylist(), client_port.to_pylist(), server_ip.to_pylist(), server_port.to_pylist()):
-        value = seen.get(key)
-        if value is None:
-            value = seen[key] = community_id(key[0] or "", key[1] or 0, key[2] or "", key[3] or 0)
-        out.append(value)
-    return pa.array(out, pa.string())
+    """Community IDs of a batch's events, one hash per distinct 4-tuple.
+
+    The 4-tuples are joined and dictionary-encoded by Arrow, so Python sees
+    each distinct one once (a per-row loop was 0.45 us of every event).
+    """
+    if len(client_ip) == 0:
+        return pa.array([], pa.string())
+    keys = pc.binary_join_element_wise(pc.fill_null(client_ip, ""), pc.cast(pc.fill_null(client_port, 0), pa.string()),
+                                       pc.fill_null(server_ip, ""), pc.cast(pc.fill_null(server_port, 0), pa.string()),
+                                       "\x00").dictionary_encode()
+    hashes = []
+    for key in keys.dictionary.to_pylist():
+        cip, cport, sip, sport = key.split("\x00")
+        hashes.append(community_id(cip, int(cport), sip, int(sport)))
+    return pa.array(hashes, pa.string()).take(keys.indices)

@@ -37,6 +37,23 @@ def test_both_directions_hash_alike(a, b, pa, pb):
     assert one.startswith("1:") and len(one) == 2 + 28
 
 
+_ENDPOINT = st.tuples(st.one_of(st.ip_addresses().map(str), st.sampled_from(["", "not-an-ip"])), st.integers(0, 65535))
+
+
+@given(st.lists(st.tuples(_ENDPOINT, _ENDPOINT), min_size=0, max_size=30).flatmap(
+    lambda pairs: st.lists(st.sampled_from(pairs), max_size=60) if pairs else st.just([])))
+def test_batch_column_is_the_per_row_hash(rows):
+    # The batch column hashes each distinct 4-tuple once: every row must
+    # still get its own endpoints' ID, in order, repeats and odd ones included.
+    import pyarrow as pa
+
+    from analyzer.community_id import column
+
+    got = column(pa.array([r[0][0] for r in rows], pa.string()), pa.array([r[0][1] for r in rows], pa.int64()),
+                 pa.array([r[1][0] for r in rows], pa.string()), pa.array([r[1][1] for r in rows], pa.int64()))
+    assert got.to_pylist() == [community_id(c[0], c[1], s[0], s[1]) for c, s in rows]
+
+
 def rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
