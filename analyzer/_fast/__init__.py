@@ -135,12 +135,14 @@ def use(name: str | None) -> None:
     _forced = name
 
 
-# The compiled loop's entry points, each with a Python equal beside its caller.
-ENTRY_POINTS = ("read_file", "feed_records", "scan_records", "ftp_lines", "share_key")
+# The compiled entry points, each with a Python equal beside its caller, and
+# the compiled module that holds each.
+ENTRY_POINTS = {"read_file": "loop", "feed_records": "loop", "scan_records": "loop", "ftp_lines": "loop",
+                "share_key": "loop", "EventRows": "rows"}
 
 
 def compiled(name: str):
-    """loop.<name> when the compiled implementation is selected, else None (the
+    """<module>.<name> when the compiled implementation is selected, else None (the
     caller runs its Python equal).  The entry points:
 
       read_file     Session.read_file (engines/native.py)
@@ -149,12 +151,21 @@ def compiled(name: str):
       ftp_lines     the pre-pass of the loopback FTP routes (capture/split.py)
       share_key     the per-packet share key; -1 where its decoder leaves the
                     packet to the Python one
+      EventRows     the events a sink holds until their turn (engines/sink.py)
     """
-    if name not in ENTRY_POINTS:
+    module = ENTRY_POINTS.get(name)
+    if module is None:
         raise ValueError(f"no compiled entry point {name!r}")
-    if selected() == "compiled":
+    if selected() != "compiled":
+        return None
+    if module == "loop":
         return getattr(_COMPILED, name)
-    return None
+    from importlib import import_module
+
+    try:
+        return getattr(import_module(f"analyzer._fast.{module}"), name)
+    except ImportError:  # built before this module existed: the Python equal runs
+        return None
 
 
 def protocols(specs: tuple) -> tuple:
