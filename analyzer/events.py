@@ -59,8 +59,10 @@ RAW_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in DERIVED_COLUMNS and c n
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__,
 # which made building an Event 5x dearer (15 against 3 us measured) on the
-# per-message path.  Nothing changes an Event once made; the flow table
-# fills its endpoints with `replace`.
+# per-message path.  Nothing changes an Event once its dissector has
+# returned it (the HTTP dissector makes a response's Event at its head and
+# completes last_frame and substatus when the body ends); the flow table
+# passes its endpoints beside it.
 @dataclass(slots=True)
 class Event:
     """One response (HTTP), reply (FTP) or close (WebSocket) seen on the wire."""

@@ -206,5 +206,14 @@ cdef class EventRows:
             return None
         order = np.lexsort((held.column(1).to_numpy(), held.column(0).to_numpy()))  # stable: arrival breaks ties
         n = min(n, held.num_rows)
-        self.carry = held.take(pa.array(order[n:])) if n < held.num_rows else None
-        return held.take(pa.array(order[:n])) if n else None
+        self.carry = _rows(held, order, n, held.num_rows) if n < held.num_rows else None
+        return _rows(held, order, 0, n) if n else None
+
+
+cdef object _rows(held, order, Py_ssize_t start, Py_ssize_t stop):
+    """Rows order[start:stop] of `held`; a slice, not a copy, when they are in place
+    (events mostly arrive in time order)."""
+    part = order[start:stop]
+    if part[0] == start and part[stop - start - 1] == stop - 1 and (np.diff(part) == 1).all():
+        return held.slice(start, stop - start)
+    return held.take(pa.array(part))

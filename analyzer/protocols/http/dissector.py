@@ -41,7 +41,7 @@ import re
 
 from analyzer.events import Event
 from analyzer.protocols.base import DETECTED, NEED_MORE, REJECTED, Dissector, Handover
-from analyzer.protocols.http.pairing import HttpPairing, Request, interim, requested_upgrade, response_fields
+from analyzer.protocols.http.pairing import HttpPairing, Request, interim, requested_upgrade, response_event
 
 # h11 allows 16 KiB, nginx large_client_header_buffers 4x8 KiB = 32 KiB,
 # Node.js 16 KiB (80 KiB before v11.6); a passive tap must be more lenient
@@ -210,8 +210,8 @@ class _Side:
         self.msg_frame = 0
         self.held: list = []
         self.held_bytes = 0
-        self.sniff = None    # [event fields, bytearray, content-encoding] of a deferred 4xx/5xx
-        self.deferred = None  # event fields of another response, until its body ends (last_frame)
+        self.sniff = None    # [Event, bytearray, content-encoding] of a deferred 4xx/5xx
+        self.deferred = None  # the Event of another response, until its body ends (last_frame)
         self.after_gap = False
         self.seen = False    # any byte of this direction delivered yet
         self.end = 0         # stream offset after the bytes handled so far (see `mark`)
@@ -587,22 +587,24 @@ class HttpDissector(Dissector):
             flags = ("http_after_gap",) + flags
         side.after_gap = False
         method = req.method if req else ""
-        fields = response_fields(code, reason, side.msg_ts, side.msg_frame, d, req, flags)
         state, length = framing(True, method, code, headers)
         # A head cut short (extra_flags) never ended; a bodiless message ends with its head.
-        ended = None if extra_flags else self._frame
+        # A response with a body is completed (last_frame, substatus) when the body
+        # ends, by _flush_sniff, before it leaves the dissector.
+        ev = response_event(code, reason, side.msg_ts, side.msg_frame, d, req, flags,
+                            None if extra_flags else self._frame)
         if code == 101 or (state == TUNNEL):
-            self._events.append(Event(**fields, last_frame=ended))
+            self._events.append(ev)
             self._switch(d, req, code, headers)
             return
         side.state, side.remaining, side.chunk = state, length, CHUNK_SIZE
         if state == HEAD:
-            self._events.append(Event(**fields, last_frame=ended))
+            self._events.append(ev)
         elif 400 <= code < 600:
-            side.sniff = [fields, bytearray(), headers.get("content-encoding", "")]
+            side.sniff = [ev, bytearray(), headers.get("content-encoding", "")]
         else:
             # Out when the body ends, to say where (Wireshark reports it there).
-            side.deferred = fields
+            side.deferred = ev
         if req is not None and req.upgrade and not interim(code):
             # The server declined the switch: the client's held bytes are HTTP.
             self._release_hold(1 - d)
@@ -747,22 +749,24 @@ class HttpDissector(Dissector):
         side = self.sides[d]
         last_frame = self._frame if ended else None
         if side.deferred is not None:
-            fields, side.deferred = side.deferred, None
-            self._events.append(Event(**fields, last_frame=last_frame))
+            ev, side.deferred = side.deferred, None
+            ev.last_frame = last_frame
+            self._events.append(ev)
             return
         if side.sniff is None:
             return
-        fields, body, encoding = side.sniff
+        ev, body, encoding = side.sniff
         side.sniff = None
         try:
             from analyzer.protocols.http.iis import find_substatus
         except ImportError:  # catalogue module not installed
             find_substatus = None
         if find_substatus is not None and body:
-            sub = find_substatus(fields["code"], bytes(body), encoding)
+            sub = find_substatus(ev.code, bytes(body), encoding)
             if sub:
-                fields = dict(fields, substatus=sub, substatus_source="body")
-        self._events.append(Event(**fields, last_frame=last_frame))
+                ev.substatus, ev.substatus_source = sub, "body"
+        ev.last_frame = last_frame
+        self._events.append(ev)
 
     def _salvage_head(self, d: int, reason: str) -> None:
         """A response head cut short still proves its status line."""

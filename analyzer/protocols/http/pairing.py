@@ -293,23 +293,15 @@ class HttpPairing:
         return {"requests": self.requests, "responses": self.responses, "unanswered": self.unanswered}
 
 
-def response_fields(code: int, text: str, ts: float, frame: int, sender: int, req: Request | None,
-                    flags: tuple[str, ...] = ()) -> dict:
-    """The Event fields of a response paired with `req` (see answer())."""
-    if req is None:
-        lead: tuple[str, ...] = ("http_response_without_request",)
-    elif req.lost:
-        lead = ("http_request_lost",)
-    else:
-        lead = ()
-    return dict(
-        protocol="http", code=code, text=text, request=req.line if req else "",
-        epoch=ts, frame=frame, sender=sender, host=req.host if req else "",
-        latency_ms=round((ts - req.ts) * 1000.0, 3) if req is not None and not req.lost else None,
-        flags=lead + flags,
-    )
-
-
 def response_event(code: int, text: str, ts: float, frame: int, sender: int, req: Request | None,
                    flags: tuple[str, ...] = (), last_frame: int | None = None) -> Event:
-    return Event(**response_fields(code, text, ts, frame, sender, req, flags), last_frame=last_frame)
+    """The Event of a response paired with `req` (see answer())."""
+    if req is None:
+        lead: tuple[str, ...] = ("http_response_without_request",)
+        return Event("http", code, text, "", ts, frame, sender, "", None, flags=lead + flags, last_frame=last_frame)
+    # Positional: one call, no field dict (this runs once per response).
+    if req.lost:
+        return Event("http", code, text, req.line, ts, frame, sender, req.host, None,
+                     flags=("http_request_lost",) + flags, last_frame=last_frame)
+    return Event("http", code, text, req.line, ts, frame, sender, req.host, round((ts - req.ts) * 1000.0, 3),
+                 flags=flags, last_frame=last_frame)
