@@ -136,6 +136,25 @@ def test_visible_forms_hold_no_unsafe_character(text):
     assert not has_unsafe(shown)
 
 
+@given(st.lists(st.one_of(st.none(), st.text(max_size=6),
+                          st.sampled_from(["=1+1", "+x", "-2", "@SUM(A1)", "\tx", "\rx", "é=", " =x", "'=x"])),
+                max_size=30), st.integers(0, 5))
+def test_batch_neutralisation_is_the_per_cell_one(cells, cut):
+    # events.csv neutralises a batch at a time (the formula test reads each
+    # cell's first byte): every cell, of a sliced array too, must come out
+    # as the per-cell neutralise() writes it, nulls staying empty.
+    import pyarrow as pa
+
+    from analyzer.outputs.csvfile import neutralise
+    from analyzer.outputs.events import EVENT_SCHEMA, neutralise_batch
+
+    column = pa.array(["pad"] * cut + cells, pa.string()).slice(cut)
+    columns = [column if name == "text" else pa.nulls(len(cells), field.type)
+               for name, field in zip(EVENT_SCHEMA.names, EVENT_SCHEMA)]
+    batch = neutralise_batch(pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA))
+    assert batch.column("text").to_pylist() == [None if c is None else neutralise(c) for c in cells]
+
+
 # --- secrets ----------------------------------------------------------------------------------------
 
 SECRETS = (b"GAPSECRET", b"CUTSECRET", b"c2VjcmV0QmFzaWM", b"SECRETCOOKIE", b"UFJPWFlTRUNSRVQ", b"hunter2",

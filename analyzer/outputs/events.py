@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -27,8 +28,34 @@ from analyzer.outputs.visible import UNSAFE_RE2, json_text, may_hold_unsafe, vis
 
 EVENT_SCHEMA = pa.schema([(name, pa.type_for_alias(EVENT_TYPES[name])) for name in EVENT_COLUMNS])
 STRING_COLUMNS = tuple(name for name in EVENT_COLUMNS if EVENT_TYPES[name] == "string")
-# A cell starting with one of these is run as a formula by spreadsheets.
-_DANGEROUS = "^[" + "".join("\\" + c if c in "-\\]^" else c for c in DANGEROUS_PREFIXES) + "]"
+# A cell starting with one of these is run as a formula by spreadsheets; each
+# is one ASCII byte, so a cell's first byte tells (UTF-8 never puts an ASCII
+# byte inside another character).
+_FORMULA_BYTE = np.zeros(256, dtype=bool)
+_FORMULA_BYTE[[ord(c) for c in DANGEROUS_PREFIXES]] = True
+assert all(len(c) == 1 and ord(c) < 0x80 for c in DANGEROUS_PREFIXES)
+
+
+def _formula_cells(column: pa.Array) -> np.ndarray:
+    """Which cells of a string array start with a formula character (null cells: none).
+
+    From the offsets and the first byte of each cell, in numpy: a regex
+    anchored at each cell cost ~0.5 us an event over the batch's string columns.
+    """
+    if column.type != pa.string():
+        column = column.cast(pa.string())
+    validity, offsets, data = column.buffers()
+    n = len(column)
+    if data is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    ends = np.frombuffer(offsets, dtype=np.int32)[column.offset:column.offset + n + 1]
+    starts, nonempty = ends[:-1], ends[1:] > ends[:-1]
+    first = np.zeros(n, dtype=np.uint8)
+    first[nonempty] = np.frombuffer(data, dtype=np.uint8)[starts[nonempty]]
+    risky = _FORMULA_BYTE[first] & nonempty
+    if column.null_count:
+        risky &= column.is_valid().to_numpy(zero_copy_only=False)
+    return risky
 
 
 def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -41,9 +68,9 @@ def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
                 # rare: only then do the cells go through Python
                 column = pa.array([visible(v) if v is not None else None for v in column.to_pylist()],
                                   type=column.type)
-            risky = pc.match_substring_regex(column, _DANGEROUS)
-            if pc.any(risky).as_py():
-                column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+            risky = _formula_cells(column)
+            if risky.any():
+                column = pc.if_else(pa.array(risky), pc.binary_join_element_wise("'", column, ""), column)
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
 
