@@ -37,6 +37,26 @@ def test_both_directions_hash_alike(a, b, pa, pb):
     assert one.startswith("1:") and len(one) == 2 + 28
 
 
+@given(st.one_of(st.ip_addresses().map(str), st.ip_addresses(v=6).map(lambda a: a.exploded),
+                 st.text(alphabet="0123456789abcdef:.%x", max_size=24), st.text(max_size=8)))
+def test_address_bytes_are_ipaddress_ones(text):
+    # The fast parse (inet_pton on canonical forms) must accept, refuse and
+    # pack exactly as ipaddress does, on odd forms and garbage too.
+    import ipaddress
+
+    from analyzer.community_id import _packed
+
+    try:
+        expected = ipaddress.ip_address(text).packed
+    except ValueError:
+        expected = None
+    try:
+        got = _packed(text)
+    except ValueError:
+        got = None
+    assert got == expected
+
+
 _ENDPOINT = st.tuples(st.one_of(st.ip_addresses().map(str), st.sampled_from(["", "not-an-ip"])), st.integers(0, 65535))
 
 
