@@ -4,9 +4,10 @@
 # An engine calls `EventSink.add(event, endpoints)` per event.  Events arrive
 # nearly in time order (a response is reported when its head is complete), so
 # holding the latest REORDER_WINDOW events puts them in (epoch, frame) order
-# while bounding memory.  Events leaving the window become rows of a batch; every
-# BATCH_ROWS rows the batch is built column by column (raw wire strings,
-# nothing neutralised), gets its `time` and catalogue columns vectorised, and
+# while bounding memory.  The held events are an EventRows (compiled twin:
+# analyzer/_fast/rows.pyx, C column buffers); every BATCH_ROWS the earliest
+# leave as one Arrow batch (raw wire strings, nothing neutralised), which
+# gets its `time`, `community_id` and catalogue columns vectorised, and
 # goes to each consumer: the events.csv writer (which alone neutralises for
 # spreadsheets), the statistics, the optional jsonl/parquet writers, the
 # Python API's in-memory copy, or a parallel worker's part file.  Nothing
