@@ -138,10 +138,11 @@ class Session:
         events = self.events
         callback = on_event
 
-        def emit(ev: Event, ends: tuple) -> None:
+        def emit_and_call(ev: Event, ends: tuple) -> None:
             events.add(ev, ends)
-            if callback is not None:
-                callback(with_endpoints(ev, ends))
+            callback(with_endpoints(ev, ends))
+
+        emit = events.add if callback is None else emit_and_call  # one call less per event
 
         # Each finished connection's row goes to connections.csv and the
         # spill the statistics read at the end (a parallel worker's to its
