@@ -25,14 +25,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from analyzer import interrupt
 from analyzer.engines.native import RunResult, Session, _size
 from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, StatsFeed, open_consumers
 from analyzer.outputs.connections import ConnectionRows
 from analyzer.outputs.csvfile import CsvWriter
+from analyzer.outputs.events import CSV_LINE, without_lines
 
 # Below this much input one process finishes before N could start.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
@@ -205,43 +206,53 @@ def merge_in_time_order(streams):
 
     Vectorised k-way merge: the rows every stream has provided up to the
     smallest "last key so far" among the streams still running can no longer
-    be preceded by anything, so they are sorted and released together.
+    be preceded by anything, so they are sorted and released together (a
+    stable sort: rows of one stream with equal keys keep their order; two
+    streams never hold the same packet).  The keys are read as numpy arrays
+    once per batch: each round is a few binary searches and one lexsort,
+    and the rows move only in the final take.
     Memory: about one batch per stream.
     """
     iters = [iter(s) for s in streams]
-    held: list[list[pa.RecordBatch]] = [[] for _ in iters]
+    # Per stream: [batch, epoch, frame] of the batches it holds, unreleased rows only.
+    held: list[list[list]] = [[] for _ in iters]
 
     def pull(k: int) -> bool:
         batch = next(iters[k], None)
         if batch is None:
             return False
-        held[k].append(batch)
+        held[k].append([batch, batch.column("epoch").to_numpy(zero_copy_only=False),
+                        batch.column("frame").to_numpy(zero_copy_only=False)])
         return True
 
     def last_key(k: int) -> tuple:
-        b = held[k][-1]
-        return (b.column("epoch")[-1].as_py(), b.column("frame")[-1].as_py())
+        _, epoch, frame = held[k][-1]
+        return (epoch[-1], frame[-1])
 
     alive = [k for k in range(len(iters)) if pull(k)]
     while alive:
         epoch_bound, frame_bound = min(last_key(k) for k in alive)
-        ready = []
+        ready, epochs, frames = [], [], []
         for k in alive:
             kept = []
-            for b in held[k]:
-                epoch, frame = b.column("epoch"), b.column("frame")
-                before = pc.or_(pc.less(epoch, epoch_bound),
-                                pc.and_(pc.equal(epoch, epoch_bound), pc.less_equal(frame, frame_bound)))
-                n = pc.sum(pc.cast(before, pa.int64())).as_py() or 0
-                if n:  # rows are sorted: the ones up to the bound are a prefix
-                    ready.append(b.slice(0, n))
-                if n < b.num_rows:
-                    kept.append(b.slice(n))
+            for item in held[k]:
+                batch, epoch, frame = item
+                # Sorted rows: those up to the bound are a prefix, ended in the run of equal epochs.
+                low = int(np.searchsorted(epoch, epoch_bound, side="left"))
+                high = int(np.searchsorted(epoch, epoch_bound, side="right"))
+                n = low + int(np.searchsorted(frame[low:high], frame_bound, side="right"))
+                if n:
+                    ready.append(batch.slice(0, n))
+                    epochs.append(epoch[:n])
+                    frames.append(frame[:n])
+                if n < len(epoch):
+                    kept.append([batch.slice(n), epoch[n:], frame[n:]])
             held[k] = kept
-        if ready:
-            table = pa.Table.from_batches(ready)
-            order = pc.sort_indices(table, sort_keys=[("epoch", "ascending"), ("frame", "ascending")])
-            yield from table.take(order).combine_chunks().to_batches()
+        if len(ready) == 1:
+            yield ready[0]
+        elif ready:
+            order = np.lexsort((np.concatenate(frames), np.concatenate(epochs)))
+            yield pa.Table.from_batches(ready).take(order).combine_chunks().to_batches()[0]
         # The stream that set the bound has released everything it held: it pulls next.
         alive = [k for k in alive if held[k] or pull(k)]
 
@@ -287,12 +298,27 @@ def merge_shares(shares: list[Share], merged: RunResult, outputs: EventOutputs) 
     skipped, epochs, errors, TCP segments) is the caller's, already in `merged`."""
     out = merged.outdir
     # Events: each share is in time order; merged by (epoch, frame) as one run would order them.
-    consumers, _, merged.kept = open_consumers(out, replace(outputs, part=None, stats=False, accumulator=None))
+    # The shares selected their events already (the selection wraps their part file).
+    consumers, _, merged.kept = open_consumers(out, replace(outputs, part=None, stats=False, accumulator=None,
+                                                            selection=None))
     merged.stats = _merged_stats([share.result.stats for share in shares], outputs)
+    # The shares' batches carry each row's events.csv bytes (sink.PartFile):
+    # events.csv writes them, every other consumer gets the batch without them.
+    # When events.csv is the only consumer (the CLI's default), only the sort
+    # keys and the lines are merged.
+    with_lines = [c for c in consumers if getattr(c, "takes_lines", False)]
+    plain = [c for c in consumers if not getattr(c, "takes_lines", False)]
+    streams = [share.events() for share in shares]
+    if not plain:
+        streams = [(batch.select(["epoch", "frame", CSV_LINE]) for batch in stream) for stream in streams]
     try:
-        for batch in merge_in_time_order([share.events() for share in shares]):
-            for consumer in consumers:
+        for batch in merge_in_time_order(streams):
+            for consumer in with_lines:
                 consumer.write(batch)
+            if plain:
+                batch = without_lines(batch)
+                for consumer in plain:
+                    consumer.write(batch)
         for consumer in consumers:
             consumer.commit()
     except BaseException:

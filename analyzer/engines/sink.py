@@ -10,7 +10,8 @@
 # gets its `time`, `community_id` and catalogue columns vectorised, and
 # goes to each consumer: the events.csv writer (which alone neutralises for
 # spreadsheets), the statistics, the optional jsonl/parquet writers, the
-# Python API's in-memory copy, or a parallel worker's part file.  Nothing
+# Python API's in-memory copy, or a parallel worker's part file (with each
+# row's events.csv bytes, rendered there so the parent only writes them).  Nothing
 # reads an output file back.
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from analyzer import _fast, community_id
 from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
-from analyzer.outputs.events import EVENT_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet, events_frame
+from analyzer.outputs.events import (EVENT_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet,
+                                    csv_lines, events_frame)
 
 # Events held to put the output in time order; a window of this many events
 # sorts every capture we have seen while bounding memory.
@@ -114,14 +116,16 @@ class StatsFeed:
 
 
 class PartFile:
-    """A parallel worker's events: an Arrow IPC stream the parent merges."""
+    """A parallel worker's events: an Arrow IPC stream the parent merges, each
+    row with its events.csv bytes (outputs/events.csv_lines), so rendering
+    them runs on every core and the parent only writes them."""
 
     def __init__(self, path: str | Path) -> None:
         self.sink = pa.OSFile(str(path), "wb")
-        self.writer = pa.ipc.new_stream(self.sink, EVENT_SCHEMA)
+        self.writer = pa.ipc.new_stream(self.sink, LINES_SCHEMA)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
+        self.writer.write_batch(csv_lines(batch))
 
     def flush(self) -> None:
         pass

@@ -12,6 +12,15 @@
 # exception is live capture's events.csv, appended and flushed while it runs.
 # Nothing here reads an output back: statistics and the Python API take the
 # same batches (events_frame) before they are neutralised.
+#
+# events.csv is rendered a batch at a time (csv_bytes: neutralised, then
+# pyarrow's CSV writer, rows only); the header is written once at open.  A
+# parallel worker renders its own batches and ships each row's bytes beside
+# the row (csv_lines: one binary cell per row, split exactly at the row ends,
+# a cell's quoted CR/LF and doubled quotes left whole), so the parent, after
+# its merge by time, writes bytes it never renders (issue 12: the parent's
+# serial part).  EventsCsv writes a batch's lines when it has them and renders
+# it otherwise: one writer for every engine, byte for byte the same file.
 from __future__ import annotations
 
 import math
@@ -58,6 +67,15 @@ def _formula_cells(column: pa.Array) -> np.ndarray:
     return risky
 
 
+# The column a parallel worker adds to its part file: each row's events.csv
+# bytes (CRLF included).  Only EventsCsv reads it; the merge strips it for
+# every other consumer (engines/parallel.merge_shares).
+CSV_LINE = "csv_line"
+LINES_SCHEMA = EVENT_SCHEMA.append(pa.field(CSV_LINE, pa.binary()))
+_CSV_OPTIONS = pacsv.WriteOptions(eol="\r\n", quoting_header="none")
+_CSV_ROWS = pacsv.WriteOptions(eol="\r\n", include_header=False)
+
+
 def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The batch as events.csv shows it: control and bidi characters as \\xNN / \\uNNNN
     (outputs/visible.py), then every cell that could start a formula prefixed by an apostrophe."""
@@ -73,6 +91,62 @@ def neutralise_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
                 column = pc.if_else(pa.array(risky), pc.binary_join_element_wise("'", column, ""), column)
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+def csv_header() -> bytes:
+    """events.csv's first line, as pyarrow's CSV writer writes it."""
+    sink = pa.BufferOutputStream()
+    pacsv.CSVWriter(sink, EVENT_SCHEMA, write_options=_CSV_OPTIONS).close()
+    return sink.getvalue().to_pybytes()
+
+
+def csv_bytes(batch: pa.RecordBatch) -> pa.Buffer:
+    """The events.csv rows of `batch` (EVENT_SCHEMA), neutralised, without the header."""
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(neutralise_batch(batch), sink, write_options=_CSV_ROWS)
+    return sink.getvalue()
+
+
+def split_rows(data, rows: int) -> pa.Array:
+    """CSV text of `rows` rows ending in CRLF, as a binary array of one row each.
+
+    A row ends at a line feed outside quotes: a quoted cell may hold CR, LF and
+    doubled quotes, and a quote only ever appears in a quoted cell, doubled, or
+    as a cell's opening or closing one, so an even count of quotes before a
+    line feed means it is outside every cell.  When there are exactly `rows`
+    line feeds (always, for a neutralised batch: controls are shown as \\xNN)
+    each one ends a row and no quote is counted.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(raw == 0x0A)
+    if len(ends) != rows:
+        quotes = np.cumsum(raw == 0x22, dtype=np.int64)
+        ends = ends[(quotes[ends] & 1) == 0]
+        if len(ends) != rows:
+            raise ValueError(f"CSV text of {rows} rows has {len(ends)} row ends")
+    offsets = np.empty(rows + 1, dtype=np.int32)
+    offsets[0] = 0
+    offsets[1:] = ends + 1
+    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), data if isinstance(data, pa.Buffer) else pa.py_buffer(data)])
+
+
+def csv_lines(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` with each row's events.csv bytes as a last column (CSV_LINE)."""
+    lines = split_rows(csv_bytes(batch), batch.num_rows)
+    return pa.RecordBatch.from_arrays(batch.columns + [lines], schema=LINES_SCHEMA)
+
+
+def without_lines(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """`batch` as every consumer but events.csv sees it."""
+    if batch.schema.names[-1] != CSV_LINE:
+        return batch
+    return pa.RecordBatch.from_arrays(batch.columns[:-1], schema=EVENT_SCHEMA)
+
+
+def _joined(lines: pa.Array):
+    """The bytes of a binary array's cells, end to end (they are stored so: no copy)."""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
+    return lines.buffers()[2][int(offsets[0]):int(offsets[-1])] if len(lines) else b""
 
 
 class _EventFile:
@@ -97,18 +171,21 @@ class _EventFile:
 class EventsCsv(_EventFile):
     """events.csv: RFC 4180 rows ending in CRLF, so a CR inside a cell stays quoted."""
 
+    # It takes batches with their CSV_LINE column (the merge strips it for the
+    # others) and then reads nothing else: the merge may hand it only the lines.
+    takes_lines = True
+
     def __init__(self, path: str | Path, atomic: bool = True) -> None:
         self._file = AtomicWriter(path, binary=True) if atomic else DirectFile(path, binary=True)
-        options = pacsv.WriteOptions(eol="\r\n", quoting_header="none")
-        self._writer = pacsv.CSVWriter(self._file.handle, EVENT_SCHEMA, write_options=options)
+        self._file.handle.write(csv_header())
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(neutralise_batch(batch))
+        if batch.schema.names[-1] == CSV_LINE:
+            self._file.handle.write(_joined(batch.column(CSV_LINE)))
+        else:
+            self._file.handle.write(csv_bytes(batch))
         self.rows += batch.num_rows
-
-    def _close_writer(self) -> None:
-        self._writer.close()
 
 
 def _json_value(value):
