@@ -156,6 +156,14 @@ def test_two_processes_write_the_same_bytes_on_hostile_cells(hostile):
     # No other consumer saw the lines.
     assert (tmp / "two" / "events.jsonl").read_bytes() == (tmp / "one" / "events.jsonl").read_bytes()
     assert CSV_LINE not in json.loads((tmp / "two" / "events.jsonl").read_text().splitlines()[0])
+    # connections.csv is the workers' files end to end: the same rows, share by share.
+    one_rows, two_rows = (_lines(tmp / d / "connections.csv") for d in ("one", "two"))
+    assert two_rows[0] == one_rows[0] and sorted(two_rows) == sorted(one_rows) and len(one_rows) == 121
+    assert two.connections.count == one.connections.count == 120
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\r\n")[:-1]  # no cell of connections.csv holds a CR
 
 
 def test_two_processes_keep_the_same_bytes_and_frame_with_a_selection(hostile):

@@ -73,6 +73,7 @@ from analyzer.engines.native import FileReport, RunResult, Session, _size
 from analyzer.engines.parallel import PART_EVENTS, Share, _batches, _rows, merge_shares, worker_outputs
 from analyzer.engines.sink import EventOutputs
 from analyzer.errors import CaptureError, ClusterError, InputError, MissingTool, UsageError
+from analyzer.outputs.csvfile import rendered_rows
 
 # Packets (bytes of capture) per shuffle partition: P = input bytes / this.
 PARTITION_BYTES = 128 * 1024 * 1024
@@ -272,6 +273,7 @@ class PartitionOutput:
     anomalies: list          # anomalies.csv rows
     connections: bytes       # marshal of its connection rows (tuples), in the order they ended
     packets: int
+    connections_csv: bytes = b""  # its connections.csv (rendered in the task), header included
 
 
 def dissect_partition(frame, plan: Layout, index: int, paths: list, lang: str, outputs: EventOutputs,
@@ -323,7 +325,8 @@ def dissect_partition(frame, plan: Layout, index: int, paths: list, lang: str, o
         result.connections = None
         result.kept = None
         result.files = []
-        return PartitionOutput(index, result, events, anomalies, marshal.dumps(rows), table.num_rows)
+        connections_csv = (work / "connections.csv").read_bytes() if (work / "connections.csv").exists() else b""
+        return PartitionOutput(index, result, events, anomalies, marshal.dumps(rows), table.num_rows, connections_csv)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -488,7 +491,10 @@ def _spill(part: PartitionOutput, spill: Path) -> dict:
     events.write_bytes(part.events)
     connections = spill / f"connections-{part.index}.marshal"
     connections.write_bytes(part.connections)
-    return {"result": part.result, "events": events, "anomalies": part.anomalies, "connections": connections}
+    table = spill / f"connections-{part.index}.csv"
+    table.write_bytes(part.connections_csv)
+    return {"result": part.result, "events": events, "anomalies": part.anomalies, "connections": connections,
+            "connections_csv": table}
 
 
 def _connection_chunks(path: Path):
@@ -525,5 +531,6 @@ def _merge(plan: Layout, parts: dict, spill: Path, out: Path, outputs: EventOutp
     if plan.records_cut:
         merged.limits = Counter({"record_bytes": plan.records_cut})
     shares = [Share(p["result"], lambda p=p: _batches(p["events"]), lambda p=p: iter(p["anomalies"]),
-                    lambda p=p: _connection_chunks(p["connections"])) for p in (parts[k] for k in sorted(parts))]
+                    lambda p=p: _connection_chunks(p["connections"]), lambda p=p: rendered_rows(p["connections_csv"]))
+              for p in (parts[k] for k in sorted(parts))]
     return merge_shares(shares, merged, outputs)

@@ -145,14 +145,15 @@ class Session:
         emit = events.add if callback is None else emit_and_call  # one call less per event
 
         # Each finished connection's row goes to connections.csv and the
-        # spill the statistics read at the end (a parallel worker's to its
-        # part folder, for the parent); with `on_connection` (live capture)
-        # to the caller instead, which writes connections.csv itself.
+        # spill the statistics read at the end (a parallel worker's both to
+        # its part folder, for the parent to copy and read); with
+        # `on_connection` (live capture) to the caller instead, which writes
+        # connections.csv itself.
         self.on_connection = on_connection
         if on_connection is None:
             worker = (outputs or EventOutputs()).part is not None
             self.result.connections = ConnectionRows(
-                self.out, spill=self.out / PART_CONNECTIONS if worker else None, csv=not worker)
+                self.out, spill=self.out / PART_CONNECTIONS if worker else None)
         keep_row = on_connection or self.result.connections.add
 
         def connection_row(row: dict) -> None:

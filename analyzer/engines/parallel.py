@@ -32,7 +32,8 @@ from analyzer import interrupt
 from analyzer.engines.native import RunResult, Session, _size
 from analyzer.engines.sink import ANOMALY_COLUMNS, EventOutputs, StatsFeed, open_consumers
 from analyzer.outputs.connections import ConnectionRows
-from analyzer.outputs.csvfile import CsvWriter
+from analyzer.events import CONNECTION_COLUMNS
+from analyzer.outputs.csvfile import CsvWriter, rendered_rows
 from analyzer.outputs.events import CSV_LINE, without_lines
 
 # Below this much input one process finishes before N could start.
@@ -286,9 +287,10 @@ class Share:
     files, the cluster's (engines/cluster.py) from what its tasks returned."""
 
     result: RunResult
-    events: object       # () -> record batches in (epoch, frame) order
-    anomalies: object    # () -> anomalies.csv rows (ANOMALY_COLUMNS)
-    connections: object  # () -> chunks of connection rows (lists of dicts), in the order they ended
+    events: object           # () -> record batches in (epoch, frame) order, each row with its CSV_LINE
+    anomalies: object        # () -> anomalies.csv rows (ANOMALY_COLUMNS)
+    connections: object      # () -> chunks of connection rows (lists of dicts), in the order they ended
+    connections_csv: object  # () -> the share's connections.csv after its header, as bytes, in that order
 
 
 def merge_shares(shares: list[Share], merged: RunResult, outputs: EventOutputs) -> RunResult:
@@ -340,12 +342,21 @@ def merge_shares(shares: list[Share], merged: RunResult, outputs: EventOutputs) 
         merged.connections_total += r.connections_total
         merged.connections_with_gaps += r.connections_with_gaps
         merged.missed_bytes += r.missed_bytes
-    # Connections: each share's rows in turn, streamed, never all in memory.
-    merged.connections = ConnectionRows(out)
-    for share in shares:
-        for chunk in share.connections():
-            for row in chunk:
-                merged.connections.add(row)
+    # Connections: each share's rows in turn, streamed, never all in memory;
+    # connections.csv is the shares' own files end to end (the same rows a
+    # CsvWriter of the merged rows would write, rendered on every core).
+    merged.connections = ConnectionRows(out, csv=False)
+    table = CsvWriter(out / "connections.csv", CONNECTION_COLUMNS)
+    try:
+        for share in shares:
+            for chunk in share.connections():
+                for row in chunk:
+                    merged.connections.add(row)
+            table.write_rendered(share.connections_csv())
+        table.commit()
+    except BaseException:
+        table.abort()
+        raise
     merged.connections.commit()
     return merged
 
@@ -365,5 +376,6 @@ def _merge(results: list[RunResult], out: Path, lang: str, outputs: EventOutputs
                        first_epoch=first.first_epoch, last_epoch=first.last_epoch, errors=first.errors,
                        tcp_segments=first.tcp_segments)  # every worker reads every packet
     shares = [Share(r, lambda r=r: _batches(r.outdir / PART_EVENTS), lambda r=r: _rows(r.outdir / "anomalies.csv"),
-                    lambda r=r: _connection_chunks(r)) for r in results]
+                    lambda r=r: _connection_chunks(r), lambda r=r: rendered_rows(r.outdir / "connections.csv"))
+              for r in results]
     return merge_shares(shares, merged, outputs)

@@ -114,6 +114,14 @@ class CsvWriter:
         for row in rows:
             self.write_trusted(row)
 
+    def write_rendered(self, chunks: Iterable[bytes]) -> None:
+        """Rows another CsvWriter of the same columns already wrote, as its bytes
+        after the header (a parallel worker's part file; not counted in `rows`)."""
+        self._file.handle.flush()
+        raw = self._file.handle.buffer
+        for chunk in chunks:
+            raw.write(chunk)
+
     def flush(self) -> None:
         self._file.handle.flush()
 
@@ -122,6 +130,19 @@ class CsvWriter:
 
     def abort(self) -> None:
         self._file.abort()
+
+
+def rendered_rows(path: str | os.PathLike, chunk: int = 1 << 20):
+    """The bytes of a CsvWriter's file after its header line, a chunk at a time
+    (nothing when there is no file)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        handle.readline()  # the header: column names, never quoted across lines
+        while data := handle.read(chunk):
+            yield data
 
 
 def write_dataframe(path: str | os.PathLike, frame) -> None:
