@@ -163,8 +163,7 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
         merged = _merge(results, out, lang, outputs)
     finally:
         if not finished:  # an error or a second signal: no worker may go on without us
-            _signal_workers(pool, signal.SIGKILL)
-            pool.shutdown(wait=False, cancel_futures=True)
+            _abandon(pool)
         for part in parts:
             shutil.rmtree(part, ignore_errors=True)
     merged.interrupted = interrupted or any(r.interrupted for r in results) or interrupt.stop_requested()
@@ -182,6 +181,24 @@ def _wait(future, progress, value, total: int) -> RunResult:
             continue
         with open(path, "rb") as handle:
             return pickle.load(handle)
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers and let the pool's manager thread end.
+
+    A worker killed while it sends its result leaves half a message in the
+    result pipe; the manager thread then waits for the rest, which never
+    comes while this process holds the pipe's write end too, and the
+    interpreter's exit joins that thread: the run hung after "interrupted"
+    (seen under load).  With our write end closed the dead workers' ends are
+    the last: the wait ends in EOF, a broken pool, and the thread exits.
+    """
+    results = getattr(pool, "_result_queue", None)  # shutdown() forgets it
+    _signal_workers(pool, signal.SIGKILL)
+    pool.shutdown(wait=False, cancel_futures=True)
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()  # nothing in this process writes results
 
 
 def _signal_workers(pool: ProcessPoolExecutor, signum: int) -> None:
