@@ -186,3 +186,11 @@ def test_two_processes_write_the_same_bytes_on_the_samples(tmp_path):
     two = run_parallel(captures, tmp_path / "two", lang="en", jobs=2)
     assert two.events == one.events > 100
     assert (tmp_path / "two" / "events.csv").read_bytes() == (tmp_path / "one" / "events.csv").read_bytes()
+
+
+def test_a_part_holds_only_keys_and_lines_when_events_csv_is_the_only_event_file(tmp_path):
+    from analyzer.engines.parallel import worker_outputs
+
+    assert worker_outputs(EventOutputs(), tmp_path).part_lines_only
+    for other in (dict(jsonl=True), dict(parquet=True), dict(keep=True), dict(also=(object(),))):
+        assert not worker_outputs(EventOutputs(**other), tmp_path).part_lines_only, other

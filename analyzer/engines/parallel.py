@@ -92,9 +92,12 @@ def _report_progress(done: int, total: int) -> None:
 def worker_outputs(outputs: EventOutputs, part: Path) -> EventOutputs:
     """What a worker does with its share's events: a part file for the parent
     to merge and write, and the share's own statistics (merged exactly by the
-    parent, StatsAccumulator.merge), so the statistics run on every core."""
-    return EventOutputs(csv=False, part=str(part / PART_EVENTS), stats=outputs.stats, policy=outputs.policy,
-                        uri_grouping=outputs.uri_grouping, selection=outputs.selection)
+    parent, StatsAccumulator.merge), so the statistics run on every core.
+    When the parent writes no event file but events.csv, the part holds only
+    what its merge and events.csv need (the sort keys and each row's line)."""
+    lines_only = not (outputs.jsonl or outputs.parquet or outputs.keep or outputs.also)
+    return EventOutputs(csv=False, part=str(part / PART_EVENTS), part_lines_only=lines_only, stats=outputs.stats,
+                        policy=outputs.policy, uri_grouping=outputs.uri_grouping, selection=outputs.selection)
 
 
 def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int, outputs: EventOutputs) -> str:
@@ -324,7 +327,8 @@ def merge_shares(shares: list[Share], merged: RunResult, outputs: EventOutputs) 
     # The shares' batches carry each row's events.csv bytes (sink.PartFile):
     # events.csv writes them, every other consumer gets the batch without them.
     # When events.csv is the only consumer (the CLI's default), only the sort
-    # keys and the lines are merged.
+    # keys and the lines are merged (and the shares shipped only those,
+    # worker_outputs).
     with_lines = [c for c in consumers if getattr(c, "takes_lines", False)]
     plain = [c for c in consumers if not getattr(c, "takes_lines", False)]
     streams = [share.events() for share in shares]

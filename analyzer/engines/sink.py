@@ -27,7 +27,7 @@ from analyzer import _fast, community_id
 from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
-from analyzer.outputs.events import (EVENT_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet,
+from analyzer.outputs.events import (EVENT_SCHEMA, KEYS_LINES_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet,
                                     csv_lines, events_frame)
 
 # Events held to put the output in time order; a window of this many events
@@ -64,6 +64,7 @@ class EventOutputs:
     uri_grouping: str = "path"  # failing URIs by grouped path or by "full" URI (stats/paths.py)
     selection: object = None  # an engines.selection.Selection: only matching events reach the consumers
     part: str | None = None   # a parallel worker's Arrow IPC part file (the parent writes the files above)
+    part_lines_only: bool = False  # the part holds only the sort keys and events.csv lines (nothing else reads it)
     also: tuple = ()          # further consumers of the batches (outputs.metrics.EventMetrics)
 
 
@@ -120,12 +121,14 @@ class PartFile:
     row with its events.csv bytes (outputs/events.csv_lines), so rendering
     them runs on every core and the parent only writes them."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lines_only: bool = False) -> None:
         self.sink = pa.OSFile(str(path), "wb")
-        self.writer = pa.ipc.new_stream(self.sink, LINES_SCHEMA)
+        self.lines_only = lines_only
+        self.writer = pa.ipc.new_stream(self.sink, KEYS_LINES_SCHEMA if lines_only else LINES_SCHEMA)
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(csv_lines(batch))
+        lined = csv_lines(batch)
+        self.writer.write_batch(lined.select(KEYS_LINES_SCHEMA.names) if self.lines_only else lined)
 
     def flush(self) -> None:
         pass
@@ -142,7 +145,7 @@ def open_consumers(outdir: Path, outputs: EventOutputs, *, stream: bool = False)
     """(consumers, StatsFeed or None, in-memory copy or None) for a run."""
     consumers: list = []
     if outputs.part is not None:
-        consumers.append(PartFile(outputs.part))
+        consumers.append(PartFile(outputs.part, lines_only=outputs.part_lines_only))
     if outputs.csv:
         consumers.append(EventsCsv(outdir / "events.csv", atomic=not stream))
     if outputs.jsonl:

@@ -72,6 +72,9 @@ def _formula_cells(column: pa.Array) -> np.ndarray:
 # every other consumer (engines/parallel.merge_shares).
 CSV_LINE = "csv_line"
 LINES_SCHEMA = EVENT_SCHEMA.append(pa.field(CSV_LINE, pa.binary()))
+# A part when events.csv is the parent's only event file: what its merge needs.
+KEYS_LINES_SCHEMA = pa.schema([EVENT_SCHEMA.field("epoch"), EVENT_SCHEMA.field("frame"),
+                               LINES_SCHEMA.field(CSV_LINE)])
 _CSV_OPTIONS = pacsv.WriteOptions(eol="\r\n", quoting_header="none")
 _CSV_ROWS = pacsv.WriteOptions(eol="\r\n", include_header=False)
 
