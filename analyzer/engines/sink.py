@@ -27,8 +27,8 @@ from analyzer import _fast, community_id
 from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, event_values, iso_time
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
-from analyzer.outputs.events import (EVENT_SCHEMA, KEYS_LINES_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept, EventsParquet,
-                                    csv_lines, events_frame)
+from analyzer.outputs.events import (EVENT_SCHEMA, KEYS_LINES_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept,
+                                    EventsParquet, csv_lines, events_frame)
 
 # Events held to put the output in time order; a window of this many events
 # sorts every capture we have seen while bounding memory.

@@ -130,7 +130,8 @@ def split_rows(data, rows: int) -> pa.Array:
     offsets = np.empty(rows + 1, dtype=np.int32)
     offsets[0] = 0
     offsets[1:] = ends + 1
-    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), data if isinstance(data, pa.Buffer) else pa.py_buffer(data)])
+    buffer = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    return pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(offsets), buffer])
 
 
 def csv_lines(batch: pa.RecordBatch) -> pa.RecordBatch:
