@@ -253,9 +253,16 @@ class EventSink:
             self._release(len(held) - self.window)
 
     def _release(self, n: int) -> None:
-        """The `n` earliest held events, as a batch (all of them: n = len(held))."""
-        raw = self.held.release(n)
-        if raw is not None:
+        """The `n` earliest held events, in batches of at most batch_rows (all of them: n = len(held))."""
+        # At most a batch at a time, each made after the previous one went
+        # out: the last release (the whole window, ~3.5 batches) made at once
+        # cost ~20 MB of peak RSS on the api benchmark (rows, Arrow arrays and
+        # the statistics' frame of 28k events).
+        while n > 0:
+            raw = self.held.release(min(n, self.batch_rows))
+            if raw is None:
+                return
+            n -= raw.num_rows
             self.emit(raw)
 
     def emit(self, raw: pa.RecordBatch) -> None:
