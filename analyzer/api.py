@@ -89,7 +89,10 @@ def run_analysis(paths: list[str], outdir, *, lang: str, policy=None, expect=(),
             result.outdir = Path(outdir)
             return result, None
         # pandas comes in only now: during the run it would sit beside the connection table.
+        from analyzer.engines.sink import return_free_memory
         from analyzer.outputs.reports import build_and_write
+
+        return_free_memory()  # what the run freed, before the statistics read the connections back
 
         if on_phase is not None:
             on_phase("statistics")

@@ -28,9 +28,13 @@ from typing import Iterator
 from analyzer.events import CONNECTION_COLUMNS
 from analyzer.outputs.csvfile import CsvWriter
 
-# Rows marshalled at a time (a few MB at most); also the chunk the statistics
-# turn into a DataFrame at a time.
-SPILL_ROWS = 10_000
+# Rows marshalled at a time.  Small: the pending rows are long-lived blocks
+# made among the packet loop's short-lived ones, and 10,000 of them (a
+# quarter of the api benchmark's connections, held for a quarter of its run)
+# cost ~4 MB of peak RSS in allocator pools they kept from emptying.  The
+# statistics regroup them by reports.CONNECTION_CHUNK_ROWS when they read
+# them back.
+SPILL_ROWS = 1_000
 
 
 class ConnectionRows:

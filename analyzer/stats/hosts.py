@@ -501,6 +501,13 @@ class StatsAccumulator:
 
     # -- events ---------------------------------------------------------------
 
+    # The event columns add_events reads (any others are ignored): the
+    # pipeline converts only these from its Arrow batches (engines/sink.py
+    # StatsFeed), a third fewer strings per batch.
+    EVENT_INPUTS = ("epoch", "frame", "protocol", "client_ip", "server_ip", "server_port", "code", "request",
+                    "host", "latency_ms", "inferred", "substatus", "flags", "capture", "class", "name", "meaning",
+                    "standard")
+
     def add_events(self, df: pd.DataFrame) -> None:
         if df is None or not len(df):
             return
