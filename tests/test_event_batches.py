@@ -215,3 +215,40 @@ def test_two_processes_write_what_one_writes(tmp_path):
     for name in ("events.csv", "hosts.csv", "codes.csv"):
         assert _cells(tmp_path / "two" / name) == _cells(tmp_path / "one" / name), name
     assert not [p for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
+
+
+def test_the_last_release_goes_out_a_batch_at_a_time_in_time_order():
+    # The whole window left as one batch at the end of a run (~3.5 batches,
+    # a ~20 MB peak on the api benchmark): now at most batch_rows a batch.
+    kept = EventsKept()
+    sink = EventSink("en", [kept], window=50, batch_rows=8)
+    rng = random.Random(7)
+    for i in range(61):
+        sink.add(_event(200, 100.0 + i + rng.choice((0.0, -0.5, 0.25)), i + 1), ("c", 1, "s", 2, "C1", "f.pcap"))
+    sink.commit()
+    sizes = [b.num_rows for b in kept.batches]
+    assert sum(sizes) == 61 and max(sizes) <= 8 and len(sizes) >= 61 // 8
+    rows = kept.table().select(["epoch", "frame"]).to_pylist()
+    assert [(r["epoch"], r["frame"]) for r in rows] == sorted((r["epoch"], r["frame"]) for r in rows)
+
+
+def test_the_statistics_read_only_the_columns_they_are_given_by_the_pipeline(tmp_path):
+    # StatsFeed converts only StatsAccumulator.EVENT_INPUTS of each batch; a
+    # column the accumulator reads but the list lacks would silently become
+    # its default.  Whole frames and the selected columns give the same results.
+    from analyzer.engines.sink import EventOutputs
+    from analyzer.outputs.events import events_frame
+    from analyzer.stats.hosts import StatsAccumulator
+
+    captures = sorted(str(p) for p in (Path(analyzer.__file__).parents[1] / "samples" / "captures").glob("*.pcap"))
+    events = events_frame(run(captures, tmp_path, outputs=EventOutputs(keep=True)).kept.table())
+    assert len(events) > 100 and set(StatsAccumulator.EVENT_INPUTS) <= set(events.columns)
+    whole, selected = StatsAccumulator(), StatsAccumulator()
+    for start in range(0, len(events), 97):
+        part = events.iloc[start:start + 97]
+        whole.add_events(part)
+        selected.add_events(part[list(StatsAccumulator.EVENT_INPUTS)])
+    a, b = whole.finish({}), selected.finish({})
+    for name in ("hosts", "codes", "timeseries", "top_failing_uris", "ftp_logins", "ws_closes", "substatus", "failing"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert json.dumps(a.summary, sort_keys=True, default=str) == json.dumps(b.summary, sort_keys=True, default=str)

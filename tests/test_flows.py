@@ -206,3 +206,22 @@ def test_reset_finalises_and_flushes(rst_side):
     r.send(CLIENT, 41000, SERVER, 8080, 5, 0, SYN, ts=r.frame + flows.RESET_LINGER + flows.SWEEP_INTERVAL + 1)
     assert [c for _, c, *_ in r.codes()] == [200]  # status line proven even if the head was cut
     assert r.connections[0]["state"] == "reset"
+
+
+def test_a_closed_connection_lingers_without_its_streams():
+    # Closed connections stay in the table for CLOSE_LINGER (late
+    # retransmissions are recognised); their entries used to keep both
+    # reassembly streams all that time (~8 MB at once on the api benchmark's
+    # short `Connection: close` connections).
+    r = Recorder()
+    exchange(r)
+    r.send(CLIENT, 40000, SERVER, 8080, 101 + len(REQ), 901 + len(RESP), FIN | ACK)
+    r.send(SERVER, 8080, CLIENT, 40000, 901 + len(RESP), 102 + len(REQ), FIN | ACK)
+    r.send(CLIENT, 40000, SERVER, 8080, 102 + len(REQ), 902 + len(RESP), ACK)
+    assert r.codes() == [("http", 404, "GET /x", "10.0.0.1", "10.0.0.2")] and len(r.connections) == 1
+    entries = list(r.table.table.values())
+    assert len(entries) == 2 and all(e[0].mode == flows.MODE_CLOSED for e in entries)
+    assert all(e[2] is None and e[3] is None for e in entries)
+    # Still recognised while it lingers: a late retransmission is no new connection.
+    r.send(SERVER, 8080, CLIENT, 40000, 901, 101 + len(REQ), ACK | PSH, RESP)
+    assert r.table.count == 1 and len(r.codes()) == 1
