@@ -51,7 +51,7 @@ pa.set_memory_pool(pa.system_memory_pool())
 # per-batch temporaries (pandas frames, numpy arrays of 16k-32k rows) are the
 # large short-lived allocations of a run, and the long-lived blocks made
 # meanwhile leave them as holes: ~30 MB of a 2M-packet run's peak RSS was
-# such holes (api: 220 -> 205 MB).  Once per statistics batch (every
+# such holes (api 2M, with the Python window: 220 -> 205 MB).  Once per statistics batch (every
 # STATS_ROWS events, ~50 times on api) it costs no measurable time; per
 # Arrow batch and per packet batch it cost ~5 % (faulting the pages back).
 # Other C libraries have no malloc_trim: nothing to do there.
