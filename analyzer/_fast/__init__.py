@@ -158,8 +158,6 @@ def compiled(name: str):
         raise ValueError(f"no compiled entry point {name!r}")
     if selected() != "compiled":
         return None
-    if module == "loop":
-        return getattr(_COMPILED, name)
     from importlib import import_module
 
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 import threading
@@ -39,7 +38,6 @@ from analyzer.outputs.events import CSV_LINE, without_lines
 # Below this much input one process finishes before N could start.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 PART_EVENTS = "events.arrows"
-PART_RESULT = "result.pickle"
 PARENT_POLL_SECONDS = 0.5  # how soon a worker notices that its parent is gone
 
 
@@ -100,21 +98,7 @@ def worker_outputs(outputs: EventOutputs, part: Path) -> EventOutputs:
                         policy=outputs.policy, uri_grouping=outputs.uri_grouping, selection=outputs.selection)
 
 
-def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int, outputs: EventOutputs) -> str:
-    """Run one share; its RunResult goes to the part folder, and only that path back
-    through the pool's pipe.  A result of a few MB (the statistics) written to the
-    pipe can be cut by the SIGKILL of an abandoned run (a second stop signal), and the
-    pool's reader thread, which the interpreter joins at exit, would wait forever for
-    the rest; a message this small is written in one piece (under PIPE_BUF)."""
-    result = _work_share(paths, outdir, lang, share, shares, outputs)
-    path = Path(outdir) / PART_RESULT
-    with open(path, "wb") as handle:
-        pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    return str(path)
-
-
-def _work_share(paths: list[str], outdir: str, lang: str, share: int, shares: int,
-                outputs: EventOutputs) -> RunResult:
+def _work(paths: list[str], outdir: str, lang: str, share: int, shares: int, outputs: EventOutputs) -> RunResult:
     # Ctrl-C reaches the whole process group: each worker finishes what it read.
     part = Path(outdir)
     part.mkdir(parents=True, exist_ok=True)
@@ -177,13 +161,10 @@ def run_parallel(paths: list[str], outdir, *, lang: str = "en", jobs: int = 2, p
 def _wait(future, progress, value, total: int) -> RunResult:
     while True:
         try:
-            path = future.result(timeout=0.2)
+            return future.result(timeout=0.2)
         except TimeoutError:
             if progress is not None:
                 progress(value.value, total)
-            continue
-        with open(path, "rb") as handle:
-            return pickle.load(handle)
 
 
 def _abandon(pool: ProcessPoolExecutor) -> None:

@@ -103,10 +103,15 @@ def csv_header() -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def csv_bytes(batch: pa.RecordBatch) -> pa.Buffer:
-    """The events.csv rows of `batch` (EVENT_SCHEMA), neutralised, without the header."""
-    sink = pa.BufferOutputStream()
+def write_rows(batch: pa.RecordBatch, sink) -> None:
+    """The events.csv rows of `batch` (EVENT_SCHEMA), neutralised, without the header, into `sink`."""
     pacsv.write_csv(neutralise_batch(batch), sink, write_options=_CSV_ROWS)
+
+
+def csv_bytes(batch: pa.RecordBatch) -> pa.Buffer:
+    """write_rows() as bytes."""
+    sink = pa.BufferOutputStream()
+    write_rows(batch, sink)
     return sink.getvalue()
 
 
@@ -188,9 +193,9 @@ class EventsCsv(_EventFile):
         if batch.schema.names[-1] == CSV_LINE:
             self._file.handle.write(_joined(batch.column(CSV_LINE)))
         else:
-            # Straight into the file, as csv_bytes renders it: through a buffer
-            # it cost the batch's CSV text again in peak RSS (~4 MB on api).
-            pacsv.write_csv(neutralise_batch(batch), self._file.handle, write_options=_CSV_ROWS)
+            # Straight into the file: through csv_bytes' buffer it cost the
+            # batch's CSV text again in peak RSS (~4 MB on api).
+            write_rows(batch, self._file.handle)
         self.rows += batch.num_rows
 
 
