@@ -29,7 +29,7 @@ from analyzer.events import ANNOTATION_COLUMNS, RAW_COLUMNS, Anomaly, Event, eve
 from analyzer.meaning.annotate import Annotator
 from analyzer.outputs.csvfile import CsvWriter
 from analyzer.outputs.events import (EVENT_SCHEMA, KEYS_LINES_SCHEMA, LINES_SCHEMA, EventsCsv, EventsJsonl, EventsKept,
-                                    EventsParquet, csv_lines, events_frame)
+                                    EventsParquet, csv_lines)
 
 # Events held to put the output in time order; a window of this many events
 # sorts every capture we have seen while bounding memory.
@@ -131,7 +131,7 @@ class StatsFeed:
             accumulator = self.accumulator
             table = pa.Table.from_batches(self.pending, schema=EVENT_SCHEMA).select(list(accumulator.EVENT_INPUTS))
             self.pending, self.rows = [], 0
-            accumulator.add_events(events_frame(table))
+            accumulator.add_events(table)  # read as Arrow: no DataFrame of the batch is made
             del table
             return_free_memory()
 
@@ -299,7 +299,7 @@ class EventSink:
                                                       columns["server_ip"], columns["server_port"])
         *annotation, substatus = self.annotator.columns(columns["protocol"], columns["code"], columns["substatus"])
         columns.update(zip(ANNOTATION_COLUMNS, annotation))
-        if not substatus.equals(columns["substatus"]):
+        if substatus is not columns["substatus"]:
             # The catalogue did not know a claimed sub-status: it is dropped, with its source.
             columns["substatus_source"] = pc.if_else(pc.equal(substatus, ""), "", columns["substatus_source"])
             columns["substatus"] = substatus

@@ -2,13 +2,14 @@
 # the numbers every report shows (hosts.csv, codes.csv, report.html,
 # summary.json, the terminal table, the --fail-on gate).
 #
-# Strategy: events arrive in batches (DataFrames of up to ~50k rows) and are
-# never kept.  Each batch is reduced with groupby to small partial aggregates
-# keyed by (host, role, protocol, code, ...); partials are concatenated and
-# re-grouped when they grow (amortised, like a log-structured merge), so
-# memory follows the number of distinct keys, not the number of events.  The
-# severity policy is applied to the per-code counts at the end, so error
-# counts are exact whatever the batching.
+# Strategy: events arrive in batches (the pipeline's Arrow tables of ~16K
+# rows, or DataFrames) and are never kept.  Each batch is reduced once to
+# "base groups" (rows equal in every key below) and from those, with numpy,
+# to small partial aggregates keyed by (host, role, protocol, code, ...);
+# partials are concatenated and re-grouped when they grow (amortised, like a
+# log-structured merge), so memory follows the number of distinct keys, not
+# the number of events.  The severity policy is applied to the per-code
+# counts at the end, so error counts are exact whatever the batching.
 #
 # Each event counts twice: once for its server (role "server", host =
 # server_ip) and once for its client (role "client", host = client_ip).
@@ -47,6 +48,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from analyzer.events import CONNECTION_COLUMNS, EVENT_COLUMNS, iso_time
 from analyzer.meaning.severity import Policy
@@ -66,6 +69,7 @@ MAX_FAILING_URIS = 100_000    # distinct failing (server, Host, URI, code); ~30 
 MAX_LOGIN_ROWS = 100_000      # distinct FTP (client, server, user) rows
 TOP_FAILING_URIS = 100        # rows in StatsResult.top_failing_uris
 COMPACT_MIN_ROWS = 200_000    # partial rows tolerated before a merge
+URI_KEYS_KEPT = 4096          # request lines whose failing-URI key is remembered; ~8 MB at MAX_URI_CHARS
 
 # Latency histogram: bin 0 holds values under 1 µs (captures have µs
 # resolution, so these are 0); bin b >= 1 holds [1e-3 * 10**((b-1)/100), ...).
@@ -144,7 +148,12 @@ def class_label(protocol: str, code: int) -> str:
 
 
 class _Table:
-    """Partial aggregates (DataFrames) merged by concat + groupby when they grow."""
+    """Partial aggregates merged by concat + groupby when they grow.
+
+    A part is a DataFrame or, from add_grouped, a dict of columns (arrays):
+    the DataFrame of those is made once when they are merged, not once per
+    batch (constructing a DataFrame cost more than grouping a batch).
+    """
 
     def __init__(self, keys, ops: dict[str, str], limit: int | None = None, rank: str | None = None) -> None:
         self.keys = list(keys)
@@ -152,14 +161,15 @@ class _Table:
         self.limit = limit          # prune to the top `limit // 2` by `rank` past this
         self.rank = rank
         self.pruned = 0             # rows dropped by pruning (0 means exact)
-        self._parts: list[pd.DataFrame] = []
+        self._parts: list[pd.DataFrame | dict] = []
         self._rows = 0
         self._base = 0
 
-    def add(self, frame: pd.DataFrame) -> None:
-        if len(frame):
+    def add(self, frame: pd.DataFrame | dict) -> None:
+        rows = len(next(iter(frame.values()))) if isinstance(frame, dict) else len(frame)
+        if rows:
             self._parts.append(frame)
-            self._rows += len(frame)
+            self._rows += rows
             if self._rows > max(COMPACT_MIN_ROWS, 2 * self._base) or (
                     self.limit is not None and self._rows > 2 * self.limit):
                 self.compact()
@@ -172,7 +182,7 @@ class _Table:
         if not self._parts:
             return
         if len(self._parts) > 1 or self._base == 0:
-            merged = pd.concat(self._parts, ignore_index=True)
+            merged = pd.concat(_frames(self._parts), ignore_index=True)
             merged = merged.groupby(self.keys, sort=False, dropna=False, as_index=False).agg(self.ops)
         else:
             merged = self._parts[0]
@@ -197,33 +207,51 @@ class _Table:
         return self._parts[0]
 
 
+def _frames(parts: list) -> list[pd.DataFrame]:
+    """Parts as DataFrames, each run of dict parts concatenated into one."""
+    out: list[pd.DataFrame] = []
+    run: list[dict] = []
+    for part in parts + [None]:
+        if isinstance(part, dict):
+            run.append(part)
+            continue
+        if run:
+            out.append(_frame({name: np.concatenate([r[name] for r in run]) for name in run[0]}))
+            run = []
+        if part is not None:
+            out.append(part)
+    return out
+
+
 class _Extremes:
-    """Per key, the row with the smallest (or, `last`, largest) (epoch, frame): exact first/last errors."""
+    """Per key, the (epoch, frame, capture) with the smallest (or, `last`,
+    largest) (epoch, frame); ties keep the one seen first: exact first/last errors."""
 
     def __init__(self, keys, last: bool = False) -> None:
         self.keys = list(keys)
         self.last = last
-        self._parts: list[pd.DataFrame] = []
-        self._rows = 0
+        self._rows: dict[tuple, tuple[float, int, str]] = {}
 
-    def _reduce(self, frame: pd.DataFrame) -> pd.DataFrame:
-        order = frame.sort_values(["epoch", "frame"], ascending=not self.last, kind="stable")
-        return order.drop_duplicates(self.keys, keep="first")
+    def add(self, key: tuple, epoch: float, frame: int, capture: str) -> None:
+        old = self._rows.get(key)
+        if old is None or ((epoch, frame) > old[:2] if self.last else (epoch, frame) < old[:2]):
+            self._rows[key] = (epoch, frame, capture)
 
-    def add(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            frame = self._reduce(frame)
-            self._parts.append(frame)
-            self._rows += len(frame)
-            if self._rows > COMPACT_MIN_ROWS:
-                self.frame()
+    def merge(self, other: "_Extremes") -> None:
+        for key, row in other._rows.items():
+            self.add(key, *row)
 
     def frame(self) -> pd.DataFrame:
-        if not self._parts:
+        if not self._rows:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in self.keys + ["epoch", "frame", "capture"]})
-        merged = self._reduce(pd.concat(self._parts, ignore_index=True)) if len(self._parts) > 1 else self._parts[0]
-        self._parts, self._rows = [merged], len(merged)
-        return merged
+        keys = list(self._rows)
+        rows = list(self._rows.values())
+        columns = {name: np.array([k[i] for k in keys], dtype=object) for i, name in enumerate(self.keys)}
+        columns["server_port"] = columns["server_port"].astype(np.int64)
+        columns.update(epoch=np.array([r[0] for r in rows], dtype=float),
+                       frame=np.array([r[1] for r in rows], dtype=np.int64),
+                       capture=np.array([r[2] for r in rows], dtype=object))
+        return _frame(columns)
 
 
 class _Latency:
@@ -379,56 +407,175 @@ def _frame(columns: dict) -> pd.DataFrame:
                          for k, v in columns.items()})
 
 
-def _group_ids(*keys) -> np.ndarray:
+def _group_ids(*keys) -> tuple[np.ndarray, int]:
     """One id per row for the tuple of its key values, numbered in order of
-    first appearance (NaN is a value)."""
+    first appearance (NaN is a value), and the number of groups."""
     gid = np.zeros(len(keys[0]), dtype=np.int64)
+    size = 1
     for key in keys:
-        codes, uniques = pd.factorize(np.asarray(key), sort=False, use_na_sentinel=False)
-        gid = pd.factorize(gid * len(uniques) + codes, sort=False)[0]
-    return gid
+        codes, width = _small_codes(np.asarray(key))
+        if size * width >= 2 ** 62:  # the mixed-radix id would overflow: renumber first
+            gid, found = pd.factorize(gid, sort=False)
+            size = len(found)
+        gid = gid * width + codes
+        size *= width
+    gid, found = pd.factorize(gid, sort=False)
+    return gid.astype(np.int64, copy=False), len(found)
+
+
+def _small_codes(key: np.ndarray) -> tuple[np.ndarray, int]:
+    """`key` as integers in [0, width): as they are when they already are
+    small non-negative integers (the string codes, flags), else factorized."""
+    if key.dtype == bool:
+        return key.astype(np.int64), 2
+    if key.dtype.kind in "iu" and len(key) and 0 <= key.min() and key.max() < 2 ** 20:
+        return key.astype(np.int64, copy=False), int(key.max()) + 1
+    codes, uniques = pd.factorize(key, sort=False, use_na_sentinel=False)
+    return codes, max(len(uniques), 1)
+
+
+def _first_rows(gid: np.ndarray) -> np.ndarray:
+    """Each group's first row, in group order (the ids of _group_ids are
+    numbered by first appearance, so a row opens a group when its id passes
+    every id before it)."""
+    if not len(gid):
+        return np.zeros(0, dtype=np.int64)
+    top = np.maximum.accumulate(gid)
+    return np.flatnonzero(np.concatenate([[True], top[1:] > top[:-1]]))
 
 
 def _coded(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """A string column as (codes, names), names[codes] being _strings(series).
 
-    One hash of the column (Arrow's dictionary encoding for the Arrow-backed
-    strings a batch holds) and no Python string made per row."""
+    One hash of the column and no Python string made per row."""
     codes, uniques = pd.factorize(series, sort=False)
-    names = np.array([str(v) for v in np.asarray(uniques, dtype=object)] + [""], dtype=object)
+    return _with_empty(codes, [str(v) for v in np.asarray(uniques, dtype=object)])
+
+
+def _with_empty(codes: np.ndarray, names: list) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, names) with missing values (code -1) coded as "" (reusing a "" name)."""
+    names = np.array(list(names) + [""], dtype=object)
     empty = np.flatnonzero(names[:-1] == "")
     codes = np.where(codes < 0, empty[0] if len(empty) else len(names) - 1, codes).astype(np.int64)
     return codes, names
 
 
-_REDUCE = {"sum": np.add, "min": np.fmin, "max": np.fmax}  # fmin/fmax skip NaN, as pandas does
+# ufunc.at per op; fmin/fmax skip NaN, as pandas does (a group of NaN only stays NaN).
+_REDUCE = {"sum": np.add, "min": np.fmin, "max": np.fmax}
 
 
-def _grouped(columns: dict, keys: list[str], ops: dict[str, str], **strings: np.ndarray) -> pd.DataFrame:
-    """`columns` (arrays) grouped by `keys` and reduced by `ops`.
+def _grouped(columns: dict, keys: list[str], ops: dict[str, str], **strings: np.ndarray) -> dict:
+    """`columns` (arrays) grouped by `keys` and reduced by `ops`, as columns.
 
     The string key columns named in `strings` hold integer codes into the
     array given for them, decoded on the (small) result.  Groups come in
     order of first appearance and NaN keys form a group, as pandas'
-    groupby(sort=False, dropna=False) gives; numpy reduceat does the work
+    groupby(sort=False, dropna=False) gives; numpy's ufunc.at does the work
     (pandas' groupby machinery cost ~15 ms per call on a batch).
     """
-    n = len(columns[keys[0]])
-    gid = _group_ids(*(columns[key] for key in keys))
-    order = np.argsort(gid, kind="stable")
-    ordered = gid[order]
-    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if n else np.zeros(0, np.int64)
-    first = order[starts]
+    gid, size = _group_ids(*(columns[key] for key in keys))
+    first = _first_rows(gid)
     out = {key: np.asarray(columns[key])[first] for key in keys}
     for name, op in ops.items():
         values = np.asarray(columns[name])
         if values.dtype == bool:
             values = values.astype(np.int64)
-        out[name] = _REDUCE[op].reduceat(values[order], starts) if n else values[:0]
-    frame = pd.DataFrame(out)
+        if op == "sum":
+            reduced = np.zeros(size, dtype=values.dtype)
+        else:
+            reduced = np.full(size, np.nan, dtype=np.result_type(values.dtype, float))
+        _REDUCE[op].at(reduced, gid, values)
+        out[name] = reduced
     for name, uniques in strings.items():
-        frame[name] = pd.Series(uniques.take(frame[name].to_numpy()), dtype=object, index=frame.index)
-    return frame
+        out[name] = np.asarray(uniques, dtype=object).take(out[name])
+    return out
+
+
+class _ArrowEvents:
+    """The columns add_events reads, from an Arrow batch: numbers and
+    string codes as numpy arrays, strings as Python objects only for the
+    rows asked for.  Missing values read as the events.csv defaults
+    (0, -1 for a code, NaN, "", False); a missing column as all missing."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.n = data.num_rows
+
+    def _column(self, name: str):
+        return self.data.column(name) if name in self.data.schema.names else None
+
+    def coded(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        column = self._column(name)
+        if column is None:
+            return _with_empty(np.full(self.n, -1), [])
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        encoded = column.dictionary_encode()
+        return _with_empty(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False),
+                           encoded.dictionary.to_pylist())
+
+    def ints(self, name: str, default: int) -> np.ndarray:
+        column = self._column(name)
+        if column is None:
+            return np.full(self.n, default, dtype=np.int64)
+        return column.fill_null(default).to_numpy().astype(np.int64, copy=False)
+
+    def floats(self, name: str) -> np.ndarray:
+        column = self._column(name)
+        if column is None:
+            return np.full(self.n, np.nan)
+        return column.cast(pa.float64()).fill_null(np.nan).to_numpy().astype(float, copy=False)
+
+    def bools(self, name: str) -> np.ndarray:
+        column = self._column(name)
+        if column is None:
+            return np.zeros(self.n, dtype=bool)
+        return column.fill_null(False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+    def empty(self, name: str) -> np.ndarray:
+        """Where a string column is "" or missing."""
+        column = self._column(name)
+        if column is None:
+            return np.ones(self.n, dtype=bool)
+        return pc.equal(column, "").fill_null(True).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+    def strings_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        column = self._column(name)
+        if column is None:
+            return np.full(len(rows), "", dtype=object)
+        return np.array(column.take(pa.array(rows, type=pa.int64())).fill_null("").to_pylist(), dtype=object)
+
+    def bools_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return self.bools(name)[rows]
+
+
+class _FrameEvents:
+    """The same reader over a DataFrame (tests, compute(), callers' own events)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df = df
+        self.n = len(df)
+
+    def coded(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _coded(_col(self.df, name, ""))
+
+    def ints(self, name: str, default: int) -> np.ndarray:
+        return pd.to_numeric(_col(self.df, name, default), errors="coerce").fillna(default).astype(np.int64).to_numpy()
+
+    def floats(self, name: str) -> np.ndarray:
+        return pd.to_numeric(_col(self.df, name, np.nan), errors="coerce").to_numpy(dtype=float)
+
+    def bools(self, name: str) -> np.ndarray:
+        return _bools(_col(self.df, name, False))
+
+    def empty(self, name: str) -> np.ndarray:
+        return _strings(_col(self.df, name, "")) == ""
+
+    def strings_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return _strings(_col(self.df, name, "").iloc[rows])
+
+    def bools_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        return _bools(_col(self.df, name, False).iloc[rows])
 
 
 def _strings(series: pd.Series) -> np.ndarray:
@@ -489,6 +636,7 @@ class StatsAccumulator:
         self._ws = _Table(["ip", "role", "code", "closed_first_by", "inferred"], {"count": "sum"})
         self._latency = _Latency(exact_latencies, latency_budget)
         self._meanings: dict[tuple[str, int], tuple[str, str, str, bool, bool]] = {}
+        self._uri_keys: dict[str, str] = {}  # request line -> failing_keys(), a cache
         self._names: dict[tuple[str, str], dict[str, int]] = {}
         self.host_names_dropped = 0
         self._step = BUCKET_STEPS[0]
@@ -502,44 +650,35 @@ class StatsAccumulator:
     # -- events ---------------------------------------------------------------
 
     # The event columns add_events reads (any others are ignored): the
-    # pipeline converts only these from its Arrow batches (engines/sink.py
-    # StatsFeed), a third fewer strings per batch.
+    # pipeline hands over only these of its Arrow batches (engines/sink.py
+    # StatsFeed).
     EVENT_INPUTS = ("epoch", "frame", "protocol", "client_ip", "server_ip", "server_port", "code", "request",
                     "host", "latency_ms", "inferred", "substatus", "flags", "capture", "class", "name", "meaning",
                     "standard")
 
-    def add_events(self, df: pd.DataFrame) -> None:
-        if df is None or not len(df):
+    def add_events(self, events) -> None:
+        """A batch of events: an Arrow table or record batch (the pipeline's) or a DataFrame."""
+        if events is None or not len(events):
             return
-        n = len(df)
+        ev = _ArrowEvents(events) if isinstance(events, (pa.Table, pa.RecordBatch)) else _FrameEvents(events)
+        n = len(events)
         self.events += n
-        # Each string column is hashed once per batch (_coded) and the
+        # Each string column is hashed once per batch (coded) and the
         # groupings below run on its integer codes, decoded on their small
-        # results: pandas would otherwise hash the same strings again in
-        # every groupby, which was most of the statistics' time.
-        p_code, p_names = _coded(df["protocol"])
-        s_code, s_names = _coded(df["server_ip"])
-        c_code, c_names = _coded(df["client_ip"])
-        h_code, h_names = _coded(_col(df, "host", ""))
-        proto, server, client, hostname = p_names[p_code], s_names[s_code], c_names[c_code], h_names[h_code]
-        code = pd.to_numeric(df["code"], errors="coerce").fillna(-1).astype(np.int64).to_numpy()
-        epoch = pd.to_numeric(df["epoch"], errors="coerce").to_numpy(dtype=float)
-        inferred = _bools(_col(df, "inferred", False))
-        request = _strings(_col(df, "request", ""))
-        flags = _strings(_col(df, "flags", ""))
-        latency = pd.to_numeric(_col(df, "latency_ms", np.nan), errors="coerce").to_numpy(dtype=float)
-
-        self._note_meanings(df, p_code, p_names, code)
-        ips = np.concatenate([s_names, c_names])  # the long view's ip codes: server ones, then client ones
-        both = lambda a: np.concatenate([a, a])  # noqa: E731 - server view then client view
-        long = {
-            "ip": np.concatenate([s_code, c_code + len(s_names)]),
-            "role": np.repeat(np.arange(2), n),
-            "protocol": both(p_code), "code": both(code), "inferred": both(inferred),
-            "count": np.ones(2 * n, dtype=np.int64), "first": both(epoch), "last": both(epoch),
-            "flagged": both(flags != ""), "norequest": both(request == ""),
-        }
-        self._codes.add_grouped(long, ip=ips, role=np.array(ROLES, dtype=object), protocol=p_names)
+        # results.  Strings the counts do not need (request, flags,
+        # substatus) are only compared with "", in Arrow; the few rows whose
+        # text is kept are taken from the batch by index.
+        p_code, p_names = ev.coded("protocol")
+        s_code, s_names = ev.coded("server_ip")
+        c_code, c_names = ev.coded("client_ip")
+        h_code, h_names = ev.coded("host")
+        code = ev.ints("code", -1)
+        epoch = ev.floats("epoch")
+        port = ev.ints("server_port", 0)
+        inferred = ev.bools("inferred")
+        flagged = ~ev.empty("flags")
+        norequest = ev.empty("request")
+        plain = ev.empty("substatus")
 
         ok = ~np.isnan(epoch)
         if ok.any():
@@ -548,19 +687,52 @@ class StatsAccumulator:
             self._last = hi if self._last is None else max(self._last, hi)
             self._hist.add(epoch[ok])
             self._rebucket(self._hist.step)
-            ts = {"server_ip": s_code[ok], "protocol": p_code[ok], "code": code[ok],
-                  "bucket": np.floor(epoch[ok] / self._step) * self._step,
-                  "count": np.ones(int(ok.sum()), dtype=np.int64)}
+        bucket = np.floor(epoch / self._step) * self._step  # NaN where the time is
+
+        # The rows are first reduced to "base groups": rows equal in every
+        # key a table below groups by.  The tables are then grouped from
+        # those (a few dozen rows per batch, not 16K), weighted by their
+        # counts.  Base groups are numbered by first appearance, so every
+        # table sees its groups in the order a per-row groupby would.
+        gid, size = _group_ids(p_code, s_code, c_code, h_code, code, port, inferred, flagged, norequest, plain,
+                               bucket)
+        first = _first_rows(gid)
+        count = np.bincount(gid, minlength=size)
+        g_lo = np.full(size, np.nan)
+        g_hi = np.full(size, np.nan)
+        np.fmin.at(g_lo, gid, epoch)
+        np.fmax.at(g_hi, gid, epoch)
+        gp, gs, gc, gh, gcode = p_code[first], s_code[first], c_code[first], h_code[first], code[first]
+        gport, gbucket = port[first], bucket[first]
+        g_http = p_names[gp] == "http"
+        g_error = np.asarray(self.policy.error_mask(p_names[gp], gcode), dtype=bool)
+
+        self._note_meanings(ev, first, p_names, gp, gcode, plain[first])
+        ips = np.concatenate([s_names, c_names])  # the long view's ip codes: server ones, then client ones
+        both = lambda a: np.concatenate([a, a])  # noqa: E731 - server view then client view
+        long = {
+            "ip": np.concatenate([gs, gc + len(s_names)]),
+            "role": np.repeat(np.arange(2), size),
+            "protocol": both(gp), "code": both(gcode), "inferred": both(inferred[first]),
+            "count": both(count), "first": both(g_lo), "last": both(g_hi),
+            "flagged": both(count * flagged[first]), "norequest": both(count * norequest[first]),
+        }
+        self._codes.add_grouped(long, ip=ips, role=np.array(ROLES, dtype=object), protocol=p_names)
+
+        if ok.any():
+            timed = ~np.isnan(gbucket)
+            ts = {"server_ip": gs[timed], "protocol": gp[timed], "code": gcode[timed], "bucket": gbucket[timed],
+                  "count": count[timed]}
             self._ts.add_grouped(ts, server_ip=s_names, protocol=p_names)
 
-        substatus = _strings(_col(df, "substatus", ""))
-        has_sub = substatus != ""
-        if has_sub.any():
-            sub = pd.DataFrame({"server_ip": server[has_sub], "protocol": proto[has_sub], "code": code[has_sub],
-                                "substatus": substatus[has_sub], "count": 1})
+        if not plain.all():
+            rows = np.flatnonzero(~plain)
+            sub = pd.DataFrame({"server_ip": s_names[s_code[rows]], "protocol": p_names[p_code[rows]],
+                                "code": code[rows], "substatus": ev.strings_at("substatus", rows), "count": 1})
             self._substatus.add(sub.groupby(self._substatus.keys, sort=False, as_index=False).agg(self._substatus.ops))
 
-        http = proto == "http"
+        http = g_http[gid]
+        latency = ev.floats("latency_ms")
         lat_ok = http & ~np.isnan(latency)
         if lat_ok.any():
             m = int(lat_ok.sum())
@@ -572,70 +744,97 @@ class StatsAccumulator:
             vals = np.concatenate([latency[lat_ok]] * 3)
             self._latency.add(codes_, [named[k] for k in uniques], vals)
 
-        named = http & (hostname != "")
-        if named.any():
-            self._note_host_names((s_code[named], s_names), (c_code[named], c_names), (h_code[named], h_names))
+        g_named = g_http & (h_names[gh] != "")
+        if g_named.any():
+            self._note_host_names((gs[g_named], s_names), (gc[g_named], c_names), (gh[g_named], h_names),
+                                  count[g_named])
 
-        error = np.asarray(self.policy.error_mask(proto, code), dtype=bool)
-        port = pd.to_numeric(_col(df, "server_port", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
-        self._add_endpoints(df, (s_code, s_names), port, (p_code, p_names), code, epoch, error,
-                            (h_code, h_names), http)
+        ends = {"server_ip": gs, "server_port": gport, "protocol": gp, "events": count, "errors": count * g_error}
+        self._endpoints.add_grouped(ends, server_ip=s_names, protocol=p_names)
+        if g_named.any():
+            names = {"server_ip": gs[g_named], "server_port": gport[g_named], "host": gh[g_named],
+                     "count": count[g_named]}
+            self._endpoint_names.add_grouped(names, server_ip=s_names, host=h_names)
+        if not g_error.any():
+            return
+        errs = {"server_ip": gs[g_error], "server_port": gport[g_error], "protocol": gp[g_error],
+                "code": gcode[g_error], "count": count[g_error]}
+        self._endpoint_codes.add_grouped(errs, server_ip=s_names, protocol=p_names)
+        error = g_error[gid]
+        self._note_error_times(ev, error & ok, gid, first, (s_code, s_names), port, (p_code, p_names), epoch)
 
         # A response whose request was not seen has no URI to rank.
-        failing = http & (request != "") & error
+        failing = http & ~norequest & error
         if failing.any():
+            rows = np.flatnonzero(failing)
             # Grouped once per distinct request line (they repeat: a failing
             # URI fails again and again), not once per event.
-            r_code, r_lines = pd.factorize(request[failing], sort=False)
-            frame = _frame({"server_ip": server[failing], "server_port": port[failing], "host": hostname[failing],
-                            "uri": failing_keys(r_lines, self.uri_grouping)[r_code],
-                            "code": code[failing], "count": 1})
-            self._uris.add(frame.groupby(self._uris.keys, sort=False, as_index=False).agg(self._uris.ops))
+            r_code, r_lines = pd.factorize(ev.strings_at("request", rows), sort=False)
+            u_code, u_names = pd.factorize(self._failing_keys(r_lines), sort=False)
+            uris = {"server_ip": s_code[rows], "server_port": port[rows], "host": h_code[rows],
+                    "uri": u_code[r_code], "code": code[rows], "count": np.ones(len(rows), dtype=np.int64)}
+            self._uris.add_grouped(uris, server_ip=s_names, host=h_names, uri=np.asarray(u_names, dtype=object))
 
-    def _add_endpoints(self, df, server, port, proto, code, epoch, error, hostname, http) -> None:
-        """Per server ip:port: events, errors, error codes, Host names, exact first/last error.
+    def _failing_keys(self, lines: np.ndarray) -> np.ndarray:
+        """failing_keys() of distinct request lines, remembered across batches
+        (at most URI_KEYS_KEPT lines of at most MAX_URI_CHARS characters)."""
+        known = self._uri_keys
+        missing = [line for line in lines if line not in known]
+        found = dict(zip(missing, failing_keys(np.array(missing, dtype=object), self.uri_grouping))) if missing else {}
+        if len(known) + len(found) > URI_KEYS_KEPT:
+            known.clear()
+        known.update((line, key) for line, key in found.items() if len(line) <= MAX_URI_CHARS)
+        return np.array([found[line] if line in found else known[line] for line in lines], dtype=object)
 
-        `server`, `proto` and `hostname` are (codes, names) of _coded()."""
-        (s_code, s_names), (p_code, p_names), (h_code, h_names) = server, proto, hostname
-        ends = {"server_ip": s_code, "server_port": port, "protocol": p_code,
-                "events": np.ones(len(s_code), dtype=np.int64), "errors": error.astype(np.int64)}
-        self._endpoints.add_grouped(ends, server_ip=s_names, protocol=p_names)
-        named = http & (h_names[h_code] != "")
-        if named.any():
-            names = {"server_ip": s_code[named], "server_port": port[named], "host": h_code[named],
-                     "count": np.ones(int(named.sum()), dtype=np.int64)}
-            self._endpoint_names.add_grouped(names, server_ip=s_names, host=h_names)
-        timed = error & ~np.isnan(epoch)
-        if not error.any():
+    def _note_error_times(self, ev, timed, gid, first, server, port, proto, epoch) -> None:
+        """The exact first and last error per server ip:port and protocol
+        (smallest / largest (epoch, frame), the earliest row on ties)."""
+        if not timed.any():
             return
-        errs = {"server_ip": s_code[error], "server_port": port[error], "protocol": p_code[error],
-                "code": code[error], "count": np.ones(int(error.sum()), dtype=np.int64)}
-        self._endpoint_codes.add_grouped(errs, server_ip=s_names, protocol=p_names)
-        if timed.any():
-            frame = pd.to_numeric(_col(df, "frame", 0), errors="coerce").fillna(0).astype(np.int64).to_numpy()
-            capture = _strings(_col(df, "capture", ""))
-            when = _frame({"server_ip": s_names[s_code[timed]], "server_port": port[timed],
-                           "protocol": p_names[p_code[timed]],
-                           "epoch": epoch[timed], "frame": frame[timed], "capture": capture[timed]})
-            self._first_errors.add(when)
-            self._last_errors.add(when)
+        (s_code, s_names), (p_code, p_names) = server, proto
+        rows = np.flatnonzero(timed)
+        frame = ev.ints("frame", 0)[rows]
+        when = epoch[rows]
+        # One id per endpoint, through the base groups (few) rather than the rows.
+        end_of_group, _ = _group_ids(s_code[first], port[first], p_code[first])
+        end = end_of_group[gid[rows]]
+        picked = []
+        for table, sign in ((self._first_errors, 1), (self._last_errors, -1)):
+            order = np.lexsort((rows, sign * frame, sign * when, end))
+            ordered = end[order]
+            picked.append((table, order[np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))]))
+        wanted = np.unique(np.concatenate([p for _, p in picked]))
+        captures = dict(zip(wanted.tolist(), ev.strings_at("capture", rows[wanted])))
+        for table, chosen in picked:
+            for i in chosen.tolist():
+                r = rows[i]
+                table.add((s_names[s_code[r]], int(port[r]), p_names[p_code[r]]), float(when[i]), int(frame[i]),
+                          captures[i])
 
-    def _note_meanings(self, df: pd.DataFrame, p_code: np.ndarray, p_names: np.ndarray, code: np.ndarray) -> None:
+    def _note_meanings(self, ev, first: np.ndarray, p_names: np.ndarray, gp: np.ndarray, gcode: np.ndarray,
+                       g_plain: np.ndarray) -> None:
         """The catalogue's words per (protocol, code), from the first event
-        of each without a sub-status (else the first one)."""
-        plain = _strings(_col(df, "substatus", "")) == ""
-        gid = _group_ids(p_code, code)
-        # Per group: plain rows first, then in batch order.
-        order = np.lexsort((np.arange(len(gid)), ~plain, gid))
-        ordered = gid[order]
-        rows = order[np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))]
-        rows.sort()  # the groups in order of first appearance, as before
-        words = {name: _strings(_col(df, name, "").iloc[rows]) for name in ("class", "name", "meaning")}
-        standard = _bools(_col(df, "standard", False).iloc[rows])
-        for i, row in enumerate(rows):
-            self._keep_meaning((p_names[p_code[row]], int(code[row])),
-                               (words["class"][i], words["name"][i], words["meaning"][i], bool(standard[i]),
-                                bool(plain[row])))
+        of each without a sub-status (else the first one).  `first` are the
+        base groups' first rows; `gp`, `gcode`, `g_plain` their keys."""
+        kid, _ = _group_ids(gp, gcode)
+        # Per (protocol, code): plain base groups first, then in batch order.
+        order = np.lexsort((np.arange(len(kid)), ~g_plain, kid))
+        ordered = kid[order]
+        chosen = order[np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))]
+        chosen = chosen[np.argsort(first[chosen], kind="stable")]  # in the order of their rows, as kept before
+        picked = []
+        for group in chosen.tolist():
+            key = (p_names[gp[group]], int(gcode[group]))
+            kept = self._meanings.get(key)
+            if kept is None or not kept[4]:  # once explained by a plain event, a key keeps its words
+                picked.append((key, int(first[group]), bool(g_plain[group])))
+        if not picked:
+            return
+        rows = np.array([row for _, row, _ in picked], dtype=np.int64)
+        words = [ev.strings_at(name, rows) for name in ("class", "name", "meaning")]
+        standard = ev.bools_at("standard", rows)
+        for i, (key, _, plain) in enumerate(picked):
+            self._keep_meaning(key, (words[0][i], words[1][i], words[2][i], bool(standard[i]), plain))
 
     def _keep_meaning(self, key: tuple[str, int], meaning: tuple) -> None:
         """The first meaning seen for `key`, unless a later one is of an event
@@ -644,12 +843,13 @@ class StatsAccumulator:
         if old is None or (not old[4] and meaning[4]):
             self._meanings[key] = meaning
 
-    def _note_host_names(self, server, client, names) -> None:
-        """Host names per (host, role); each argument is (codes, names) of _coded()."""
+    def _note_host_names(self, server, client, names, counts: np.ndarray) -> None:
+        """Host names per (host, role); `server`, `client` and `names` are
+        (codes, names) of coded(), `counts` the events of each row."""
         (s_code, s_names), (c_code, c_names), (h_code, h_names) = server, client, names
         n = len(h_code)
         counts = _grouped({"ip": np.concatenate([s_code, c_code + len(s_names)]), "role": np.repeat(np.arange(2), n),
-                           "name": np.concatenate([h_code, h_code]), "count": np.ones(2 * n, dtype=np.int64)},
+                           "name": np.concatenate([h_code, h_code]), "count": np.concatenate([counts, counts])},
                           ["ip", "role", "name"], {"count": "sum"}, ip=np.concatenate([s_names, c_names]),
                           role=np.array(ROLES, dtype=object), name=h_names)
         for ip, role, name, k in zip(counts["ip"], counts["role"], counts["name"], counts["count"]):
@@ -699,8 +899,8 @@ class StatsAccumulator:
             mine, theirs = getattr(self, name), getattr(other, name)
             mine.add(theirs.frame())
             mine.pruned += theirs.pruned
-        self._first_errors.add(other._first_errors.frame())
-        self._last_errors.add(other._last_errors.frame())
+        self._first_errors.merge(other._first_errors)
+        self._last_errors.merge(other._last_errors)
         self._latency.merge(other._latency)
         for key, meaning in other._meanings.items():
             self._keep_meaning(key, meaning)
