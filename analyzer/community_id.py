@@ -11,15 +11,18 @@
 # TCP (protocol 6).
 #
 # Events arrive in Arrow batches: `column()` hashes each distinct
-# connection of a batch once (a connection's events share their 4-tuple).
+# connection once (a connection's events share their 4-tuple), finding the
+# distinct 4-tuples of a batch as integers, not as joined strings.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import socket
 import struct
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -68,19 +71,51 @@ def for_row(row: dict) -> str:
                         row.get("server_ip", ""), row.get("server_port", 0) or 0)
 
 
+# Connections whose IDs are kept between batches: a connection's events
+# span many batches, and an ID costs ~5 us; a run's live connections are
+# rarely more than this many at once.
+_KEPT_IDS = 4096
+# A 4-tuple as one int64: (client address, server address) numbered below
+# 2**31 together, then two 16-bit ports.
+_PORT_BITS = 16
+
+
+@functools.lru_cache(maxsize=_KEPT_IDS)
+def _kept(src_ip: str, src_port: int, dst_ip: str, dst_port: int) -> str:
+    return community_id(src_ip, src_port, dst_ip, dst_port)
+
+
+def _filled(values: pa.Array, empty) -> pa.Array:
+    """`values` with `empty` for nulls (the engines give none: then no copy and no call)."""
+    return pc.fill_null(values, empty) if values.null_count else values
+
+
 def column(client_ip: pa.Array, client_port: pa.Array, server_ip: pa.Array, server_port: pa.Array) -> pa.Array:
     """Community IDs of a batch's events, one hash per distinct 4-tuple.
 
-    The 4-tuples are joined and dictionary-encoded by Arrow, so Python sees
-    each distinct one once (a per-row loop was 0.45 us of every event).
+    Each address column is dictionary-encoded and the 4-tuple packed into
+    one int64 (address numbers, then the ports), so Arrow finds the distinct
+    ones by hashing integers and Python sees each distinct one once.  Joining
+    the four columns as text first cost ~4x as much (0.12 us an event).
     """
     if len(client_ip) == 0:
         return pa.array([], pa.string())
-    keys = pc.binary_join_element_wise(pc.fill_null(client_ip, ""), pc.cast(pc.fill_null(client_port, 0), pa.string()),
-                                       pc.fill_null(server_ip, ""), pc.cast(pc.fill_null(server_port, 0), pa.string()),
-                                       "\x00").dictionary_encode()
-    hashes = []
-    for key in keys.dictionary.to_pylist():
-        cip, cport, sip, sport = key.split("\x00")
-        hashes.append(community_id(cip, int(cport), sip, int(sport)))
-    return pa.array(hashes, pa.string()).take(keys.indices)
+    cips, sips = (pc.dictionary_encode(_filled(ips, "")) for ips in (client_ip, server_ip))
+    # A port counts by its low 16 bits (community_id masks it), so masking
+    # here changes no ID.
+    mask = (1 << _PORT_BITS) - 1
+    cports, sports = (_filled(ports, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False) & mask
+                      for ports in (client_port, server_port))
+    servers = len(sips.dictionary)
+    pairs = cips.indices.to_numpy().astype(np.int64) * servers + sips.indices.to_numpy()
+    if len(cips.dictionary) * servers >> 31:
+        pairs = pc.dictionary_encode(pa.array(pairs)).indices.to_numpy().astype(np.int64)  # fewer than rows
+    tuples = pc.dictionary_encode(pa.array((pairs << (2 * _PORT_BITS)) | (cports << _PORT_BITS) | sports))
+    # Any row of a 4-tuple names it (the last one numpy writes).
+    where = np.zeros(len(tuples.dictionary), dtype=np.int64)
+    where[tuples.indices.to_numpy()] = np.arange(len(pairs))
+    client_names, server_names = cips.dictionary.to_pylist(), sips.dictionary.to_pylist()
+    hashes = [_kept(client_names[c], p, server_names[s], q) for c, p, s, q in zip(
+        cips.indices.to_numpy()[where].tolist(), cports[where].tolist(),
+        sips.indices.to_numpy()[where].tolist(), sports[where].tolist())]
+    return pa.array(hashes, pa.string()).take(tuples.indices)

@@ -252,3 +252,21 @@ def test_the_statistics_read_only_the_columns_they_are_given_by_the_pipeline(tmp
     for name in ("hosts", "codes", "timeseries", "top_failing_uris", "ftp_logins", "ws_closes", "substatus", "failing"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert json.dumps(a.summary, sort_keys=True, default=str) == json.dumps(b.summary, sort_keys=True, default=str)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["http", "ftp", "websocket"]),
+                          st.sampled_from([101, 200, 226, 403, 404, 530, 1000, 1006, 4001, 599, 0, 65535]),
+                          st.sampled_from(["", "403.14", "403.99", "404.0"])), max_size=40))
+def test_batch_annotation_is_the_per_event_one(keys):
+    # Keys found as packed integers must give each event its own key's
+    # answer, in order, repeats included (and a made-up sub-status dropped).
+    from analyzer.meaning.annotate import Annotator
+
+    cls, name, meaning, standard, sub = Annotator("en").columns(
+        pa.array([k[0] for k in keys], pa.string()), pa.array([k[1] for k in keys], pa.int64()),
+        pa.array([k[2] for k in keys], pa.string()))
+    for (proto, code, claimed), *got in zip(keys, cls.to_pylist(), name.to_pylist(), meaning.to_pylist(),
+                                           standard.to_pylist(), sub.to_pylist()):
+        kept = claimed if claimed and catalog.lookup(proto, claimed).level == "exact" else ""
+        a = catalog.annotate(proto, code, kept, "en")
+        assert got == [a["class"], a["name"], a["meaning"], bool(a["standard"]), kept]
