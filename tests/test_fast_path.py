@@ -394,8 +394,12 @@ def test_the_http_twin_is_compiled_from_the_reference_and_uses_the_c_helpers():
     finally:
         _fast.use(None)
     http = specs["http"]
-    assert http.module == "analyzer._fast.http_dissector"
+    # The spec points at the compiled lane, which makes the twin for what it does not dissect.
+    assert (http.module, http.dissector_name) == ("analyzer._fast.http_conn", "dissector_for")
     import analyzer._fast.http_dissector as twin
+
+    assert http.detect is twin.detect
+    assert type(http.dissector(server_direction=None, midstream=True)) is twin.HttpDissector
     import analyzer.protocols.http.dissector as reference
 
     assert not twin.__file__.endswith(".py")

@@ -31,6 +31,12 @@ def _switched_off() -> bool:
 TWINS = {
     "analyzer.protocols.http.dissector": "analyzer._fast.http_dissector",
 }
+# Reference module -> (compiled module, factory): a protocol whose plain
+# connections a compiled lane dissects, handing the rest to the twin
+# (analyzer/_fast/http_conn.pyx).  Detection stays the twin's.
+LANES = {
+    "analyzer.protocols.http.dissector": ("analyzer._fast.http_conn", "dissector_for"),
+}
 # Pure functions of a twin replaced by C ones equal to them: twin module ->
 # {name: function of the reference module giving the C one, or None when
 # none answers as the reference does (then the twin keeps its own)}.
@@ -170,7 +176,8 @@ def protocols(specs: tuple) -> tuple:
     """The registry's specs, with each module that has a built twin pointed at it.
 
     Only while the compiled implementation is selected; detection, the
-    dissector class and roles then all come from the twin.
+    dissector class and roles then all come from the twin, or from its lane
+    (LANES), which makes twins for what it does not dissect itself.
     """
     if selected() != "compiled":
         return specs
@@ -182,7 +189,11 @@ def protocols(specs: tuple) -> tuple:
         twin = TWINS.get(spec.module)
         if twin is not None and _is_compiled(find_spec(twin)):
             _with_helpers(twin)
-            spec = replace(spec, module=twin)
+            lane = LANES.get(spec.module)
+            if lane is not None and _is_compiled(find_spec(lane[0])):
+                spec = replace(spec, module=lane[0], dissector_name=lane[1])
+            else:
+                spec = replace(spec, module=twin)
         out.append(spec)
     return tuple(out)
 

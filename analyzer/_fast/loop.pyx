@@ -21,6 +21,10 @@
 #   * any other next in-order segment of a dissected connection: straight
 #     to dissector.feed, skipping the table's Python frame (after
 #     dissector.acked() when it wants_acks, as the table does).
+#   * the next in-order segment of a connection the compiled HTTP lane
+#     dissects (http_conn.pyx, while its traffic is plain): its pointer
+#     into the capture buffer, no payload object; the lane adds the
+#     responses' rows to the sink's column buffers itself once bound here.
 # Whatever a lane does not cover exactly (SYN/FIN/RST, a sweep due, an ACK
 # that tells something, out-of-order or cut segments, connections still in
 # detection...) is handed to FlowTable.packet as the reference tuple: a lane
@@ -54,6 +58,9 @@ try:  # the same class compiled (a twin, see setup.py): the lanes take both
 except ImportError:
     HttpDissectorTwin = HttpDissector
 from analyzer.tcp.table import MODE_DISSECT as _MODE_DISSECT
+
+from analyzer._fast.http_conn cimport FastHttp
+from analyzer._fast.rows cimport EventRows
 
 cdef int MODE_DISSECT = _MODE_DISSECT
 cdef int BODY_LENGTH = _BODY_LENGTH
@@ -426,6 +433,10 @@ cdef class Loop:
     cdef bint check_back
     cdef double back, newest
     cdef object went_backwards
+    # The sink's compiled rows, when the HTTP lane may add to them directly
+    # (the table's events go straight to the sink: no callback between).
+    cdef object sink
+    cdef EventRows rows
 
     def __cinit__(self, session, partition, progress, done_before, total):
         self.session = session
@@ -449,6 +460,9 @@ cdef class Loop:
         self.check_back = back is not None and self.went_backwards is not None
         self.back = back if self.check_back else 0.0
         self.newest = float("-inf")
+        self.sink = session.events
+        held = getattr(self.sink, "held", None)
+        self.rows = held if type(held) is EventRows and self.table.on_event == self.sink.add else None
         if partition is None:
             self.share, self.shares = 0, 0
         else:
@@ -533,6 +547,21 @@ cdef class Loop:
                     direction = entry[1]
                     dissector = conn.dissector
                     kind = type(dissector)
+                    if kind is FastHttp and (<FastHttp>dissector).ref is None:
+                        # The compiled HTTP lane (http_conn.pyx): no payload object, no Event.
+                        lane = <FastHttp>dissector
+                        if lane.rows is None and self.rows is not None:
+                            lane.bind(conn, self.sink, self.rows)
+                        conn.last_ts = ts_obj
+                        stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
+                        stream.pos += seglen
+                        stream.delivered += seglen
+                        events = lane.feed_c(d + s.pay, caplen, direction, ts_obj, ts, self.frame, None)
+                        if lane.buffered != <Py_ssize_t>conn.held:
+                            self.table.recharge(conn, ts_obj)
+                        if events or lane.anomalies or lane.expectations:
+                            self.table.drain(conn, events)
+                        return 0
                     if (kind is HttpDissector or kind is HttpDissectorTwin) and dissector.upgraded is None:
                         side = dissector.sides[direction]
                         if <int>side.state == BODY_LENGTH and side.sniff is None and seglen < side.remaining \

@@ -13,6 +13,7 @@
 # last time, and orders the lot by (epoch, frame) with a stable sort, which is
 # the reference's (epoch, frame, arrival): the held-back rows all arrived
 # before the new ones, in order.
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, realloc
@@ -24,18 +25,11 @@ import pyarrow as pa
 from analyzer.events import RAW_COLUMNS, EVENT_TYPES
 
 cdef enum:
-    NCOL = 22   # len(RAW_COLUMNS)
-    # What a column holds.
+    # What a column holds (NCOL, the number of RAW_COLUMNS, is in rows.pxd).
     STR = 0
     I64 = 1
     F64 = 2
     BOOL = 3
-
-cdef struct Buf:
-    char* data
-    Py_ssize_t size
-    Py_ssize_t cap
-
 
 cdef int _grow(Buf* b, Py_ssize_t need) except -1:
     cdef Py_ssize_t cap = b.cap * 2 if b.cap else 4096
@@ -79,15 +73,10 @@ _KINDS = {"string": STR, "int64": I64, "float64": F64, "bool": BOOL}
 
 
 cdef class EventRows:
-    """Events held until their turn; release(n) gives the n earliest as a RAW_COLUMNS batch."""
+    """Events held until their turn; release(n) gives the n earliest as a RAW_COLUMNS batch.
 
-    cdef Buf values[NCOL]      # numbers: 8 bytes (bool: 1) per row; strings: UTF-8 bytes
-    cdef Buf offsets[NCOL]     # strings: int64 end offset per row
-    cdef Buf valid[NCOL]       # nullable numbers: one byte per row, 1 = a value
-    cdef int kind[NCOL]
-    cdef Py_ssize_t fresh      # rows in the buffers
-    cdef object carry          # rows held back by the last release (a RecordBatch), or None
-    cdef object schema
+    Its fields are declared in rows.pxd, so the compiled HTTP lane
+    (http_conn.pyx) can add a response's row without an Event (put_http)."""
 
     def __cinit__(self):
         cdef int k
@@ -137,6 +126,48 @@ cdef class EventRows:
             return _put_i64(&self.values[k], 0)
         _put_u8(&self.valid[k], 1)
         return _put_i64(&self.values[k], v)
+
+    cdef int _bytes(self, int k, bytes b) except -1:
+        _put(&self.values[k], PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+        return _put_i64(&self.offsets[k], self.values[k].size)
+
+    cdef Py_ssize_t length(self):
+        return self.fresh + (self.carry.num_rows if self.carry is not None else 0)
+
+    cdef int put_http(self, double epoch, int64_t frame, tuple ends, int64_t code, bytes text, bytes request,
+                      bytes host, object latency, str substatus, str source, object last_frame) except -1:
+        """add() of the Event pairing.response_event makes, from its parts: `text`,
+        `request` and `host` as their UTF-8 bytes (the lane passes ASCII only), no flags."""
+        cip, cport, sip, sport, cid, capture = ends
+        _put_f64(&self.values[0], epoch)
+        _put_i64(&self.values[1], frame)
+        self._str(2, "http")
+        self._str(3, cip)
+        _put_i64(&self.values[4], cport)
+        self._str(5, sip)
+        _put_i64(&self.values[6], sport)
+        _put_i64(&self.values[7], code)
+        self._bytes(8, text)
+        self._bytes(9, request)
+        self._bytes(10, host)
+        if latency is None:
+            _put_u8(&self.valid[11], 0)
+            _put_f64(&self.values[11], 0.0)
+        else:
+            _put_u8(&self.valid[11], 1)
+            _put_f64(&self.values[11], latency)
+        self._str(12, cid)
+        self._str(13, "")
+        _put_u8(&self.values[14], 0)
+        self._opt_i64(15, None)
+        self._str(16, substatus)
+        self._str(17, source)
+        self._opt_i64(18, None)
+        self._str(19, "")
+        self._str(20, capture)
+        self._opt_i64(21, last_frame)
+        self.fresh += 1
+        return 0
 
     def add(self, ev, tuple ends):
         cip, cport, sip, sport, cid, capture = ends

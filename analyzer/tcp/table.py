@@ -350,6 +350,11 @@ class Connection:
         # (WebSocket: the unmasked side is the server), else the dissector.
         server = 1 if self.syn_seen else spec.roles(self.heads[0], self.heads[1])
         self.dissector = spec.dissector(server_direction=server, midstream=midstream)
+        attach = getattr(self.dissector, "attach", None)
+        if attach is not None:
+            # A compiled lane (analyzer/_fast/http_conn.pyx) puts the reference
+            # dissector in its place when the traffic stops being plain.
+            attach(self)
         name = spec.name
         self.name = name
         self.mode = MODE_DISSECT
