@@ -63,6 +63,7 @@ cdef Py_ssize_t MAX_SNIFF = _twin.MAX_SNIFF_BYTES
 # one past MAX_START_LINE): the lane never holds more.
 cdef Py_ssize_t MAX_CUT_LINE = 1024
 cdef object NO_EVENTS = []   # never appended to
+cdef Py_ssize_t COMPACT_AT = 64   # answered requests kept before the FIFO drops them
 
 cdef uint8_t IS_TCHAR[256]
 cdef int _c
@@ -276,6 +277,11 @@ cdef class FastHttp:
         return self.ref.upgraded if self.ref is not None else None
 
     @property
+    def held_requests(self):
+        """Requests the lane holds: the unanswered ones and at most COMPACT_AT answered ones."""
+        return len(self.pending) if self.ref is None else None
+
+    @property
     def pairing(self):
         return self.materialize().pairing
 
@@ -318,6 +324,11 @@ cdef class FastHttp:
             sniffed = len(side.cur.sniff)
         if self._consume(side, server, p, n, ts, frame):
             side.end += n
+            if self.head >= COMPACT_AT:
+                # Answered requests leave the FIFO now and then, not one by
+                # one: a keep-alive connection's would otherwise all stay.
+                del self.pending[:self.head]
+                self.head = 0
             self._count_buffered()
             return self._emit(d) if self.staged else NO_EVENTS
         # Rolled back: the whole segment to the reference, from the state before it.

@@ -26,6 +26,7 @@ cdef class EventRows:
     cdef int _str(self, int k, object s) except -1
     cdef int _bytes(self, int k, bytes b) except -1
     cdef int _opt_i64(self, int k, object v) except -1
+    cdef int _opt_f64(self, int k, object v) except -1
     cdef object _column(self, int k, Py_ssize_t n)
     cdef Py_ssize_t length(self)
     cdef int put_http(self, double epoch, int64_t frame, tuple ends, int64_t code, bytes text, bytes request,

@@ -127,6 +127,13 @@ cdef class EventRows:
         _put_u8(&self.valid[k], 1)
         return _put_i64(&self.values[k], v)
 
+    cdef int _opt_f64(self, int k, object v) except -1:
+        if v is None:
+            _put_u8(&self.valid[k], 0)
+            return _put_f64(&self.values[k], 0.0)
+        _put_u8(&self.valid[k], 1)
+        return _put_f64(&self.values[k], v)
+
     cdef int _bytes(self, int k, bytes b) except -1:
         _put(&self.values[k], PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
         return _put_i64(&self.offsets[k], self.values[k].size)
@@ -150,12 +157,7 @@ cdef class EventRows:
         self._bytes(8, text)
         self._bytes(9, request)
         self._bytes(10, host)
-        if latency is None:
-            _put_u8(&self.valid[11], 0)
-            _put_f64(&self.values[11], 0.0)
-        else:
-            _put_u8(&self.valid[11], 1)
-            _put_f64(&self.values[11], latency)
+        self._opt_f64(11, latency)
         self._str(12, cid)
         self._str(13, "")
         _put_u8(&self.values[14], 0)
@@ -172,7 +174,6 @@ cdef class EventRows:
     def add(self, ev, tuple ends):
         cip, cport, sip, sport, cid, capture = ends
         flags = ev.flags
-        latency = ev.latency_ms
         _put_f64(&self.values[0], ev.epoch)
         _put_i64(&self.values[1], ev.frame)
         self._str(2, ev.protocol)
@@ -184,12 +185,7 @@ cdef class EventRows:
         self._str(8, ev.text)
         self._str(9, ev.request)
         self._str(10, ev.host)
-        if latency is None:
-            _put_u8(&self.valid[11], 0)
-            _put_f64(&self.values[11], 0.0)
-        else:
-            _put_u8(&self.valid[11], 1)
-            _put_f64(&self.values[11], latency)
+        self._opt_f64(11, ev.latency_ms)
         self._str(12, cid)
         self._str(13, ev.direction)
         _put_u8(&self.values[14], 1 if ev.inferred else 0)
