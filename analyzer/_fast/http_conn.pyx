@@ -33,8 +33,9 @@
 # segment that meets something not plain is rolled back and given whole to
 # the reference, so no event is ever half done by both.
 #
-# tests/test_fast_path.py and every suite run through the `implementation`
-# fixture compare this with the pure-Python reference event for event.
+# tests/test_http_lane.py compares it with the pure-Python reference call by
+# call (events and state); tests/test_fast_path.py and every suite run
+# through the `implementation` fixture compare whole runs event for event.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memchr, memcmp
