@@ -136,6 +136,15 @@ def test_visible_forms_hold_no_unsafe_character(text):
     assert not has_unsafe(shown)
 
 
+@given(st.text(alphabet=st.characters(max_codepoint=0x7f)) | st.text())
+def test_visible_changes_only_unsafe_characters(text):
+    # Printable ASCII is returned as it is without a regex search: the
+    # answer must still be the escaping of exactly the unsafe characters.
+    expected = "".join((f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}") if has_unsafe(c) else c
+                       for c in text)
+    assert visible(text) == expected
+
+
 @given(st.lists(st.one_of(st.none(), st.text(max_size=6),
                           st.sampled_from(["=1+1", "+x", "-2", "@SUM(A1)", "\tx", "\rx", "é=", " =x", "'=x"])),
                 max_size=30), st.integers(0, 5))

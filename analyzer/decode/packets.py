@@ -39,6 +39,7 @@
 # found only for VXLAN.
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections import Counter
@@ -127,8 +128,12 @@ _TUNNEL_PORTS = _VXLAN_PORTS | {_GENEVE_PORT, _GTPU_PORT, _GRE_UDP_PORT, _TEREDO
 _NFULA_PAYLOAD = 9
 
 
+@functools.lru_cache(maxsize=4096)
 def addr_to_str(b: bytes) -> str:
-    """Dotted IPv4, RFC 5952 IPv6 (as tshark prints them), else hex."""
+    """Dotted IPv4, RFC 5952 IPv6 (as tshark prints them), else hex.
+
+    Cached: a connection asks for its two addresses several times (its
+    events' endpoints, its ID, its row) and a capture's hosts repeat."""
     if len(b) == 4:
         return socket.inet_ntop(socket.AF_INET, b)
     if len(b) == 16:

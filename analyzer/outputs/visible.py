@@ -65,6 +65,8 @@ def _json_escape(match: re.Match) -> str:
 
 def visible(text: str) -> str:
     """`text` with every unsafe character as `\\xNN` / `\\uNNNN` (CSV cells, terminal lines)."""
+    if text.isascii() and text.isprintable():
+        return text   # U+0020-U+007E only: nothing to show (a C-level check, ~5x cheaper than the search)
     return _UNSAFE.sub(_shown, text) if _UNSAFE.search(text) else text
 
 
