@@ -413,6 +413,15 @@ def ftp_lines(bytes buf, Py_ssize_t pos, Py_ssize_t limit, bint big, int linktyp
     return pos, found, rest
 
 
+cdef inline int _advance(object conn, object stream, uint32_t next_seq, Py_ssize_t seglen, object ts_obj) except -1:
+    """Stream.take_next's bookkeeping for a whole in-order segment, and the connection's clock."""
+    conn.last_ts = ts_obj
+    stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
+    stream.pos += seglen
+    stream.delivered += seglen
+    return 0
+
+
 cdef class Loop:
     """One file of a Session, read by the compiled loop (see the module comment)."""
 
@@ -552,10 +561,7 @@ cdef class Loop:
                         lane = <FastHttp>dissector
                         if lane.rows is None and self.rows is not None:
                             lane.bind(conn, self.sink, self.rows)
-                        conn.last_ts = ts_obj
-                        stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
-                        stream.pos += seglen
-                        stream.delivered += seglen
+                        _advance(conn, stream, next_seq, seglen, ts_obj)
                         events = lane.feed_c(d + s.pay, caplen, direction, ts_obj, ts, self.frame, None)
                         if lane.buffered != <Py_ssize_t>conn.held:
                             self.table.recharge(conn, ts_obj)
@@ -567,19 +573,13 @@ cdef class Loop:
                         if <int>side.state == BODY_LENGTH and side.sniff is None and seglen < side.remaining \
                                 and not (caplen >= 5 and memcmp(d + s.pay, b"HTTP/", 5) == 0):
                             # Inside a body of known length that goes on: only counted.
-                            conn.last_ts = ts_obj
-                            stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
-                            stream.pos += seglen
-                            stream.delivered += seglen
+                            _advance(conn, stream, next_seq, seglen, ts_obj)
                             side.remaining -= seglen
                             side.seen = True
                             if dissector.anomalies or dissector.expectations:
                                 self.table.drain(conn, NO_EVENTS)
                             return 0
-                    conn.last_ts = ts_obj
-                    stream.next_seq = (next_seq + <uint32_t>seglen) & 0xFFFFFFFF
-                    stream.pos += seglen
-                    stream.delivered += seglen
+                    _advance(conn, stream, next_seq, seglen, ts_obj)
                     payload = PyBytes_FromStringAndSize(<const char*>d + s.pay, caplen)
                     if dissector.wants_acks:
                         # As FlowTable.packet: the ACK, relative to what was
