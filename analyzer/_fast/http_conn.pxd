@@ -1,5 +1,5 @@
 # The compiled HTTP lane (http_conn.pyx), declared for the packet loop.
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 from analyzer._fast.rows cimport EventRows
 
@@ -52,6 +52,17 @@ cdef class FastHttp:
     cdef object sink, conn
     cdef tuple ends          # conn.endpoints(), which cannot change while the lane has the connection
     cdef Py_ssize_t release_at
+    # The packet loop's copy of this connection's hot TCP state (loop.pyx,
+    # Loop.lane_slot): read from the Python Connection and Streams once per
+    # loop epoch, advanced in C by the lane's packets, written back (when
+    # `dirty`) before the loop runs any Python code.  Not used by this module.
+    cdef long long epoch
+    cdef int dirty               # bit d: direction d's stream advanced; bit 2: last_ts
+    cdef bint ok[2]              # the stream synced, nothing held, not ended
+    cdef uint32_t nseq[2]
+    cdef int64_t spos[2], sdel[2]
+    cdef Py_ssize_t conn_held
+    cdef object last_ts, lconn, st0, st1
 
     cdef object feed_c(self, const uint8_t* p, Py_ssize_t n, int d, object ts_obj, double ts, int64_t frame,
                        object data)

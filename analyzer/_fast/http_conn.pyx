@@ -268,6 +268,8 @@ cdef class FastHttp:
         self.head = 0
         self.staged = []
         self.ref = None
+        self.epoch = -1          # no copy of the TCP state yet (loop.pyx)
+        self.dirty = 0
 
     @property
     def sides(self):

@@ -437,6 +437,20 @@ cdef class Loop:
     cdef unsigned int key_ports[2][2]
     cdef object keys0, keys1
     cdef int key_next
+    # What each of those two keys leads to, as of `slot_epoch`: the compiled
+    # HTTP lane of its connection (slot_lane, None when the packet must take
+    # another way) and the direction.  A lane's TCP state is copied into the
+    # FastHttp object (http_conn.pxd) and advanced there, in C; `leave()`
+    # writes the copies back and starts a new epoch before the loop runs any
+    # Python code that may read or change a Connection, a Stream or the
+    # table (FlowTable.packet, drain, recharge, the decoder, callbacks,
+    # signals, the end of the file), so that code always sees exactly what
+    # the reference would have, and nothing copied survives it.
+    cdef long long epoch, slot_epoch[2], sweep_epoch
+    cdef object slot_lane0, slot_lane1
+    cdef int slot_dir[2]
+    cdef double sweep_at
+    cdef list dirty
     # The reference's check for capture time going backwards, when its
     # Session has one (BACKWARDS_SECONDS and _went_backwards beside it).
     cdef bint check_back
@@ -464,6 +478,10 @@ cdef class Loop:
         self.elsewhere = 0
         self.key_alen[0] = self.key_alen[1] = 0
         self.key_next = 0
+        self.epoch = 0
+        self.slot_epoch[0] = self.slot_epoch[1] = self.sweep_epoch = -1
+        self.slot_lane0 = self.slot_lane1 = None
+        self.dirty = []
         back = getattr(sys.modules.get(type(session).__module__), "BACKWARDS_SECONDS", None)
         self.went_backwards = getattr(session, "_went_backwards", None)
         self.check_back = back is not None and self.went_backwards is not None
@@ -489,6 +507,7 @@ cdef class Loop:
             self.elsewhere += 1     # another process dissects it
             return 1                # and, as in the reference, no progress tick for it
         if not decode(linktype, d, n, cut, &s):
+            self.leave()
             if data is None:
                 data = PyBytes_FromStringAndSize(<const char*>d, n)
             seg = self.decoder.decode(linktype, data, ts_obj, wirelen)
@@ -535,10 +554,45 @@ cdef class Loop:
     cdef int segment(self, Seg* s, object ts_obj, double ts, const uint8_t* d) except -1:
         cdef Py_ssize_t caplen = s.avail - s.pay
         cdef Py_ssize_t seglen = s.seglen
-        cdef tuple key = self.flow_key(s)
+        cdef int i = self.flow_slot(s)
+        cdef tuple key = self.keys0 if i == 0 else self.keys1
+        cdef FastHttp lane
+        cdef int dr
+        cdef uint32_t next_seq
+        if not s.flags & 0x07:
+            if self.slot_epoch[i] != self.epoch:
+                self.lane_slot(i, key)
+            found_lane = self.slot_lane0 if i == 0 else self.slot_lane1
+            if found_lane is not None:
+                # The compiled HTTP lane (http_conn.pyx): no payload object, no
+                # Event, no Python attribute; the same conditions as below.
+                lane = <FastHttp>found_lane
+                dr = self.slot_dir[i]
+                if ts < self.sweep_at and (not s.flags & 0x10 or s.ack == lane.nseq[1 - dr]):
+                    if seglen == 0:
+                        lane.last_ts = ts_obj      # a pure ACK that tells nothing new
+                        self.mark(lane, 4)
+                        return 0
+                    if caplen == seglen and s.seq == lane.nseq[dr] and lane.ok[dr]:
+                        # Stream.take_next's bookkeeping, on the copy.
+                        lane.nseq[dr] = lane.nseq[dr] + <uint32_t>seglen
+                        lane.spos[dr] += seglen
+                        lane.sdel[dr] += seglen
+                        lane.last_ts = ts_obj
+                        self.mark(lane, 4 | (1 << dr))
+                        events = lane.feed_c(d + s.pay, caplen, dr, ts_obj, ts, self.frame, None)
+                        if lane.buffered != lane.conn_held or events or lane.anomalies or lane.expectations \
+                                or lane.ref is not None:
+                            self.leave()
+                            conn = lane.lconn
+                            if lane.buffered != <Py_ssize_t>conn.held:
+                                self.table.recharge(conn, ts_obj)
+                            if events or lane.anomalies or lane.expectations:
+                                self.table.drain(conn, events)
+                        return 0
+        self.leave()
         cdef PyObject* found = PyDict_GetItem(self.tdict, key)
         cdef tuple entry
-        cdef uint32_t next_seq
         if found is not NULL and not s.flags & 0x07:
             entry = <tuple>found
             conn = entry[0]
@@ -556,18 +610,6 @@ cdef class Loop:
                     direction = entry[1]
                     dissector = conn.dissector
                     kind = type(dissector)
-                    if kind is FastHttp and (<FastHttp>dissector).ref is None:
-                        # The compiled HTTP lane (http_conn.pyx): no payload object, no Event.
-                        lane = <FastHttp>dissector
-                        if lane.rows is None and self.rows is not None:
-                            lane.bind(conn, self.sink, self.rows)
-                        _advance(conn, stream, next_seq, seglen, ts_obj)
-                        events = lane.feed_c(d + s.pay, caplen, direction, ts_obj, ts, self.frame, None)
-                        if lane.buffered != <Py_ssize_t>conn.held:
-                            self.table.recharge(conn, ts_obj)
-                        if events or lane.anomalies or lane.expectations:
-                            self.table.drain(conn, events)
-                        return 0
                     if (kind is HttpDissector or kind is HttpDissectorTwin) and dissector.upgraded is None:
                         side = dissector.sides[direction]
                         if <int>side.state == BODY_LENGTH and side.sniff is None and seglen < side.remaining \
@@ -596,13 +638,86 @@ cdef class Loop:
                           ts_obj, self.frame)
         return 0
 
-    cdef tuple flow_key(self, Seg* s):
-        """(src, sport, dst, dport) as the FlowTable keys its dict, reused when it repeats."""
+    # -- the lanes' copies of the TCP state (see slot_lane above) -----------------
+    cdef int lane_slot(self, int i, tuple key) except -1:
+        """What the key in slot i leads to in this epoch: its connection's HTTP lane, its
+        TCP state copied, when the lane may take its packets; else None."""
+        cdef FastHttp lane
+        cdef int k
+        self.slot_epoch[i] = self.epoch
+        if i == 0:
+            self.slot_lane0 = None
+        else:
+            self.slot_lane1 = None
+        cdef PyObject* found = PyDict_GetItem(self.tdict, key)
+        if found is NULL:
+            return 0
+        cdef tuple entry = <tuple>found
+        conn = entry[0]
+        dissector = conn.dissector
+        if type(dissector) is not FastHttp or (<FastHttp>dissector).ref is not None or entry[3] is None \
+                or <int>conn.mode != MODE_DISSECT:
+            return 0
+        lane = <FastHttp>dissector
+        if lane.rows is None and self.rows is not None:
+            lane.bind(conn, self.sink, self.rows)
+        dr = entry[1]
+        if lane.epoch != self.epoch:
+            lane.lconn = conn
+            if dr == 0:
+                lane.st0, lane.st1 = entry[2], entry[3]
+            else:
+                lane.st0, lane.st1 = entry[3], entry[2]
+            for k in range(2):
+                stream = lane.st0 if k == 0 else lane.st1
+                lane.nseq[k] = <uint32_t>stream.next_seq
+                lane.spos[k] = stream.pos
+                lane.sdel[k] = stream.delivered
+                lane.ok[k] = stream.synced and not stream.held and not stream.ended
+            lane.conn_held = conn.held
+            lane.epoch = self.epoch
+        if self.sweep_epoch != self.epoch:
+            self.sweep_at = self.table.next_sweep
+            self.sweep_epoch = self.epoch
+        self.slot_dir[i] = dr
+        if i == 0:
+            self.slot_lane0 = lane
+        else:
+            self.slot_lane1 = lane
+        return 0
+
+    cdef inline int mark(self, FastHttp lane, int what) except -1:
+        if not lane.dirty:
+            self.dirty.append(lane)
+        lane.dirty |= what
+        return 0
+
+    cdef int leave(self) except -1:
+        """Before Python code that may see the table: the copies written back, a new epoch."""
+        cdef FastHttp lane
+        if self.dirty:
+            for lane in self.dirty:
+                if lane.dirty & 4:
+                    lane.lconn.last_ts = lane.last_ts
+                if lane.dirty & 1:
+                    stream = lane.st0
+                    stream.next_seq, stream.pos, stream.delivered = lane.nseq[0], lane.spos[0], lane.sdel[0]
+                if lane.dirty & 2:
+                    stream = lane.st1
+                    stream.next_seq, stream.pos, stream.delivered = lane.nseq[1], lane.spos[1], lane.sdel[1]
+                lane.dirty = 0
+            del self.dirty[:]
+        self.epoch += 1
+        return 0
+
+    cdef int flow_slot(self, Seg* s) except -1:
+        """The slot (0, 1) of (src, sport, dst, dport), the key as the FlowTable keys its
+        dict: reused when it repeats, else made in the older slot (its lane forgotten)."""
         cdef int i, a = s.alen
         for i in range(2):
             if self.key_alen[i] == a and self.key_ports[i][0] == s.sport and self.key_ports[i][1] == s.dport \
                     and memcmp(self.key_src[i], s.src, a) == 0 and memcmp(self.key_dst[i], s.dst, a) == 0:
-                return self.keys0 if i == 0 else self.keys1
+                return i
         key = (PyBytes_FromStringAndSize(<const char*>s.src, a), s.sport,
                PyBytes_FromStringAndSize(<const char*>s.dst, a), s.dport)
         i = self.key_next
@@ -612,11 +727,12 @@ cdef class Loop:
         self.key_alen[i] = a
         self.key_ports[i][0] = s.sport
         self.key_ports[i][1] = s.dport
+        self.slot_epoch[i] = -1
         if i == 0:
             self.keys0 = key
         else:
             self.keys1 = key
-        return key
+        return i
 
     cdef inline int clock(self, object ts_obj, double ts) except -1:
         # As Session.read_file, before anything else is done with the packet.
@@ -624,13 +740,16 @@ cdef class Loop:
             if ts > self.newest:
                 self.newest = ts
             elif ts < self.newest - self.back:
+                self.leave()
                 self.newest = self.went_backwards(ts_obj, self.newest, self.frame)
         return 0
 
     cdef int tick(self, object ts_obj) except -1:
         if self.frame % SIGNAL_EVERY == 0:
+            self.leave()             # a signal handler may end the loop here
             PyErr_CheckSignals()
         if self.frame >= self.next_tick:
+            self.leave()
             self.next_tick = self.frame + TICK
             if self.result.first_epoch is None:
                 self.result.first_epoch = ts_obj
@@ -713,6 +832,7 @@ cdef class Loop:
                 pos = stop
                 if not skipped:
                     self.tick(ts_obj)
+            self.leave()
             reader._progress(n)
             more = refill(name, fill, need - (end - pos), n)
             if not more:
@@ -857,6 +977,7 @@ cdef class Loop:
                         raise damaged(f"{slen} bytes of secrets in a block of {blen}")
                     secrets.append((stype, buf[pos + 16:pos + 16 + slen]))
                 pos = nxt
+            self.leave()
             reader._progress(n)
             more = refill(name, fill, need - (end - pos), n)
             if not more:
@@ -900,6 +1021,7 @@ cdef class Loop:
 
     def settle(self):
         """Counters kept in C back to their Python owners (once, at the end of the file)."""
+        self.leave()
         self.decoder.decoded += self.fast_decoded
         self.session.elsewhere += self.elsewhere
         self.fast_decoded = self.elsewhere = 0
