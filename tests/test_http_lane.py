@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -211,3 +213,20 @@ def test_a_long_keep_alive_connection_holds_no_answered_requests():
     assert fast.held_requests is None   # handed over
     assert _events(fast.close(10.0)) == _events(ref.close(10.0))
     assert fast.outcome() == ref.outcome()
+
+
+def _same_float(a: float, b: float) -> bool:
+    return struct.pack("<d", a) == struct.pack("<d", b)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                 st.floats(min_value=-1e7, max_value=1e7),
+                 # thousandths and the halves between them, give or take an ulp: where rounding turns
+                 st.integers(-10**9, 10**9).map(lambda k: k / 2000.0),
+                 st.integers(-10**7, 10**7).map(lambda k: math.nextafter(k / 2000.0, math.inf)),
+                 st.integers(-10**7, 10**7).map(lambda k: math.nextafter(k / 2000.0, -math.inf))))
+def test_latency_rounding_is_the_builtins(ms):
+    # The lane rounds each latency in C; the reference with round(x, 3).
+    got, want = lane.round3(ms), round(ms, 3)
+    assert (math.isnan(got) and math.isnan(want)) or _same_float(got, want), (ms, got, want)

@@ -37,6 +37,8 @@
 # call (events and state); tests/test_fast_path.py and every suite run
 # through the `implementation` fixture compare whole runs event for event.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.float cimport PyFloat_FromDouble
+from libc.math cimport fabs, rint
 from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memchr, memcmp
 
@@ -65,6 +67,31 @@ cdef Py_ssize_t MAX_SNIFF = _twin.MAX_SNIFF_BYTES
 cdef Py_ssize_t MAX_CUT_LINE = 1024
 cdef object NO_EVENTS = []   # never appended to
 cdef Py_ssize_t COMPACT_AT = 64   # answered requests kept before the FIFO drops them
+
+# round(x, 3) in C below this many thousandths: there x * 1000 is off the
+# exact product by at most 2**-22, far inside round3's margin.
+cdef double ROUND3_BELOW = 2147483648.0
+
+
+cdef object _round3(double x):
+    """round(x, 3) exactly as the builtin answers (a correctly rounded decimal, then
+    the double nearest it): the nearest integer number of thousandths, divided by
+    1000 (IEEE division rounds that decimal correctly), unless x * 1000 lies within
+    1e-6 of a half, where only the builtin's exact arithmetic can tell.  The
+    builtin's dtoa cost ~0.3 us a response (tests/test_http_lane.py compares them)."""
+    cdef double y = x * 1000.0
+    cdef double m
+    if fabs(y) < ROUND3_BELOW:
+        m = rint(y)
+        if fabs(fabs(y - m) - 0.5) > 1e-6:
+            return PyFloat_FromDouble(m / 1000.0)
+    return _round(x, 3)
+
+
+def round3(double x):
+    """_round3 for the tests."""
+    return _round3(x)
+
 
 cdef uint8_t IS_TCHAR[256]
 cdef int _c
@@ -532,7 +559,7 @@ cdef class FastHttp:
         r.code = code
         r.reason = PyBytes_FromStringAndSize(<const char*>p + 13, e - 13) if e > 13 else b""
         r.req = req
-        r.latency = _round((ts - req.ts) * 1000.0, 3)   # the builtin, as response_event
+        r.latency = _round3((ts - req.ts) * 1000.0)   # the builtin's answer, as response_event
         r.ts, r.frame, r.head_frame = ts, frame, frame
         r.last_frame = frame
         r.substatus = r.source = ""
