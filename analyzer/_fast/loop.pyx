@@ -79,6 +79,11 @@ cdef Py_ssize_t TICK = 20000
 # Ctrl-C is seen by Python code only; lanes may run long stretches without any.
 cdef Py_ssize_t SIGNAL_EVERY = 1024
 
+# Flow-key slots of the loop (a power of two: flow_slot masks with it).
+cdef enum:
+    NSLOTS = 64
+
+
 cdef struct Seg:
     const uint8_t* src
     const uint8_t* dst
@@ -429,15 +434,16 @@ cdef class Loop:
     cdef object progress, last_ts
     cdef Py_ssize_t done_before, total, frame, next_tick, fast_decoded, elsewhere
     cdef int share, shares
-    # The flow keys of the last two packets (both directions of a busy
-    # connection): the dict key tuple is reused instead of made again.
-    cdef uint8_t key_src[2][16]
-    cdef uint8_t key_dst[2][16]
-    cdef int key_alen[2]
-    cdef unsigned int key_ports[2][2]
-    cdef object keys0, keys1
-    cdef int key_next
-    # What each of those two keys leads to, as of `slot_epoch`: the compiled
+    # Flow keys of recent packets, direct-mapped by a mix of their ports and
+    # addresses (flow_slot): the dict key tuple is reused instead of made and
+    # hashed again, for the few connections that carry most packets (tiny's
+    # four keep-alive ones interleave: two slots missed on most packets).
+    cdef uint8_t key_src[NSLOTS][16]
+    cdef uint8_t key_dst[NSLOTS][16]
+    cdef int key_alen[NSLOTS]
+    cdef unsigned int key_ports[NSLOTS][2]
+    cdef list slot_keys
+    # What each of those keys leads to, as of `slot_epoch`: the compiled
     # HTTP lane of its connection (slot_lane, None when the packet must take
     # another way) and the direction.  A lane's TCP state is copied into the
     # FastHttp object (http_conn.pxd) and advanced there, in C; `leave()`
@@ -446,9 +452,9 @@ cdef class Loop:
     # table (FlowTable.packet, drain, recharge, the decoder, callbacks,
     # signals, the end of the file), so that code always sees exactly what
     # the reference would have, and nothing copied survives it.
-    cdef long long epoch, slot_epoch[2], sweep_epoch
-    cdef object slot_lane0, slot_lane1
-    cdef int slot_dir[2]
+    cdef long long epoch, slot_epoch[NSLOTS], sweep_epoch
+    cdef list slot_lanes
+    cdef int slot_dir[NSLOTS]
     cdef double sweep_at
     cdef list dirty
     # The reference's check for capture time going backwards, when its
@@ -476,11 +482,14 @@ cdef class Loop:
         self.last_ts = None
         self.fast_decoded = 0
         self.elsewhere = 0
-        self.key_alen[0] = self.key_alen[1] = 0
-        self.key_next = 0
+        cdef int k
+        for k in range(NSLOTS):
+            self.key_alen[k] = 0
+            self.slot_epoch[k] = -1
+        self.slot_keys = [None] * NSLOTS
+        self.slot_lanes = [None] * NSLOTS
         self.epoch = 0
-        self.slot_epoch[0] = self.slot_epoch[1] = self.sweep_epoch = -1
-        self.slot_lane0 = self.slot_lane1 = None
+        self.sweep_epoch = -1
         self.dirty = []
         back = getattr(sys.modules.get(type(session).__module__), "BACKWARDS_SECONDS", None)
         self.went_backwards = getattr(session, "_went_backwards", None)
@@ -555,14 +564,14 @@ cdef class Loop:
         cdef Py_ssize_t caplen = s.avail - s.pay
         cdef Py_ssize_t seglen = s.seglen
         cdef int i = self.flow_slot(s)
-        cdef tuple key = self.keys0 if i == 0 else self.keys1
+        cdef tuple key = <tuple>self.slot_keys[i]
         cdef FastHttp lane
         cdef int dr
         cdef uint32_t next_seq
         if not s.flags & 0x07:
             if self.slot_epoch[i] != self.epoch:
                 self.lane_slot(i, key)
-            found_lane = self.slot_lane0 if i == 0 else self.slot_lane1
+            found_lane = self.slot_lanes[i]
             if found_lane is not None:
                 # The compiled HTTP lane (http_conn.pyx): no payload object, no
                 # Event, no Python attribute; the same conditions as below.
@@ -645,10 +654,7 @@ cdef class Loop:
         cdef FastHttp lane
         cdef int k
         self.slot_epoch[i] = self.epoch
-        if i == 0:
-            self.slot_lane0 = None
-        else:
-            self.slot_lane1 = None
+        self.slot_lanes[i] = None
         cdef PyObject* found = PyDict_GetItem(self.tdict, key)
         if found is NULL:
             return 0
@@ -680,10 +686,7 @@ cdef class Loop:
             self.sweep_at = self.table.next_sweep
             self.sweep_epoch = self.epoch
         self.slot_dir[i] = dr
-        if i == 0:
-            self.slot_lane0 = lane
-        else:
-            self.slot_lane1 = lane
+        self.slot_lanes[i] = lane
         return 0
 
     cdef inline int mark(self, FastHttp lane, int what) except -1:
@@ -711,27 +714,21 @@ cdef class Loop:
         return 0
 
     cdef int flow_slot(self, Seg* s) except -1:
-        """The slot (0, 1) of (src, sport, dst, dport), the key as the FlowTable keys its
-        dict: reused when it repeats, else made in the older slot (its lane forgotten)."""
-        cdef int i, a = s.alen
-        for i in range(2):
-            if self.key_alen[i] == a and self.key_ports[i][0] == s.sport and self.key_ports[i][1] == s.dport \
-                    and memcmp(self.key_src[i], s.src, a) == 0 and memcmp(self.key_dst[i], s.dst, a) == 0:
-                return i
-        key = (PyBytes_FromStringAndSize(<const char*>s.src, a), s.sport,
-               PyBytes_FromStringAndSize(<const char*>s.dst, a), s.dport)
-        i = self.key_next
-        self.key_next = 1 - i
+        """The slot of (src, sport, dst, dport), the key as the FlowTable keys its dict:
+        reused when it is there, else made in its slot (whose lane is forgotten)."""
+        cdef int a = s.alen
+        cdef int i = <int>((s.sport * 31 + s.dport * 17 + s.src[a - 1] * 7 + s.dst[a - 1]) & (NSLOTS - 1))
+        if self.key_alen[i] == a and self.key_ports[i][0] == s.sport and self.key_ports[i][1] == s.dport \
+                and memcmp(self.key_src[i], s.src, a) == 0 and memcmp(self.key_dst[i], s.dst, a) == 0:
+            return i
+        self.slot_keys[i] = (PyBytes_FromStringAndSize(<const char*>s.src, a), s.sport,
+                             PyBytes_FromStringAndSize(<const char*>s.dst, a), s.dport)
         memcpy(self.key_src[i], s.src, a)
         memcpy(self.key_dst[i], s.dst, a)
         self.key_alen[i] = a
         self.key_ports[i][0] = s.sport
         self.key_ports[i][1] = s.dport
         self.slot_epoch[i] = -1
-        if i == 0:
-            self.keys0 = key
-        else:
-            self.keys1 = key
         return i
 
     cdef inline int clock(self, object ts_obj, double ts) except -1:
