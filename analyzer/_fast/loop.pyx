@@ -21,10 +21,12 @@
 #   * any other next in-order segment of a dissected connection: straight
 #     to dissector.feed, skipping the table's Python frame (after
 #     dissector.acked() when it wants_acks, as the table does).
-#   * the next in-order segment of a connection the compiled HTTP lane
-#     dissects (http_conn.pyx, while its traffic is plain): its pointer
-#     into the capture buffer, no payload object; the lane adds the
+#   * the next in-order segment (or pure ACK) of a connection the compiled
+#     HTTP lane dissects (http_conn.pyx, while its traffic is plain): its
+#     pointer into the capture buffer, no payload object; the lane adds the
 #     responses' rows to the sink's column buffers itself once bound here.
+#     Its TCP bookkeeping is done on a C copy of the connection's and
+#     streams' fields, written back before any Python code runs (Loop.leave).
 # Whatever a lane does not cover exactly (SYN/FIN/RST, a sweep due, an ACK
 # that tells something, out-of-order or cut segments, connections still in
 # detection...) is handed to FlowTable.packet as the reference tuple: a lane
