@@ -596,7 +596,7 @@ cdef class Loop:
                                 or lane.ref is not None:
                             self.leave()
                             conn = lane.lconn
-                            if lane.buffered != <Py_ssize_t>conn.held:
+                            if lane.buffered != lane.conn_held:   # conn.held, as of this epoch
                                 self.table.recharge(conn, ts_obj)
                             if events or lane.anomalies or lane.expectations:
                                 self.table.drain(conn, events)
