@@ -11,7 +11,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCE = "analyzer/_fast/loop.pyx"  # and http_head.pyx, rows.pyx, http_conn.pyx beside it
+SOURCE = "analyzer/_fast/loop.pyx"  # and http_head.pyx, rows.pyx, csv_rows.pyx, http_conn.pyx beside it
 # Twins: pure-Python reference modules compiled as they are, under another
 # name (as aiohttp builds _websocket/reader_c from reader_py.py), so the
 # logic cannot drift; analyzer/_fast/__init__.py selects them.
@@ -55,6 +55,8 @@ def extensions():
                       Extension("analyzer._fast.http_head", ["analyzer/_fast/http_head.pyx"],
                                 extra_compile_args=["-O2"]),
                       Extension("analyzer._fast.rows", ["analyzer/_fast/rows.pyx"], extra_compile_args=["-O2"]),
+                      Extension("analyzer._fast.csv_rows", ["analyzer/_fast/csv_rows.pyx"],
+                                extra_compile_args=["-O2"]),
                       Extension("analyzer._fast.http_conn", ["analyzer/_fast/http_conn.pyx"],
                                 extra_compile_args=["-O2"])],
                      compiler_directives={"language_level": "3"}, build_dir="build/cython", quiet=True)
