@@ -18,6 +18,7 @@ from analyzer.outputs.events import CSV_LINE, EVENT_SCHEMA, EventsCsv, csv_lines
 
 csv_rows = pytest.importorskip("analyzer._fast.csv_rows", reason="the compiled fast path is not built")
 render_csv = csv_rows.render_csv
+write_csv_rows = csv_rows.write_csv_rows
 
 
 def _pyarrow(batch: pa.RecordBatch) -> bytes:
@@ -30,6 +31,9 @@ def _same(batch: pa.RecordBatch) -> None:
     data, ends = render_csv(batch)
     want = _pyarrow(batch)
     assert data == want
+    sink = pa.BufferOutputStream()
+    assert write_csv_rows(batch, sink) == len(want)
+    assert sink.getvalue().to_pybytes() == want
     assert len(ends) == batch.num_rows + 1 and ends[0] == 0 and ends[-1] == len(data)
     # each row ends where its CRLF does
     assert all(data[end - 2:end] == b"\r\n" for end in ends[1:])

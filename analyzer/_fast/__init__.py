@@ -144,7 +144,8 @@ def use(name: str | None) -> None:
 # The compiled entry points, each with a Python equal beside its caller, and
 # the compiled module that holds each.
 ENTRY_POINTS = {"read_file": "loop", "feed_records": "loop", "scan_records": "loop", "ftp_lines": "loop",
-                "share_key": "loop", "EventRows": "rows", "render_csv": "csv_rows"}
+                "share_key": "loop", "EventRows": "rows", "render_csv": "csv_rows",
+                "write_csv_rows": "csv_rows"}
 
 
 def compiled(name: str):
@@ -158,8 +159,9 @@ def compiled(name: str):
       share_key     the per-packet share key; -1 where its decoder leaves the
                     packet to the Python one
       EventRows     the events a sink holds until their turn (engines/sink.py)
-      render_csv    a batch's events.csv rows, as pyarrow's CSV writer makes them
-                    (outputs/events.py)
+      render_csv    a batch's events.csv rows, as pyarrow's CSV writer makes them,
+                    with where each ends (outputs/events.py); write_csv_rows
+                    writes them to a file
     """
     module = ENTRY_POINTS.get(name)
     if module is None:

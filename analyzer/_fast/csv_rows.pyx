@@ -29,8 +29,8 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 from libc.math cimport fabs, isfinite, isnan, llround, signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcpy
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,8 @@ cdef extern from "Python.h":
     # the raw C API: a bytes object of a size, written in place, then cut
     PyObject* PyBytes_FromStringAndSize(const char* v, Py_ssize_t size)
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t size) except -1
+    object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
 
 cdef enum:
@@ -220,15 +222,20 @@ cdef inline bint _valid(const Column* c, int64_t r) noexcept:
 cdef inline void _string(Out* o, const Column* c, int64_t r) noexcept:
     cdef int64_t start = c.offsets[c.offset + r], end = c.offsets[c.offset + r + 1], k
     cdef const uint8_t* s = c.data
-    cdef uint8_t ch
+    cdef const uint8_t* quote
     _byte(o, b'"')
-    for k in range(start, end):
-        ch = s[k]
-        o.data[o.size] = <char>ch
-        o.size += 1
-        if ch == 34:
-            o.data[o.size] = b'"'
-            o.size += 1
+    while start < end:
+        # up to and with the next quote, which is then doubled
+        quote = <const uint8_t*>memchr(s + start, 34, end - start)
+        if quote == NULL:
+            memcpy(o.data + o.size, s + start, end - start)
+            o.size += end - start
+            break
+        k = quote - s + 1
+        memcpy(o.data + o.size, s + start, k - start)
+        o.size += k - start
+        _byte(o, b'"')
+        start = k
     _byte(o, b'"')
 
 
@@ -240,85 +247,137 @@ cdef enum:
     MOST = 26
 
 
+cdef Py_ssize_t _columns(batch, Column* cols, list keep) except -1:
+    """Fill cols from the batch's arrays (their buffers appended to keep,
+    which must outlive the addresses); the most bytes its CSV text can take:
+    a string at most twice its bytes (each quote doubled) and its two quotes,
+    MOST for other cells, commas and CRLF."""
+    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, j
+    cdef Py_ssize_t bound = n * (ncol + 2)
+    cdef Column* c
+    for j in range(ncol):
+        column = batch.column(j)
+        kind = _KINDS.get(column.type)
+        if kind is None:
+            raise TypeError(f"render_csv: column {batch.schema.names[j]!r} is {column.type}")
+        buffers = column.buffers()
+        keep.append(buffers)
+        c = &cols[j]
+        c.kind = kind
+        c.offset = column.offset
+        c.validity = NULL
+        if buffers[0] is not None and column.null_count:
+            c.validity = <const uint8_t*><size_t>buffers[0].address
+        c.offsets = NULL
+        c.data = NULL
+        if kind == STR:
+            c.offsets = <const int32_t*><size_t>buffers[1].address
+            if buffers[2] is not None:
+                c.data = <const uint8_t*><size_t>buffers[2].address
+            bound += 2 * (c.offsets[c.offset + n] - c.offsets[c.offset]) + 2 * n
+        else:
+            c.data = <const uint8_t*><size_t>buffers[1].address
+            bound += MOST * n
+    return bound
+
+
+cdef Py_ssize_t _fill(const Column* cols, Py_ssize_t ncol, Py_ssize_t n, char* out, int32_t* ends) except -1:
+    """The rows into out (room for the bound made), each row's end into ends
+    (n + 1 of them, or NULL); the bytes written."""
+    cdef Py_ssize_t j
+    cdef int64_t r, bit
+    cdef const Column* c
+    cdef Out o
+    o.data = out
+    o.size = 0
+    if ends != NULL:
+        ends[0] = 0
+    for r in range(n):
+        for j in range(ncol):
+            c = &cols[j]
+            if j:
+                _byte(&o, b',')
+            if not _valid(c, r):
+                continue
+            if c.kind == STR:
+                _string(&o, c, r)
+            elif c.kind == I64:
+                _int(&o, (<const int64_t*>c.data)[c.offset + r])
+            elif c.kind == F64:
+                _double(&o, (<const double*>c.data)[c.offset + r])
+            else:
+                bit = c.offset + r
+                if (c.data[bit >> 3] >> (bit & 7)) & 1:
+                    _put(&o, b"true", 4)
+                else:
+                    _put(&o, b"false", 5)
+        _byte(&o, b'\r')
+        _byte(&o, b'\n')
+        if ends != NULL:
+            if o.size > 0x7FFFFFFF:
+                raise OverflowError("render_csv: a batch's CSV text over 2 GB")
+            ends[r + 1] = <int32_t>o.size
+    return o.size
+
+
 def render_csv(batch):
     """(bytes, row ends) of the batch's CSV rows as pyarrow's writer makes them
     (include_header=False, eol CRLF): row i is bytes[ends[i]:ends[i+1]],
     ends an int32 numpy array of num_rows + 1 offsets.
 
-    The text is written into one bytes object sized to the batch's bound (a
-    string at most twice its bytes, each quote doubled, plus its two quotes;
-    MOST for other cells; commas and CRLF), then cut to its length: no
-    capacity check per cell, and no copy.
+    Written into one bytes object sized to the batch's bound, then cut to its
+    length: no capacity check per cell, and no copy.
     """
-    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, j
-    cdef int64_t r, bit
-    cdef Py_ssize_t bound = n * (ncol + 2)
+    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, bound, size
     cdef Column* cols = <Column*>malloc(max(ncol, 1) * sizeof(Column))
-    cdef Column* c
-    cdef Out o
     cdef PyObject* text = NULL
     if cols == NULL:
         raise MemoryError()
     ends = np.empty(n + 1, dtype=np.int32)
     cdef int32_t[::1] e = ends
-    keep = []  # the buffers stay referenced while their addresses are read
+    keep = []
     try:
-        for j in range(ncol):
-            column = batch.column(j)
-            kind = _KINDS.get(column.type)
-            if kind is None:
-                raise TypeError(f"render_csv: column {batch.schema.names[j]!r} is {column.type}")
-            buffers = column.buffers()
-            keep.append(buffers)
-            c = &cols[j]
-            c.kind = kind
-            c.offset = column.offset
-            c.validity = NULL
-            if buffers[0] is not None and column.null_count:
-                c.validity = <const uint8_t*><size_t>buffers[0].address
-            c.offsets = NULL
-            c.data = NULL
-            if kind == STR:
-                c.offsets = <const int32_t*><size_t>buffers[1].address
-                if buffers[2] is not None:
-                    c.data = <const uint8_t*><size_t>buffers[2].address
-                bound += 2 * (c.offsets[c.offset + n] - c.offsets[c.offset]) + 2 * n
-            else:
-                c.data = <const uint8_t*><size_t>buffers[1].address
-                bound += MOST * n
+        bound = _columns(batch, cols, keep)
         text = PyBytes_FromStringAndSize(NULL, bound)
         if text == NULL:
             raise MemoryError()
-        o.data = PyBytes_AS_STRING(<object>text)
-        o.size = 0
-        e[0] = 0
-        for r in range(n):
-            for j in range(ncol):
-                c = &cols[j]
-                if j:
-                    _byte(&o, b',')
-                if not _valid(c, r):
-                    continue
-                if c.kind == STR:
-                    _string(&o, c, r)
-                elif c.kind == I64:
-                    _int(&o, (<const int64_t*>c.data)[c.offset + r])
-                elif c.kind == F64:
-                    _double(&o, (<const double*>c.data)[c.offset + r])
-                else:
-                    bit = c.offset + r
-                    if (c.data[bit >> 3] >> (bit & 7)) & 1:
-                        _put(&o, b"true", 4)
-                    else:
-                        _put(&o, b"false", 5)
-            _byte(&o, b'\r')
-            _byte(&o, b'\n')
-            if o.size > 0x7FFFFFFF:
-                raise OverflowError("render_csv: a batch's CSV text over 2 GB")
-            e[r + 1] = <int32_t>o.size
-        _PyBytes_Resize(&text, o.size)
+        size = _fill(cols, ncol, n, PyBytes_AS_STRING(<object>text), &e[0])
+        _PyBytes_Resize(&text, size)
         data = <object>text  # a new reference; the one made above is released below
     finally:
         Py_XDECREF(text)
         free(cols)
     return data, ends
+
+
+# write_csv_rows' scratch: grow-only, kept between batches, so its pages are
+# faulted in once per run rather than once per batch (a fresh 3 MB object
+# per batch cost as much as the rendering).  malloc'd, not a bytearray: the
+# bound is ~4x the text, and only the pages written become resident.
+cdef char* _scratch = NULL
+cdef Py_ssize_t _scratch_size = 0
+
+
+def write_csv_rows(batch, sink):
+    """render_csv's bytes, through the kept scratch, to sink.write() (which
+    must copy them or write them out before it returns, as files and
+    pyarrow's streams do); the bytes written."""
+    global _scratch, _scratch_size
+    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, bound, size
+    cdef Column* cols = <Column*>malloc(max(ncol, 1) * sizeof(Column))
+    cdef char* grown
+    if cols == NULL:
+        raise MemoryError()
+    keep = []
+    try:
+        bound = _columns(batch, cols, keep)
+        if bound > _scratch_size:
+            grown = <char*>realloc(_scratch, bound)
+            if grown == NULL:
+                raise MemoryError()
+            _scratch, _scratch_size = grown, bound
+        size = _fill(cols, ncol, n, _scratch, NULL)
+    finally:
+        free(cols)
+    sink.write(PyMemoryView_FromMemory(_scratch, size, PyBUF_READ))
+    return size

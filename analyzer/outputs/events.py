@@ -113,9 +113,9 @@ def csv_header() -> bytes:
 
 def write_rows(batch: pa.RecordBatch, sink) -> None:
     """The events.csv rows of `batch` (EVENT_SCHEMA), neutralised, without the header, into `sink`."""
-    render = _fast.compiled("render_csv")
-    if render is not None:
-        sink.write(render(neutralise_batch(batch))[0])
+    write = _fast.compiled("write_csv_rows")
+    if write is not None:
+        write(neutralise_batch(batch), sink)
     else:
         pacsv.write_csv(neutralise_batch(batch), sink, write_options=_CSV_ROWS)
 
