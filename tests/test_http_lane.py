@@ -42,6 +42,16 @@ ODD_REQUESTS = [
     b"CONNECT h:443 HTTP/1.1\r\n\r\n",
 ]
 IIS = b"<html><head><title>IIS 10.0 Detailed Error - 404.3 - Not Found</title></head></html>"
+# Pages the lane's first test (an "iis" or "http" in any case) must pass to
+# find_substatus, and ones it may skip: a heading marker in odd case, one
+# only at the page's end, nginx's page (no marker), a marker cut by the end.
+ERROR_PAGES = [
+    (403, b"<h3>hTTp Error 403.14 - Forbidden</h3>"),
+    (404, b"x" * 3000 + b"<H1>HTTP Error 404.0 - Not Found</H1>"),
+    (404, b"<html><head><title>404 Not Found</title></head><center>nginx/1.22.1</center></html>"),
+    (404, b"<title>Iis 8.5 Detailed Error - 404.3 - Not Found</title>"),
+    (500, b"error ht"),
+]
 
 
 def _response(code: int, reason: bytes, body: bytes, chunked: bool = False, extra: bytes = b"") -> bytes:
@@ -65,6 +75,7 @@ PLAIN_RESPONSES = [
     b"HTTP/1.1 304 Not Modified\r\nETag: \"1\"\r\n\r\n",
     b"HTTP/1.0 200\r\nContent-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK \r\ncontent-length:\t3\r\n\r\nabc",
+    *(_response(code, b"E", page) for code, page in ERROR_PAGES),
 ]
 ODD_RESPONSES = [
     b"HTTP/1.1 100 Continue\r\n\r\n",
@@ -186,6 +197,18 @@ def test_the_iis_substatus_is_found_in_the_lane():
     assert [(e.code, e.substatus, e.substatus_source, e.latency_ms, e.last_frame) for e in events] == \
         [(404, "404.3", "body", 250.0, 2)]
     assert fast.sides[1].__class__.__name__ == "Side"
+
+
+@pytest.mark.parametrize("code, page", ERROR_PAGES)
+def test_error_pages_name_the_substatus_the_reference_finds(code, page):
+    # Each response whole in one segment: the lane parses its head itself,
+    # and its first test on the body decides whether find_substatus runs.
+    got = []
+    for d in (lane.dissector_for(server_direction=SERVER, midstream=False), HttpDissector(server_direction=SERVER)):
+        d.feed(PLAIN_REQUESTS[0], CLIENT, 1.0, 1)
+        got.append([(e.code, e.substatus, e.substatus_source) for e in d.feed(_response(code, b"E", page), SERVER,
+                                                                               1.5, 2)])
+    assert got[0] == got[1]
 
 
 def test_mid_stream_connections_go_to_the_reference():
