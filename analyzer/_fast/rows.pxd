@@ -19,7 +19,8 @@ cdef class EventRows:
     cdef Buf valid[NCOL]       # nullable numbers: one byte per row, 1 = a value
     cdef int kind[NCOL]
     cdef Py_ssize_t fresh      # rows in the buffers
-    cdef object carry          # rows held back by the last release (a RecordBatch), or None
+    cdef object carry          # rows held back by the last release (a list of batches in order), or None
+    cdef Py_ssize_t carried    # how many
     cdef object schema
 
     cdef int _reset(self) except -1

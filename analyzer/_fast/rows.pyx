@@ -90,6 +90,7 @@ cdef class EventRows:
             self.kind[k] = _KINDS[EVENT_TYPES[_LAYOUT[k]]]
         self._reset()
         self.carry = None
+        self.carried = 0
 
     def __init__(self, schema):
         self.schema = schema
@@ -112,7 +113,7 @@ cdef class EventRows:
         return 0
 
     def __len__(self):
-        return self.fresh + (self.carry.num_rows if self.carry is not None else 0)
+        return self.fresh + self.carried
 
     cdef int _str(self, int k, object s) except -1:
         cdef Py_ssize_t n
@@ -139,7 +140,7 @@ cdef class EventRows:
         return _put_i64(&self.offsets[k], self.values[k].size)
 
     cdef Py_ssize_t length(self):
-        return self.fresh + (self.carry.num_rows if self.carry is not None else 0)
+        return self.fresh + self.carried
 
     cdef int put_http(self, double epoch, int64_t frame, tuple ends, int64_t code, bytes text, bytes request,
                       bytes host, object latency, str substatus, str source, object last_frame) except -1:
@@ -220,21 +221,67 @@ cdef class EventRows:
         return pa.Array.from_buffers(pa.bool_(), n, [None, pa.py_buffer(bits)])
 
     def release(self, Py_ssize_t n):
-        """The n earliest rows by (epoch, frame, arrival) as a batch (None when none); the rest stay."""
+        """The n earliest rows by (epoch, frame, arrival) as a batch (None when none); the rest stay.
+
+        The rows held back are kept as a list of batches in order (`carry`).
+        New rows that are in order and come after them -- nearly always, since
+        events arrive nearly in time order -- join the list as they are;
+        otherwise everything held is sorted into one batch, the reference's
+        stable (epoch, frame) sort.  The n earliest are then the front of the
+        list: slices, and a copy only where they span two batches.  Sorting
+        the window each time copied every row about three times (concatenate,
+        then take both the rows released and those held back).
+        """
         cdef int k
-        cdef Py_ssize_t rows = self.fresh
+        cdef Py_ssize_t rows = self.fresh, need, size
+        chunks = self.carry if self.carry is not None else []
         if rows:
             fresh = pa.RecordBatch.from_arrays([self._column(k, rows) for k in range(NCOL)], schema=self.schema)
             self._reset()
-            held = fresh if self.carry is None else pa.concat_batches([self.carry, fresh])
-        elif self.carry is not None:
-            held = self.carry
-        else:
+            epoch, frame = fresh.column(0).to_numpy(), fresh.column(1).to_numpy()
+            if _in_order(epoch, frame) and (not chunks or _last_key(chunks[len(chunks) - 1]) <= (epoch[0], frame[0])):
+                chunks.append(fresh)
+            else:
+                held = pa.concat_batches(chunks + [fresh]) if chunks else fresh
+                order = np.lexsort((held.column(1).to_numpy(), held.column(0).to_numpy()))  # stable: arrival breaks ties
+                chunks = [_rows(held, order, 0, held.num_rows)]
+            self.carried += rows
+        elif not chunks:
             return None
-        order = np.lexsort((held.column(1).to_numpy(), held.column(0).to_numpy()))  # stable: arrival breaks ties
-        n = min(n, held.num_rows)
-        self.carry = _rows(held, order, n, held.num_rows) if n < held.num_rows else None
-        return _rows(held, order, 0, n) if n else None
+        n = min(n, self.carried)
+        out = []
+        need = n
+        while need:
+            first = chunks[0]
+            size = first.num_rows
+            if size <= need:
+                out.append(first)
+                del chunks[0]
+                need -= size
+            else:
+                out.append(first.slice(0, need))
+                chunks[0] = first.slice(need)
+                need = 0
+        self.carried -= n
+        self.carry = chunks if chunks else None
+        if not out:
+            return None
+        return out[0] if len(out) == 1 else pa.concat_batches(out)
+
+
+cdef bint _in_order(epoch, frame):
+    """Rows already in (epoch, frame) order (a NaN epoch never is: the sort decides).
+    (No negative indices in this module: wraparound is off.)"""
+    cdef Py_ssize_t n = len(epoch)
+    if n < 2:
+        return n == 1 and epoch[0] == epoch[0]
+    later, same = epoch[1:] > epoch[:n - 1], epoch[1:] == epoch[:n - 1]
+    return bool((later | (same & (frame[1:] >= frame[:n - 1]))).all())
+
+
+cdef tuple _last_key(batch):
+    cdef Py_ssize_t last = batch.num_rows - 1
+    return batch.column(0)[last].as_py(), batch.column(1)[last].as_py()
 
 
 cdef object _rows(held, order, Py_ssize_t start, Py_ssize_t stop):
