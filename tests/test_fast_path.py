@@ -170,11 +170,17 @@ def conversations(draw):
     if draw(st.booleans()):
         packets.append((True, 0x11, seq[True], seq[False], b""))
         packets.append((False, 0x11, seq[False], seq[True] + 1, b""))
-    # Damage: drop, duplicate, swap neighbours, flip a byte.
-    for _ in range(draw(st.integers(0, 3))):
+    # Damage: drop, duplicate, swap neighbours, an ACK that acknowledges
+    # less or more than was sent (as delayed ACKs do, or after a segment the
+    # capture lost: while the stream holds later ones that is a gap), flip a byte.
+    for _ in range(draw(st.integers(0, 4))):
         i = draw(st.integers(0, len(packets) - 1))
-        action = draw(st.sampled_from(["drop", "dup", "swap"]))
-        if action == "drop":
+        action = draw(st.sampled_from(["drop", "dup", "swap", "ack"]))
+        if action == "ack":
+            client, flags, s, a, payload = packets[i]
+            if flags == 0x10 and not payload:
+                packets[i] = (client, flags, s, (a + draw(st.integers(-3000, 3000))) & 0xFFFFFFFF, payload)
+        elif action == "drop":
             packets.pop(i)
         elif action == "dup":
             packets.insert(i, packets[i])
@@ -194,6 +200,43 @@ def conversations(draw):
     for i in draw(st.lists(st.integers(0, len(frames) - 1), max_size=2)):
         times[i:] = [t - 5_000_000 for t in times[i:]]   # the clock steps back (two captures pasted)
     return _pcap(link, list(zip(times, map(bytes, frames))), snaplen)
+
+
+@compiled
+@pytest.mark.parametrize("then", ["request", "the end", "the lost segment"])
+@pytest.mark.parametrize("acked", [None, 1200, 400])  # all of it, into the hole, short of it
+def test_a_pure_ack_past_a_lost_segment_is_a_gap_in_both(acked, then, tmp_path):
+    # A response in three segments, the middle one lost by the capture: the
+    # third waits out of order until the client's pure ACK shows that the
+    # server sent what is missing.  The compiled lane takes pure ACKs itself
+    # only while the other stream holds nothing; here it must hand this one
+    # to the flow table (an ACK short of the hole tells nothing: the same).
+    # The lost segment seen after the ACK shows which was done: after a gap
+    # it is old data, without one it fills the hole.
+    body = bytes(i % 251 for i in range(2400))
+    reply = _response(200, body)
+    cuts = [0, 800, 1600, len(reply)]
+    packets = [(True, 0x02, 999, 0, b""), (False, 0x12, 4999, 1000, b""), (True, 0x10, 1000, 5000, b""),
+               (True, 0x18, 1000, 5000, REQUEST)]
+    for k in range(3):
+        if k != 1:
+            packets.append((False, 0x18, 5000 + cuts[k], 1000 + len(REQUEST), reply[cuts[k]:cuts[k + 1]]))
+    end = 5000 + len(reply)
+    packets.append((True, 0x10, 1000 + len(REQUEST), end if acked is None else 5000 + acked, b""))
+    if then == "the lost segment":  # after the ACK past it: the hole was given up as a gap
+        packets.append((False, 0x18, 5000 + cuts[1], 1000 + len(REQUEST), reply[cuts[1]:cuts[2]]))
+    if then == "request":
+        packets.append((True, 0x18, 1000 + len(REQUEST), end, REQUEST))
+        packets.append((False, 0x18, end, 1000 + 2 * len(REQUEST), _response(404, b"no")))
+    frames = []
+    for client, flags, seq, ack, payload in packets:
+        sport, dport = (40000, 80) if client else (80, 40000)
+        ip = _ip(CLIENT4 if client else SERVER4, SERVER4 if client else CLIENT4,
+                 _tcp(sport, dport, seq, ack, flags, payload, b""), False)
+        frames.append(_frame(1, ip, False, []))
+    path = tmp_path / "lost.pcap"
+    path.write_bytes(_pcap(1, [(1_700_000_000_000_000 + 1000 * i, f) for i, f in enumerate(frames)]))
+    same_outputs(path, tmp_path)
 
 
 @compiled

@@ -579,6 +579,15 @@ cdef class Loop:
                 # Event, no Python attribute; the same conditions as below.
                 lane = <FastHttp>found_lane
                 dr = self.slot_dir[i]
+                if ts < self.sweep_at and seglen == 0 and lane.ok[1 - dr]:
+                    # A pure ACK, whatever it acknowledges: FlowTable.packet's
+                    # _peer_ack looks at it only while the other stream holds
+                    # segments out of order (ok: it holds none).  Web clients
+                    # acknowledge every other segment of a response, behind
+                    # what the server sent: those went to Python.
+                    lane.last_ts = ts_obj
+                    self.mark(lane, 4)
+                    return 0
                 if ts < self.sweep_at and (not s.flags & 0x10 or s.ack == lane.nseq[1 - dr]):
                     if seglen == 0:
                         lane.last_ts = ts_obj      # a pure ACK that tells nothing new
@@ -608,6 +617,10 @@ cdef class Loop:
             entry = <tuple>found
             conn = entry[0]
             other = entry[3]
+            if <int>conn.mode == MODE_DISSECT and other is not None and ts < <double>self.table.next_sweep \
+                    and seglen == 0 and not other.held:
+                conn.last_ts = ts_obj              # a pure ACK: as in the lane above
+                return 0
             if <int>conn.mode == MODE_DISSECT and other is not None and ts < <double>self.table.next_sweep \
                     and (not s.flags & 0x10 or s.ack == <uint32_t>other.next_seq):
                 if seglen == 0:
