@@ -19,7 +19,7 @@ IMPLEMENTATIONS = ("compiled", "python")
 
 # How much slower the Python loop is than the compiled one, as measured by
 # benchmarks/fastpath.py (see README "Speed"): what the notice tells.
-PYTHON_SLOWDOWN = "3.5x (web traffic) to 4.7x (small messages)"
+PYTHON_SLOWDOWN = "4x (web traffic) to 5x (small messages)"
 
 
 def _switched_off() -> bool:
