@@ -27,13 +27,17 @@ def _pyarrow(batch: pa.RecordBatch) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+_SCRATCH = bytearray()
+
+
 def _same(batch: pa.RecordBatch) -> None:
     data, ends = render_csv(batch)
     want = _pyarrow(batch)
     assert data == want
-    sink = pa.BufferOutputStream()
-    assert write_csv_rows(batch, sink) == len(want)
-    assert sink.getvalue().to_pybytes() == want
+    for scratch in (None, _SCRATCH):  # a fresh one, and one kept from batch to batch (as EventsCsv keeps its own)
+        sink = pa.BufferOutputStream()
+        assert write_csv_rows(batch, sink, scratch) == len(want)
+        assert sink.getvalue().to_pybytes() == want
     assert len(ends) == batch.num_rows + 1 and ends[0] == 0 and ends[-1] == len(data)
     # each row ends where its CRLF does
     assert all(data[end - 2:end] == b"\r\n" for end in ends[1:])

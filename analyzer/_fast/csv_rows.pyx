@@ -23,13 +23,14 @@
 # double takes Python's repr digits (shortest, nearest, the same digits) and
 # lays them out as Arrow does.  tests/test_csv_rows.py holds this to
 # pyarrow's own output on random doubles and batches.
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_XDECREF
 from libc.math cimport fabs, isfinite, isnan, llround, signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcpy
 
 import numpy as np
@@ -39,8 +40,6 @@ cdef extern from "Python.h":
     # the raw C API: a bytes object of a size, written in place, then cut
     PyObject* PyBytes_FromStringAndSize(const char* v, Py_ssize_t size)
     int _PyBytes_Resize(PyObject** bytes, Py_ssize_t size) except -1
-    object PyMemoryView_FromMemory(char* mem, Py_ssize_t size, int flags)
-    int PyBUF_READ
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
 
 cdef enum:
@@ -350,34 +349,30 @@ def render_csv(batch):
     return data, ends
 
 
-# write_csv_rows' scratch: grow-only, kept between batches, so its pages are
-# faulted in once per run rather than once per batch (a fresh 3 MB object
-# per batch cost as much as the rendering).  malloc'd, not a bytearray: the
-# bound is ~4x the text, and only the pages written become resident.
-cdef char* _scratch = NULL
-cdef Py_ssize_t _scratch_size = 0
-
-
-def write_csv_rows(batch, sink):
-    """render_csv's bytes, through the kept scratch, to sink.write() (which
-    must copy them or write them out before it returns, as files and
-    pyarrow's streams do); the bytes written."""
-    global _scratch, _scratch_size
+def write_csv_rows(batch, sink, bytearray scratch=None):
+    """render_csv's bytes to sink.write(), through `scratch`: the caller's
+    bytearray, kept between batches (EventsCsv has one), so its pages are
+    faulted in once per run rather than once per batch (a fresh 3 MB object
+    per batch cost as much as the rendering).  Grown to the bound without
+    being cleared, so only the pages written become resident (the bound is
+    ~4x the text).  The caller's own, not a module global: the write
+    releases the GIL, and a second thread's batch must not overwrite it
+    meanwhile (while a memoryview of it is alive it cannot be resized).
+    Returns the bytes written."""
     cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, bound, size
     cdef Column* cols = <Column*>malloc(max(ncol, 1) * sizeof(Column))
-    cdef char* grown
     if cols == NULL:
         raise MemoryError()
+    if scratch is None:
+        scratch = bytearray()
     keep = []
     try:
         bound = _columns(batch, cols, keep)
-        if bound > _scratch_size:
-            grown = <char*>realloc(_scratch, bound)
-            if grown == NULL:
-                raise MemoryError()
-            _scratch, _scratch_size = grown, bound
-        size = _fill(cols, ncol, n, _scratch, NULL)
+        if bound > PyByteArray_GET_SIZE(scratch):
+            PyByteArray_Resize(scratch, bound)
+        size = _fill(cols, ncol, n, PyByteArray_AS_STRING(scratch), NULL)
     finally:
         free(cols)
-    sink.write(PyMemoryView_FromMemory(_scratch, size, PyBUF_READ))
+    with memoryview(scratch) as view:
+        sink.write(view[:size])
     return size
