@@ -205,10 +205,14 @@ cdef class EventRows:
         cdef object validity = None
         data = pa.py_buffer(b.data[:b.size]) if b.size else pa.py_buffer(b"")
         if kind == STR:
-            # int64 offsets, then the type the schema says: a string column over
-            # 2 GiB fails there, as the reference's pa.array does.
-            offsets = pa.py_buffer(self.offsets[k].data[:self.offsets[k].size])
-            return pa.LargeStringArray.from_buffers(n, offsets, data).cast(pa.string())
+            # int64 offsets, then the type the schema says.  Under 2 GiB the
+            # offsets narrow in numpy (an Arrow cast per column cost ~3x
+            # more); a column over it fails in the cast, as the reference's
+            # pa.array does.
+            wide = np.frombuffer(self.offsets[k].data[:self.offsets[k].size], np.int64)
+            if b.size < 2**31:
+                return pa.StringArray.from_buffers(n, pa.py_buffer(wide.astype(np.int32)), data)
+            return pa.LargeStringArray.from_buffers(n, pa.py_buffer(wide), data).cast(pa.string())
         if self.valid[k].size:
             flags = np.frombuffer(self.valid[k].data[:self.valid[k].size], np.uint8)
             if not flags.all():
