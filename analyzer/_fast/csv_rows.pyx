@@ -24,10 +24,7 @@
 # lays them out as Arrow does.  tests/test_csv_rows.py holds this to
 # pyarrow's own output on random doubles and batches.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Free
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_XDECREF
 from libc.math cimport fabs, isfinite, isnan, llround, signbit
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -37,9 +34,6 @@ import numpy as np
 import pyarrow as pa
 
 cdef extern from "Python.h":
-    # the raw C API: a bytes object of a size, written in place, then cut
-    PyObject* PyBytes_FromStringAndSize(const char* v, Py_ssize_t size)
-    int _PyBytes_Resize(PyObject** bytes, Py_ssize_t size) except -1
     char* PyOS_double_to_string(double val, char format_code, int precision, int flags, int* ptype) except NULL
 
 cdef enum:
@@ -56,7 +50,7 @@ cdef struct Column:
     const int32_t* offsets    # strings only
 
 cdef struct Out:
-    char* data       # inside the bytes object being written, sized to the batch's bound
+    char* data       # inside the bytearray being written, sized to the batch's bound
     Py_ssize_t size
 
 cdef inline void _byte(Out* o, char c) noexcept:
@@ -319,60 +313,48 @@ cdef Py_ssize_t _fill(const Column* cols, Py_ssize_t ncol, Py_ssize_t n, char* o
     return o.size
 
 
-def render_csv(batch):
-    """(bytes, row ends) of the batch's CSV rows as pyarrow's writer makes them
-    (include_header=False, eol CRLF): row i is bytes[ends[i]:ends[i+1]],
-    ends an int32 numpy array of num_rows + 1 offsets.
-
-    Written into one bytes object sized to the batch's bound, then cut to its
-    length: no capacity check per cell, and no copy.
-    """
-    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, bound, size
+cdef Py_ssize_t _render(batch, bytearray out, int32_t* ends) except -1:
+    """The batch's rows into `out`, grown to their bound when smaller (not
+    cleared: only the pages written become resident; the bound is ~4x the
+    text), each row's end into ends (num_rows + 1, or NULL); the bytes written."""
+    cdef Py_ssize_t ncol = batch.num_columns, bound
     cdef Column* cols = <Column*>malloc(max(ncol, 1) * sizeof(Column))
-    cdef PyObject* text = NULL
     if cols == NULL:
         raise MemoryError()
-    ends = np.empty(n + 1, dtype=np.int32)
-    cdef int32_t[::1] e = ends
-    keep = []
+    keep = []  # the buffers stay referenced while their addresses are read
     try:
         bound = _columns(batch, cols, keep)
-        text = PyBytes_FromStringAndSize(NULL, bound)
-        if text == NULL:
-            raise MemoryError()
-        size = _fill(cols, ncol, n, PyBytes_AS_STRING(<object>text), &e[0])
-        _PyBytes_Resize(&text, size)
-        data = <object>text  # a new reference; the one made above is released below
+        if bound > PyByteArray_GET_SIZE(out):
+            PyByteArray_Resize(out, bound)
+        return _fill(cols, ncol, batch.num_rows, PyByteArray_AS_STRING(out), ends)
     finally:
-        Py_XDECREF(text)
         free(cols)
-    return data, ends
+
+
+def render_csv(batch):
+    """(bytearray, row ends) of the batch's CSV rows as pyarrow's writer makes
+    them (include_header=False, eol CRLF): row i is text[ends[i]:ends[i+1]],
+    ends an int32 numpy array of num_rows + 1 offsets.  Written in place into
+    one bytearray sized to the batch's bound, then cut to its length: no
+    capacity check per cell, and no copy."""
+    ends = np.empty(batch.num_rows + 1, dtype=np.int32)
+    cdef int32_t[::1] e = ends
+    text = bytearray()
+    del text[_render(batch, text, &e[0]):]
+    return text, ends
 
 
 def write_csv_rows(batch, sink, bytearray scratch=None):
-    """render_csv's bytes to sink.write(), through `scratch`: the caller's
+    """render_csv's text to sink.write(), through `scratch`: the caller's
     bytearray, kept between batches (EventsCsv has one), so its pages are
     faulted in once per run rather than once per batch (a fresh 3 MB object
-    per batch cost as much as the rendering).  Grown to the bound without
-    being cleared, so only the pages written become resident (the bound is
-    ~4x the text).  The caller's own, not a module global: the write
-    releases the GIL, and a second thread's batch must not overwrite it
-    meanwhile (while a memoryview of it is alive it cannot be resized).
-    Returns the bytes written."""
-    cdef Py_ssize_t ncol = batch.num_columns, n = batch.num_rows, bound, size
-    cdef Column* cols = <Column*>malloc(max(ncol, 1) * sizeof(Column))
-    if cols == NULL:
-        raise MemoryError()
+    per batch cost as much as the rendering).  The caller's own, not a module
+    global: the write releases the GIL, and a second thread's batch must not
+    overwrite it meanwhile (while a memoryview of it is alive it cannot be
+    resized).  Returns the bytes written."""
     if scratch is None:
         scratch = bytearray()
-    keep = []
-    try:
-        bound = _columns(batch, cols, keep)
-        if bound > PyByteArray_GET_SIZE(scratch):
-            PyByteArray_Resize(scratch, bound)
-        size = _fill(cols, ncol, n, PyByteArray_AS_STRING(scratch), NULL)
-    finally:
-        free(cols)
+    cdef Py_ssize_t size = _render(batch, scratch, NULL)
     with memoryview(scratch) as view:
         sink.write(view[:size])
     return size

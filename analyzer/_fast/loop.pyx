@@ -579,9 +579,11 @@ cdef class Loop:
                 # Event, no Python attribute; the same conditions as below.
                 lane = <FastHttp>found_lane
                 dr = self.slot_dir[i]
-                if ts < self.sweep_at and seglen == 0 and lane.ok[1 - dr]:
-                    # A pure ACK, whatever it acknowledges: FlowTable.packet's
-                    # _peer_ack looks at it only while the other stream holds
+                if ts < self.sweep_at and seglen == 0 and (lane.ok[1 - dr] or not s.flags & 0x10
+                                                           or s.ack == lane.nseq[1 - dr]):
+                    # A pure ACK that tells nothing new.  FlowTable.packet's
+                    # _peer_ack looks at one that is not for exactly what the
+                    # other stream delivered only while that stream holds
                     # segments out of order (ok: it holds none).  Web clients
                     # acknowledge every other segment of a response, behind
                     # what the server sent: those went to Python.
@@ -589,10 +591,6 @@ cdef class Loop:
                     self.mark(lane, 4)
                     return 0
                 if ts < self.sweep_at and (not s.flags & 0x10 or s.ack == lane.nseq[1 - dr]):
-                    if seglen == 0:
-                        lane.last_ts = ts_obj      # a pure ACK that tells nothing new
-                        self.mark(lane, 4)
-                        return 0
                     if caplen == seglen and s.seq == lane.nseq[dr] and lane.ok[dr]:
                         # Stream.take_next's bookkeeping, on the copy.
                         lane.nseq[dr] = lane.nseq[dr] + <uint32_t>seglen
@@ -618,14 +616,12 @@ cdef class Loop:
             conn = entry[0]
             other = entry[3]
             if <int>conn.mode == MODE_DISSECT and other is not None and ts < <double>self.table.next_sweep \
-                    and seglen == 0 and not other.held:
-                conn.last_ts = ts_obj              # a pure ACK: as in the lane above
+                    and seglen == 0 and (not other.held or not s.flags & 0x10
+                                         or s.ack == <uint32_t>other.next_seq):
+                conn.last_ts = ts_obj              # a pure ACK that tells nothing new (as in the lane above)
                 return 0
             if <int>conn.mode == MODE_DISSECT and other is not None and ts < <double>self.table.next_sweep \
                     and (not s.flags & 0x10 or s.ack == <uint32_t>other.next_seq):
-                if seglen == 0:
-                    conn.last_ts = ts_obj          # a pure ACK that tells nothing new
-                    return 0
                 stream = entry[2]
                 next_seq = <uint32_t>stream.next_seq
                 if caplen == seglen and s.seq == next_seq and stream.synced and not stream.held \
